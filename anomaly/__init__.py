@@ -1,0 +1,11 @@
+"""Unsupervised anomaly detection in chest X-rays with GANs.
+
+Main entry points:
+    anomaly.train.train_gan, anomaly.train.TrainConfig   train a DCGAN on normal images
+    anomaly.train.train_encoder                          f-AnoGAN encoder for a trained GAN
+    anomaly.score.Scorer                                 score images or arrays
+    anomaly.io.read_image                                read PNG/JPEG/BMP/TIFF/DICOM
+    anomaly.preprocess.preprocess                        CLAHE, resize, scale to [-1, 1]
+"""
+
+__version__ = "0.1.0"

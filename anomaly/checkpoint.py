@@ -1,0 +1,84 @@
+"""Atomic checkpoint saving and safe (``weights_only=True``) loading.
+
+A checkpoint is a plain dict of tensors, numbers and strings: the networks' state dicts
+plus everything needed to rebuild them (architecture, preprocessing, training config,
+epoch, fitted score statistics). Loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomaly.io import display_path
+
+FORMAT = "cxr-anomaly-gan"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unsafe, corrupt or not ours; the message says which."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically: a crash leaves either the old or the new file.
+
+    Args:
+        state: the checkpoint's content (tensors, numbers, strings, lists and dicts).
+        path: destination ``.pt`` file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint_path(model: str | os.PathLike) -> Path:
+    """Accept a run directory or a ``.pt`` file; return the checkpoint file."""
+    model = Path(model)
+    if model.is_dir():
+        model = model / "checkpoints" / "last.pt"
+    if not model.is_file():
+        raise CheckpointError(f"{display_path(model)}: no checkpoint there")
+    return model
+
+
+def load_checkpoint(model: str | os.PathLike, expected_format: str = FORMAT) -> dict[str, Any]:
+    """Load a checkpoint safely, with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        model: run directory or checkpoint file.
+        expected_format: the ``format`` tag the checkpoint must carry.
+
+    Raises:
+        CheckpointError: missing, refused (pickled objects), corrupt or not ours.
+    """
+    path = resolve_checkpoint_path(model)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0] if str(err) else "disallowed content"
+        raise CheckpointError(
+            f"{display_path(path)}: refused, it holds pickled objects that could run code "
+            f"({first[:160]})"
+        ) from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{display_path(path)}: not a readable checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise CheckpointError(f"{display_path(path)}: not a {expected_format} checkpoint")
+    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{display_path(path)}: written by a newer version (format "
+            f"{state['format_version']}); upgrade the toolkit"
+        )
+    return state

@@ -1,0 +1,101 @@
+"""Config dataclasses from YAML files plus command-line overrides, strictly checked.
+
+YAML keys are the dataclass's field names; an unknown key or a value of the wrong type
+is a hard error that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the problem."""
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None,
+                overrides: Mapping[str, Any] | None = None) -> T:
+    """Build a config dataclass from an optional YAML file and overrides.
+
+    Args:
+        cls: the config dataclass.
+        path: YAML file whose keys are field names of ``cls``.
+        overrides: values that win over the file (``None`` values are ignored).
+
+    Raises:
+        ConfigError: unreadable file, unknown key or wrong type.
+    """
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(cls, values, source)
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, checking keys and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                          f"known keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    checked = {key: _check_type(key, value, hints[key], source) for key, value in values.items()}
+    try:
+        return cls(**checked)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option in (str, bool) and isinstance(value, option):
+            return value
+        if typing.get_origin(option) in (list, tuple) and isinstance(value, (list, tuple)):
+            return list(value)
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{source}: key '{key}' must be {names}, not {value!r}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def save_config(config: Any, path: str | os.PathLike) -> None:
+    """Write a config dataclass as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def format_config(config: Any) -> str:
+    """Render a config dataclass for printing at the start of a run."""
+    return "\n".join(f"  {k}: {v}" for k, v in dataclasses.asdict(config).items())

@@ -1,0 +1,230 @@
+"""Find images in folders, read and preprocess them once, and keep them as tensors.
+
+Training reads every image once into an in-memory uint8 tensor (optionally cached on
+disk as ``.npy`` keyed by the file list and the preprocessing settings), so no epoch
+decodes a JPEG again. Bad files are skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from anomaly.io import ImageReadError, display_path, is_image_path, read_image
+from anomaly.preprocess import PreprocessConfig, preprocess
+
+
+class DataError(ValueError):
+    """A folder or file list cannot be used; the message says which and why."""
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """List image files below a folder, recursively, in a stable sorted order.
+
+    Raises:
+        DataError: the folder does not exist or holds no image files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{display_path(folder)}: folder does not exist")
+    paths = sorted(
+        (p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith(".")),
+        key=lambda p: os.fsencode(p),
+    )
+    if not paths:
+        raise DataError(f"{display_path(folder)}: no image files found (looked for PNG, "
+                        "JPEG, BMP, TIFF and DICOM, recursively)")
+    return paths
+
+
+@dataclass
+class LabelledFolder:
+    """Images of a folder with one sub-folder per class.
+
+    Attributes:
+        paths: image paths.
+        class_names: sorted class (sub-folder) names.
+        class_index: class index of each path, into ``class_names``.
+        normal_class: name of the normal class.
+    """
+
+    paths: list[Path]
+    class_names: list[str]
+    class_index: list[int]
+    normal_class: str = "NORMAL"
+
+    @property
+    def binary_labels(self) -> np.ndarray:
+        """0 for the normal class, 1 for every other class."""
+        normal = self.class_names.index(self.normal_class)
+        return np.array([int(i != normal) for i in self.class_index], dtype=np.int64)
+
+
+def scan_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL") -> LabelledFolder:
+    """Scan a labelled folder (one sub-folder per class, images found recursively).
+
+    Raises:
+        DataError: no class folders, or the normal class is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{display_path(folder)}: folder does not exist")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, index, names = [], [], []
+    for class_dir in class_dirs:
+        try:
+            found = find_images(class_dir)
+        except DataError:
+            continue
+        names.append(class_dir.name)
+        paths.extend(found)
+        index.extend([len(names) - 1] * len(found))
+    if not names:
+        raise DataError(f"{display_path(folder)}: no class sub-folders with images")
+    if normal_class not in names:
+        raise DataError(
+            f"{display_path(folder)}: no '{normal_class}' class folder (found: {', '.join(names)});"
+            " use --normal-class to name the normal class"
+        )
+    return LabelledFolder(paths, names, index, normal_class)
+
+
+def load_preprocessed(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
+    """Read one file and preprocess it: (S, S) float32 in [-1, 1]."""
+    return preprocess(read_image(path), config)
+
+
+@dataclass
+class LoadedImages:
+    """Preprocessed images of a file list, with the files that failed.
+
+    Attributes:
+        images: (N, 1, S, S) uint8 tensor (model range is ``x / 127.5 - 1``).
+        paths: the N files that were read.
+        failures: (path, reason) for every file that was skipped.
+    """
+
+    images: torch.Tensor
+    paths: list[Path]
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def uint8_to_model(images: torch.Tensor) -> torch.Tensor:
+    """Convert a uint8 image batch to float32 model range [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def _encode_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def iter_preprocessed(
+    paths: Sequence[str | os.PathLike], config: PreprocessConfig, workers: int = 4
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """Yield (path, uint8 image or None, error or None) in order, decoding in threads.
+
+    OpenCV releases the GIL while decoding, so threads overlap the reading work.
+    """
+
+    def job(path: Path) -> tuple[Path, np.ndarray | None, str | None]:
+        try:
+            return path, _encode_uint8(load_preprocessed(path, config)), None
+        except ImageReadError as err:
+            return path, None, err.reason
+        except Exception as err:  # any decoder surprise is a bad file, not a crash
+            return path, None, f"cannot be decoded ({type(err).__name__}: {err})"
+
+    paths = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        chunk = 256  # bound the number of decoded images waiting in memory
+        for start in range(0, len(paths), chunk):
+            yield from pool.map(job, paths[start : start + chunk])
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    config: PreprocessConfig,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> LoadedImages:
+    """Read and preprocess a list of files into one uint8 tensor, skipping bad files.
+
+    Args:
+        paths: image files.
+        config: preprocessing settings.
+        cache_dir: if given, the result is stored there as ``.npy`` and reused when the
+            same files (by path, size and modification time) and settings come again.
+        progress: show a progress bar.
+    """
+    paths = [Path(p) for p in paths]
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"images-{_cache_key(paths, config)}"
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            return cached
+    images, good, failures = [], [], []
+    stream: Iterable = iter_preprocessed(paths, config)
+    if progress:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=len(paths), desc="reading images", unit="img")
+    for path, image, error in stream:
+        if image is None:
+            failures.append((path, error))
+        else:
+            images.append(image)
+            good.append(path)
+    size = config.image_size
+    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    loaded = LoadedImages(torch.from_numpy(stacked).unsqueeze(1), good, failures)
+    if cache_file is not None:
+        _write_cache(cache_file, loaded)
+    return loaded
+
+
+def _cache_key(paths: list[Path], config: PreprocessConfig) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    for path in paths:
+        try:
+            stat = path.stat()
+            digest.update(os.fsencode(path.resolve()) + f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(os.fsencode(path) + b"|missing")
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(cache_file: Path) -> LoadedImages | None:
+    array_file, index_file = cache_file.with_suffix(".npy"), cache_file.with_suffix(".json")
+    if not (array_file.exists() and index_file.exists()):
+        return None
+    try:
+        index = json.loads(index_file.read_text())
+        array = np.load(array_file, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    paths = [Path(p) for p in index["paths"]]
+    failures = [(Path(p), r) for p, r in index["failures"]]
+    return LoadedImages(torch.from_numpy(array), paths, failures)
+
+
+def _write_cache(cache_file: Path, loaded: LoadedImages) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    array_tmp = cache_file.with_suffix(".tmp.npy")
+    np.save(array_tmp, loaded.images.numpy())
+    os.replace(array_tmp, cache_file.with_suffix(".npy"))
+    index = {
+        "paths": [str(p) for p in loaded.paths],  # json escapes undecodable names losslessly
+        "failures": [[str(p), r] for p, r in loaded.failures],
+    }
+    index_tmp = cache_file.with_suffix(".tmp.json")
+    index_tmp.write_text(json.dumps(index))
+    os.replace(index_tmp, cache_file.with_suffix(".json"))

@@ -1,0 +1,65 @@
+"""Pixel heatmaps of where the residual |x - G(z)| is, as PNG panels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomaly.preprocess import to_display
+
+
+def residual_map(image: np.ndarray, reconstruction: np.ndarray, blur_sigma: float = 1.0
+                 ) -> np.ndarray:
+    """Smoothed absolute residual of one image, (S, S) float32 in [0, 2].
+
+    Args:
+        image: (S, S) model-range input.
+        reconstruction: (S, S) model-range G(z).
+        blur_sigma: Gaussian smoothing in pixels (0 disables it).
+    """
+    residual = np.abs(image - reconstruction).astype(np.float32)
+    if blur_sigma > 0:
+        residual = cv2.GaussianBlur(residual, (0, 0), blur_sigma)
+    return residual
+
+
+def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: int = 256,
+                  scale: float | None = None) -> np.ndarray:
+    """Three panels side by side: input, G(z), residual as a colour overlay on the input.
+
+    Args:
+        image: (S, S) model-range input.
+        reconstruction: (S, S) model-range G(z).
+        display_size: side of each panel in pixels.
+        scale: residual value shown as full red; default: this image's maximum, so
+            every image uses the whole colour range.
+
+    Returns:
+        (display_size, 3 * display_size, 3) uint8 BGR image.
+    """
+    residual = residual_map(image, reconstruction)
+    scale = scale or float(residual.max()) or 1.0
+    heat8 = np.clip(residual / scale * 255.0, 0, 255).astype(np.uint8)
+
+    def grow(a: np.ndarray, interp: int) -> np.ndarray:
+        return cv2.resize(a, (display_size, display_size), interpolation=interp)
+
+    gray = cv2.cvtColor(grow(to_display(image), cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
+    recon = cv2.cvtColor(grow(to_display(reconstruction), cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
+    colour = cv2.applyColorMap(grow(heat8, cv2.INTER_CUBIC), cv2.COLORMAP_JET)
+    overlay = cv2.addWeighted(gray, 0.55, colour, 0.45, 0)
+    return np.concatenate([gray, recon, overlay], axis=1)
+
+
+def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray,
+                  display_size: int = 256) -> None:
+    """Write the three-panel heatmap of one image as PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(".png", heatmap_panel(image, reconstruction, display_size))
+    if not ok:
+        raise OSError(f"{path}: could not encode heatmap")
+    path.write_bytes(encoded.tobytes())

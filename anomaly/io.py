@@ -1,0 +1,159 @@
+"""Read any chest X-ray file into one grayscale float array in [0, 1].
+
+Supported: PNG, JPEG, BMP, TIFF (8- and 16-bit) and DICOM (``.dcm``, MONOCHROME1 is
+inverted, rescale slope/intercept applied). Every failure raises :class:`ImageReadError`
+whose message names the file and what is wrong, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs)
+MIN_SIDE = 8  # smaller images carry no usable anatomy
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{display_path(path)}: {reason}")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """Return a printable form of a path, even when its name is not valid UTF-8."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True when the file name has one of the supported image suffixes."""
+    return Path(os.fsdecode(path)).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an X-ray file as a grayscale float32 array in [0, 1].
+
+    Args:
+        path: image or DICOM file.
+
+    Returns:
+        Array of shape (H, W), dtype float32, values in [0, 1].
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, too large, too small
+            or not an image.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageReadError(path, f"cannot be read ({err.strerror or err})") from None
+    if not data:
+        raise ImageReadError(path, "is empty (0 bytes)")
+    if _looks_like_dicom(path, data):
+        image = _decode_dicom(path)
+    else:
+        image = _decode_raster(path, data)
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
+        raise ImageReadError(
+            path, f"is only {image.shape[1]}x{image.shape[0]} pixels (need at least {MIN_SIDE})"
+        )
+    if not np.isfinite(image).all():
+        raise ImageReadError(path, "contains NaN or infinite pixel values")
+    return image
+
+
+def _looks_like_dicom(path: Path, data: bytes) -> bool:
+    return path.suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM"
+
+
+def _check_header_size(path: Path) -> None:
+    """Refuse decompression bombs by reading only the header's width and height."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        raise ImageReadError(path, "declares an image too large to decode") from None
+    except Exception:  # PIL cannot parse it: let OpenCV have its say
+        return
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(
+            path, f"declares {width}x{height} pixels, more than the limit of {MAX_PIXELS}"
+        )
+
+
+def _decode_raster(path: Path, data: bytes) -> np.ndarray:
+    _check_header_size(path)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if image is None:
+        raise ImageReadError(path, "is not a readable image (corrupt, truncated or unknown format)")
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        else:
+            image = image[..., 0]
+    return _to_unit_range(image)
+
+
+def _to_unit_range(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    image = image.astype(np.float32)
+    return _min_max(image)
+
+
+def _min_max(image: np.ndarray) -> np.ndarray:
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return np.zeros_like(image, dtype=np.float32)
+    return ((image - low) / (high - low)).astype(np.float32)
+
+
+def _decode_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path)
+        rows, cols = int(dataset.Rows), int(dataset.Columns)
+        if rows * cols > MAX_PIXELS:
+            raise ImageReadError(path, f"declares {cols}x{rows} pixels, more than the limit")
+        pixels = dataset.pixel_array
+    except ImageReadError:
+        raise
+    except InvalidDicomError:
+        raise ImageReadError(path, "is not a valid DICOM file") from None
+    except AttributeError:
+        raise ImageReadError(path, "is a DICOM file without pixel data") from None
+    except Exception as err:  # pydicom raises many types for truncated or odd files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageReadError(path, f"DICOM pixel data cannot be decoded ({reason})") from None
+    if pixels.ndim == 3:  # colour or multi-frame: take a grayscale of the first plane
+        if pixels.shape[-1] in (3, 4) and dataset.get("SamplesPerPixel", 1) > 1:
+            pixels = pixels[..., :3].mean(axis=-1)
+        else:
+            pixels = pixels[0]
+    pixels = pixels.astype(np.float32)
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    pixels = pixels * slope + intercept
+    image = _min_max(pixels)
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        image = 1.0 - image
+    return image

@@ -1,0 +1,415 @@
+"""Train the DCGAN on normal X-rays, then (optionally) the f-AnoGAN encoder.
+
+``train_gan`` reads top to bottom: load the images once, build the networks, then per
+batch (1) update D and (2) update G, log to TensorBoard, and save an atomic checkpoint
+every epoch. ``train_encoder`` trains E with G and D frozen (f-AnoGAN's izi_f).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from anomaly import distributed
+from anomaly.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from anomaly.config import format_config, save_config
+from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
+from anomaly.device import autocast, resolve_device
+from anomaly.io import display_path
+from anomaly.models import (
+    Discriminator,
+    Encoder,
+    GANArchitecture,
+    Generator,
+    init_dcgan_weights,
+)
+from anomaly.preprocess import PreprocessConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``anomaly train-gan`` needs; YAML keys are these field names."""
+
+    # preprocessing (stored in the checkpoint, reused by scoring)
+    image_size: int = 64
+    clahe: bool = True
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    clahe_working_size: int = 256
+    resize: str = "squash"
+    # architecture
+    latent_dim: int = 100
+    generator_width: int = 64
+    discriminator_width: int = 64
+    max_channels: int = 512
+    spectral_norm: bool = False
+    # GAN optimisation
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    label_smoothing: float = 0.0
+    flip: bool = False
+    # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
+    encoder_epochs: int = 0
+    encoder_lr: float = 1e-4
+    encoder_kappa: float = 1.0
+    # held-out normal images for fitting score statistics (never trained on)
+    holdout_fraction: float = 0.05
+    # run
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    max_images: int | None = None
+    cache_dir: str | None = None
+    sample_count: int = 64
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing part of this config."""
+        return PreprocessConfig(self.image_size, self.clahe, self.clahe_clip_limit,
+                                self.clahe_tile_grid, self.clahe_working_size, self.resize)
+
+    def architecture(self) -> GANArchitecture:
+        """The architecture part of this config."""
+        return GANArchitecture(self.image_size, 1, self.latent_dim, self.generator_width,
+                               self.discriminator_width, self.max_channels, self.spectral_norm)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """Where a run keeps its latest checkpoint."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Split files into (train, holdout) deterministically by seed."""
+    count = int(round(len(paths) * fraction)) if len(paths) >= 20 else 0
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    holdout = sorted(order[:count])
+    keep = sorted(order[count:])
+    return [paths[i] for i in keep], [paths[i] for i in holdout]
+
+
+def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
+                            log=print) -> tuple[LoadedImages, list[Path]]:
+    """Find, split and load the training images; report skipped files.
+
+    Returns:
+        The loaded training images and the held-out normal file paths.
+    """
+    paths = find_images(data_dir)
+    if config.max_images:
+        paths = paths[: config.max_images]
+    train_paths, holdout_paths = split_holdout(paths, config.holdout_fraction, config.seed)
+    loaded = load_images(train_paths, config.preprocess_config(), cache_dir=config.cache_dir,
+                         progress=distributed.is_main())
+    for path, reason in loaded.failures:
+        log(f"skipped {display_path(path)}: {reason}")
+    if len(loaded.paths) < 2:
+        raise DataError(f"{display_path(data_dir)}: fewer than 2 readable training images")
+    log(f"training on {len(loaded.paths)} images, {len(holdout_paths)} held out for score "
+        f"statistics, {len(loaded.failures)} skipped")
+    return loaded, holdout_paths
+
+
+def build_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
+                optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
+                order_rng: torch.Generator, holdout: list[Path],
+                data_dir: str | os.PathLike) -> dict:
+    """Assemble a self-describing checkpoint dict."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": asdict(config.architecture()),
+        "preprocess": asdict(config.preprocess_config()),
+        "train_config": asdict(config),
+        "epoch": epoch,
+        "generator": generator.state_dict(),
+        "discriminator": discriminator.state_dict(),
+        "optimizer_g": optimizer_g.state_dict(),
+        "optimizer_d": optimizer_d.state_dict(),
+        "fixed_noise": fixed_noise.cpu(),
+        "torch_rng": torch.get_rng_state(),
+        "order_rng": order_rng.get_state(),
+        "holdout_paths": [str(p) for p in holdout],
+        "data_dir": str(Path(data_dir).resolve()),
+    }
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
+              resume: bool = False, progress: bool = True, log=print) -> Path:
+    """Train a DCGAN on the normal images under ``data_dir``.
+
+    Args:
+        config: training settings.
+        data_dir: folder of normal images (found recursively).
+        run_dir: output folder: ``checkpoints/last.pt``, ``config.yaml``, TensorBoard events.
+        resume: continue from ``run_dir``'s last checkpoint.
+        progress: show a progress bar.
+        log: where messages go (rank 0 only under torchrun).
+
+    Returns:
+        Path of the final checkpoint.
+
+    Raises:
+        TrainingDiverged: a loss became NaN or infinite.
+    """
+    run_dir = Path(run_dir)
+    dist = distributed.setup()
+    log = log if dist.is_main else (lambda *a, **k: None)
+    device = dist.device if dist.world_size > 1 else resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+    torch.manual_seed(config.seed)
+    log(f"device: {device}{' with mixed precision' if use_amp else ''}"
+        f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
+    log("config:\n" + format_config(config))
+
+    loaded, holdout = prepare_training_images(config, data_dir, log)
+    images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
+    arch = config.architecture()
+    generator, discriminator = Generator(arch).to(device), Discriminator(arch).to(device)
+    generator.apply(init_dcgan_weights)
+    discriminator.apply(init_dcgan_weights)
+    optimizer_g = torch.optim.Adam(generator.parameters(), config.lr, (config.beta1, config.beta2))
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), config.lr,
+                                   (config.beta1, config.beta2))
+    order_rng = torch.Generator().manual_seed(config.seed)
+    fixed_noise = torch.randn(config.sample_count, arch.latent_dim,
+                              generator=torch.Generator().manual_seed(config.seed + 1))
+    start_epoch = 0
+    last = checkpoint_path(run_dir)
+    if resume and last.exists():
+        state = load_checkpoint(last)
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        optimizer_g.load_state_dict(state["optimizer_g"])
+        optimizer_d.load_state_dict(state["optimizer_d"])
+        torch.set_rng_state(state["torch_rng"])
+        order_rng.set_state(state["order_rng"])
+        start_epoch = int(state["epoch"])
+        log(f"resuming from {display_path(last)} at epoch {start_epoch}")
+    elif resume:
+        log(f"no checkpoint at {display_path(last)}; starting a new run")
+    if dist.world_size > 1:
+        generator, discriminator = dist.wrap(generator), dist.wrap(discriminator)
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+    writer = SummaryWriter(str(run_dir)) if dist.is_main else None
+    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
+    real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
+    count = len(loaded.paths)
+    batch_size = min(config.batch_size, count)
+    step = start_epoch * max(1, count // (batch_size * dist.world_size))
+    if writer is not None and start_epoch == 0:
+        writer.add_image("real", make_grid(uint8_to_model(loaded.images[:64]), nrow=8,
+                                           normalize=True, value_range=(-1, 1)), 0)
+
+    for epoch in range(start_epoch, config.epochs):
+        generator.train()
+        discriminator.train()
+        order = torch.randperm(count, generator=order_rng)
+        batches = dist.shard_batches(order, batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not (progress and dist.is_main), leave=False)
+        for batch_index in bar:
+            real = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S)
+            if config.flip:
+                flip = torch.rand(real.shape[0], device=device) < 0.5
+                real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+            noise = torch.randn(real.shape[0], arch.latent_dim, device=device)
+
+            # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
+            optimizer_d.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                fake = generator(noise)
+                logits_real = discriminator(real)
+                logits_fake = discriminator(fake.detach())
+                loss_d = (
+                    F.binary_cross_entropy_with_logits(
+                        logits_real, torch.full_like(logits_real, real_target))
+                    + F.binary_cross_entropy_with_logits(
+                        logits_fake, torch.zeros_like(logits_fake))
+                )
+            scaler_d.scale(loss_d).backward()
+            scaler_d.step(optimizer_d)
+            scaler_d.update()
+
+            # (2) Update G: maximise log D(G(z))
+            optimizer_g.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                logits_fake_for_g = discriminator(fake)
+                loss_g = F.binary_cross_entropy_with_logits(
+                    logits_fake_for_g, torch.ones_like(logits_fake_for_g))
+            scaler_g.scale(loss_g).backward()
+            scaler_g.step(optimizer_g)
+            scaler_g.update()
+
+            if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
+                raise TrainingDiverged(
+                    f"loss became non-finite at epoch {epoch + 1} (D {loss_d.item():.4g}, "
+                    f"G {loss_g.item():.4g}); the last good checkpoint is {display_path(last)}; "
+                    "try a lower --lr or spectral_norm: true")
+            d_real = torch.sigmoid(logits_real.float()).mean().item()
+            d_fake = torch.sigmoid(logits_fake.float()).mean().item()
+            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
+                            d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
+            if writer is not None:
+                writer.add_scalar("loss/discriminator", loss_d.item(), step)
+                writer.add_scalar("loss/generator", loss_g.item(), step)
+                writer.add_scalar("D(x)", d_real, step)
+                writer.add_scalar("D(G(z))", d_fake, step)
+            step += 1
+
+        if dist.is_main:
+            g, d = _unwrap(generator), _unwrap(discriminator)
+            g.eval()
+            with torch.no_grad():
+                samples = g(fixed_noise.to(device)).float().cpu()
+            writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
+                                                  value_range=(-1, 1)), epoch + 1)
+            writer.flush()
+            save_checkpoint(build_state(config, g, d, optimizer_g, optimizer_d, epoch + 1,
+                                        fixed_noise, order_rng, holdout, data_dir), last)
+            log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
+                f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
+        dist.barrier()
+
+    if writer is not None:
+        writer.close()
+    if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
+        raise DataError(f"{display_path(run_dir)}: no epochs were run")
+    if dist.is_main and config.encoder_epochs > 0:
+        train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
+    elif dist.is_main:
+        fit_score_statistics(last, log=log)
+    dist.barrier()
+    dist.teardown()
+    return last
+
+
+def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.PathLike | None = None,
+                  lr: float | None = None, kappa: float | None = None, batch_size: int | None = None,
+                  device: str | None = None, progress: bool = True, log=print) -> Path:
+    """Train f-AnoGAN's encoder (izi_f) for a trained GAN and store it in its checkpoint.
+
+    G and D stay frozen in eval mode; E minimises
+    ``MSE(x, G(E(x))) + kappa * MSE(f(x), f(G(E(x))))`` on the training normals.
+
+    Args:
+        model: run directory or checkpoint file of a trained GAN.
+        epochs: passes over the training images.
+        data_dir: folder of normal training images (default: the GAN's own, from its config).
+        lr, kappa, batch_size, device: override the values stored in the GAN's config.
+
+    Returns:
+        Path of the updated checkpoint.
+    """
+    state = load_checkpoint(model)
+    config = TrainConfig(**state["train_config"])
+    lr = lr or config.encoder_lr
+    kappa = config.encoder_kappa if kappa is None else kappa
+    batch_size = batch_size or config.batch_size
+    torch_device = resolve_device(device or config.device)
+    use_amp = config.amp and torch_device.type == "cuda"
+    torch.manual_seed(config.seed + 2)
+    path = Path(model)
+    path = checkpoint_path(path) if path.is_dir() else path
+    run_dir = path.parent.parent
+    data_dir = data_dir or state.get("data_dir")
+    if not data_dir:
+        raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
+    loaded, _ = prepare_training_images(config, data_dir, log)
+    images = loaded.images.to(torch_device)
+    arch = GANArchitecture(**state["architecture"])
+    generator, discriminator = Generator(arch), Discriminator(arch)
+    generator.load_state_dict(state["generator"])
+    discriminator.load_state_dict(state["discriminator"])
+    generator.to(torch_device).eval().requires_grad_(False)
+    discriminator.to(torch_device).eval().requires_grad_(False)
+    encoder = Encoder(arch).to(torch_device)
+    encoder.apply(init_dcgan_weights)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr, (0.5, 0.999))
+    writer = SummaryWriter(str(run_dir / "encoder"))
+    order_rng = torch.Generator().manual_seed(config.seed + 3)
+    count = len(loaded.paths)
+    step = 0
+    for epoch in range(epochs):
+        encoder.train()
+        order = torch.randperm(count, generator=order_rng)
+        batches = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+        bar = tqdm(batches, desc=f"encoder {epoch + 1}/{epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for batch_index in bar:
+            real = uint8_to_model(images[batch_index.to(torch_device)])  # (B, 1, S, S)
+            if config.flip:
+                flip = torch.rand(real.shape[0], device=torch_device) < 0.5
+                real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+
+            # (3) Update E: reconstruct x through G(E(x)) in image and feature space
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(torch_device, use_amp):
+                reconstruction = generator(encoder(real))
+                loss_image = F.mse_loss(reconstruction.float(), real)
+                loss_features = F.mse_loss(discriminator.features(reconstruction).float(),
+                                           discriminator.features(real).float())
+                loss = loss_image + kappa * loss_features
+            loss.backward()
+            optimizer.step()
+
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"encoder loss became non-finite at epoch {epoch + 1}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            writer.add_scalar("encoder/loss_image", loss_image.item(), step)
+            writer.add_scalar("encoder/loss_features", loss_features.item(), step)
+            step += 1
+        log(f"encoder epoch {epoch + 1}/{epochs}: image {loss_image.item():.4f}, "
+            f"features {loss_features.item():.4f}")
+        state["encoder"] = encoder.state_dict()
+        state["encoder_epochs"] = epoch + 1
+        save_checkpoint(state, path)
+    writer.close()
+    fit_score_statistics(path, log=log)
+    return path
+
+
+def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
+    """Score the run's held-out normal images and store per-mode statistics.
+
+    The statistics (mean, standard deviation and quantiles of each score component)
+    come from normal images the GAN never trained on; ``anomaly evaluate`` uses their
+    95% quantile as the threshold when no labelled validation folder is given.
+    """
+    from anomaly.score import Scorer, available_modes
+
+    path = Path(model)
+    path = checkpoint_path(path) if path.is_dir() else path
+    state = load_checkpoint(path)
+    holdout = [Path(p) for p in state.get("holdout_paths", [])]
+    if not holdout:
+        return
+    stats = {}
+    for mode in available_modes(state):
+        scorer = Scorer.from_state(state, mode=mode)
+        result = scorer.score_paths(holdout, progress=False)
+        stats[mode] = result.statistics()
+    state["score_stats"] = stats
+    save_checkpoint(state, path)
+    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
+        f"{', '.join(stats)}")

@@ -1,0 +1,1 @@
+"""Supervised baseline: a class-weighted torchvision classifier with Grad-CAM."""

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``anomaly`` and ``classify``. They parse and call the library."""

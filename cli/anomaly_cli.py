@@ -1,0 +1,127 @@
+"""``anomaly``: train the GAN on normal X-rays, score images, evaluate, compare reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from anomaly.io import display_path
+from cli.common import device_option, user_errors_as_messages
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Unsupervised anomaly detection in chest X-rays with GANs."""
+
+
+@main.command("train-gan")
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Folder of NORMAL training images (searched recursively).")
+@click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (configs/*.yaml).")
+@click.option("--image-size", type=int, help="Power of two, 32 to 256.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
+@click.option("--max-images", type=int, help="Use only the first N images (a quick try).")
+@click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
+@click.option("--seed", type=int)
+@device_option
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/last.pt.")
+@click.option("--dry-run", is_flag=True, help="One epoch on at most 64 images.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@user_errors_as_messages
+def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, **overrides):
+    """Train a DCGAN on normal images only."""
+    from anomaly.config import load_config
+    from anomaly.train import TrainConfig, train_gan
+
+    if dry_run:
+        overrides.update(epochs=1, max_images=min(overrides.get("max_images") or 64, 64))
+    config = load_config(TrainConfig, config_file, overrides)
+    last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress)
+    click.echo(f"checkpoint: {display_path(last)}")
+
+
+@main.command("train-encoder")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Normal training folder (default: the GAN's own).")
+@click.option("--lr", type=float)
+@click.option("--kappa", type=float, help="Weight of the feature loss.")
+@click.option("--batch-size", type=int)
+@device_option
+@click.option("--no-progress", is_flag=True)
+@user_errors_as_messages
+def train_encoder_command(model, epochs, data_dir, lr, kappa, batch_size, device, no_progress):
+    """Train the f-AnoGAN encoder (izi_f) for a trained GAN."""
+    from anomaly.train import train_encoder
+
+    path = train_encoder(model, epochs, data_dir=data_dir, lr=lr, kappa=kappa,
+                         batch_size=batch_size, device=device, progress=not no_progress)
+    click.echo(f"checkpoint: {display_path(path)}")
+
+
+@main.command("score")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--image", "images", multiple=True, type=click.Path(), help="Image file (repeatable).")
+@click.option("--dir", "folder", type=click.Path(), help="Folder of images (recursive).")
+@click.option("--out", "out_csv", type=click.Path(), help="CSV: path,score,residual,discrimination.")
+@click.option("--heatmaps", "heatmap_dir", type=click.Path(), help="Folder for heatmap PNGs.")
+@click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
+              help="Default: encoder when the checkpoint has one, else search.")
+@click.option("--iterations", type=int, help="Latent-search steps (search: 500).")
+@click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
+              help="Adam learning rate for z.")
+@click.option("--lambda", "lam", type=float, default=0.1, show_default=True,
+              help="Weight of the discrimination loss.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@click.option("--resume", is_flag=True, help="Skip images already in --out.")
+@click.option("--max-images", type=int, help="Score only the first N images.")
+@click.option("--no-progress", is_flag=True)
+@user_errors_as_messages
+def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations, search_lr, lam,
+                  batch_size, seed, device, resume, max_images, no_progress):
+    """Score images: higher = more anomalous. Prints one line per image."""
+    from anomaly.data import find_images
+    from anomaly.score import Scorer
+    from anomaly.score_files import score_files
+
+    if bool(images) == bool(folder):
+        raise click.UsageError("give either --image (one or more) or --dir")
+    paths = [Path(p) for p in images] if images else find_images(folder)
+    if max_images:
+        paths = paths[:max_images]
+    scorer = Scorer.from_checkpoint(model, mode=mode, iterations=iterations, lr=search_lr,
+                                    lam=lam, batch_size=batch_size, device=device or "auto",
+                                    seed=seed)
+    click.echo(f"mode: {scorer.mode}, {scorer.iterations} iterations, lambda {scorer.lam}, "
+               f"device {scorer.device}", err=True)
+
+    def print_row(path, score, residual, discrimination):
+        tqdm_write(f"{display_path(path)}\t{score:.6f}")
+
+    result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume, on_row=print_row,
+                         progress=not no_progress)
+    for path, reason in result.failures:
+        click.echo(f"skipped {display_path(path)}: {reason}", err=True)
+    click.echo(f"scored {len(result.paths)} image(s), skipped {len(result.failures)}", err=True)
+    if not result.paths and not (resume and out_csv):
+        sys.exit(1)
+
+
+def tqdm_write(line: str) -> None:
+    """Print a line without breaking an active progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
+if __name__ == "__main__":
+    main()
