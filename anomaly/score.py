@@ -138,6 +138,17 @@ class Scorer:
         """
         return cls.from_state(load_checkpoint(model), mode=mode, **options)
 
+    def settings(self) -> dict:
+        """The settings that change this scorer's numbers (stored beside fitted statistics)."""
+        return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
+                "lam": self.lam, "seed": self.seed}
+
+    def fitted_normal_scores(self) -> list[float] | None:
+        """Held-out normal scores fitted at training time with these very settings."""
+        stats = self.score_stats or {}
+        same = all(stats.get(k) == v for k, v in self.settings().items())
+        return stats.get("values") if same else None
+
     # -- scoring tensors -------------------------------------------------------------
 
     def initial_latent(self, images: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[P
 
 
 def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
-                            log=print) -> tuple[LoadedImages, list[Path]]:
+                            log=print, progress: bool = True) -> tuple[LoadedImages, list[Path]]:
     """Find, split and load the training images; report skipped files.
 
     Returns:
@@ -114,7 +114,7 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
         paths = paths[: config.max_images]
     train_paths, holdout_paths = split_holdout(paths, config.holdout_fraction, config.seed)
     loaded = load_images(train_paths, config.preprocess_config(), cache_dir=config.cache_dir,
-                         progress=distributed.is_main())
+                         progress=progress and distributed.is_main())
     for path, reason in loaded.failures:
         log(f"skipped {display_path(path)}: {reason}")
     if len(loaded.paths) < 2:
@@ -180,7 +180,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
     log("config:\n" + format_config(config))
 
-    loaded, holdout = prepare_training_images(config, data_dir, log)
+    loaded, holdout = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
     arch = config.architecture()
     generator, discriminator = Generator(arch).to(device), Discriminator(arch).to(device)
@@ -335,7 +335,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     data_dir = data_dir or state.get("data_dir")
     if not data_dir:
         raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
-    loaded, _ = prepare_training_images(config, data_dir, log)
+    loaded, _ = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(torch_device)
     arch = GANArchitecture(**state["architecture"])
     generator, discriminator = Generator(arch), Discriminator(arch)
@@ -408,7 +408,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     for mode in available_modes(state):
         scorer = Scorer.from_state(state, mode=mode)
         result = scorer.score_paths(holdout, progress=False)
-        stats[mode] = result.statistics()
+        stats[mode] = {**result.statistics(), **scorer.settings(), "values": result.score}
     state["score_stats"] = stats
     save_checkpoint(state, path)
     log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "

@@ -66,22 +66,32 @@ def train_encoder_command(model, epochs, data_dir, lr, kappa, batch_size, device
     click.echo(f"checkpoint: {display_path(path)}")
 
 
+def scorer_options(command):
+    """Scoring options shared by ``score`` and ``evaluate``."""
+    options = [
+        click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
+                     help="Default: encoder when the checkpoint has one, else search."),
+        click.option("--iterations", type=int, help="Latent-search steps (search: 500)."),
+        click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
+                     help="Adam learning rate for z."),
+        click.option("--lambda", "lam", type=float, default=0.1, show_default=True,
+                     help="Weight of the discrimination loss."),
+        click.option("--batch-size", type=int, default=64, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        device_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("score")
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
 @click.option("--image", "images", multiple=True, type=click.Path(), help="Image file (repeatable).")
 @click.option("--dir", "folder", type=click.Path(), help="Folder of images (recursive).")
 @click.option("--out", "out_csv", type=click.Path(), help="CSV: path,score,residual,discrimination.")
 @click.option("--heatmaps", "heatmap_dir", type=click.Path(), help="Folder for heatmap PNGs.")
-@click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
-              help="Default: encoder when the checkpoint has one, else search.")
-@click.option("--iterations", type=int, help="Latent-search steps (search: 500).")
-@click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
-              help="Adam learning rate for z.")
-@click.option("--lambda", "lam", type=float, default=0.1, show_default=True,
-              help="Weight of the discrimination loss.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@device_option
+@scorer_options
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
 @click.option("--max-images", type=int, help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
@@ -114,6 +124,63 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations,
     click.echo(f"scored {len(result.paths)} image(s), skipped {len(result.failures)}", err=True)
     if not result.paths and not (resume and out_csv):
         sys.exit(1)
+
+
+@main.command("evaluate")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Labelled test folder (one sub-folder per class).")
+@click.option("--val", "val_dir", type=click.Path(),
+              help="Labelled validation folder, or a folder of normal images only.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder.")
+@click.option("--normal-class", default="NORMAL", show_default=True)
+@click.option("--threshold-metric", type=click.Choice(["youden", "f1"]), default="youden",
+              show_default=True)
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="Normal-score quantile when validation holds normal images only.")
+@click.option("--threshold-on-test", is_flag=True,
+              help="Without validation data, pick the threshold on the test data (reported).")
+@click.option("--max-images", type=int, help="At most N images per class (a quick try).")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the AUROC confidence interval.")
+@scorer_options
+@click.option("--no-progress", is_flag=True)
+@user_errors_as_messages
+def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
+                     threshold_on_test, max_images, resamples, mode, iterations, search_lr, lam,
+                     batch_size, seed, device, no_progress):
+    """Score a labelled folder and write report.json, scores.csv and plots."""
+    from anomaly.evaluate_gan import evaluate_gan
+
+    report = evaluate_gan(model, data_dir, out_dir, val_dir, normal_class, threshold_metric,
+                          quantile, threshold_on_test, max_images, resamples,
+                          progress=not no_progress, mode=mode, iterations=iterations,
+                          lr=search_lr, lam=lam, batch_size=batch_size,
+                          device=device or "auto", seed=seed)
+    print_report(report, out_dir)
+
+
+def print_report(report: dict, out_dir) -> None:
+    """Print the headline metrics of a report."""
+    low, high = report["auroc_ci95"]
+    click.echo(f"AUROC {report['auroc']:.4f} (95% CI {low:.4f}-{high:.4f}) on {report['n']} "
+               f"images; threshold {report['threshold']:.5g} from {report['threshold_source']}: "
+               f"recall {report['recall']:.3f}, specificity {report['specificity']:.3f}, "
+               f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
+               f"accuracy {report['accuracy']:.3f}")
+    click.echo(f"report: {display_path(Path(out_dir) / 'report.json')}")
+
+
+@main.command("compare")
+@click.argument("report_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(),
+              help="Folder for comparison.md and roc.png.")
+@user_errors_as_messages
+def compare_command(report_dirs, out_dir):
+    """Put several report folders side by side (Markdown table and one ROC plot)."""
+    from anomaly.evaluate import compare_reports
+
+    click.echo(compare_reports(report_dirs, out_dir), nl=False)
 
 
 def tqdm_write(line: str) -> None:

@@ -1,0 +1,221 @@
+"""Metrics on scores and labels alone: AUROC with a bootstrap CI, thresholds, reports.
+
+Shared by ``anomaly evaluate`` and ``classify evaluate``; it never sees a network.
+Label 1 = anomalous, and an image is flagged when ``score >= threshold``.
+A threshold is picked on validation data (or held-out normal images), never on the
+data it is reported on unless the caller asks and the report says ``"test"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+class EvaluationError(ValueError):
+    """Scores and labels cannot be evaluated as asked; the message says why."""
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (scikit-learn's); needs both classes."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise EvaluationError("AUROC needs both normal and anomalous images")
+    return float(roc_auc_score(labels, scores))
+
+
+def bootstrap_auroc_ci(labels: Sequence[int], scores: Sequence[float], resamples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the AUROC.
+
+    Resamples images with replacement (stratified by class, so every resample holds
+    both classes), seeded for reproducibility.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    values = np.empty(resamples)
+    for i in range(resamples):
+        idx = np.concatenate([rng.choice(normal, len(normal)), rng.choice(anomalous, len(anomalous))])
+        values[i] = roc_auc_score(labels[idx], scores[idx])
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def pick_threshold(labels: Sequence[int], scores: Sequence[float], metric: str = "youden") -> float:
+    """Threshold that maximises Youden's J (TPR - FPR) or F1 on labelled data."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if len(np.unique(labels)) < 2:
+        raise EvaluationError("picking a threshold by Youden's J or F1 needs both classes")
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    thresholds = np.minimum(thresholds, scores.max())  # sklearn's first threshold is +inf
+    if metric == "youden":
+        return float(thresholds[int(np.argmax(tpr - fpr))])
+    if metric == "f1":
+        positives = labels.sum()
+        predicted = tpr * positives + fpr * (len(labels) - positives)
+        f1 = np.where(predicted > 0, 2 * tpr * positives / (predicted + positives), 0.0)
+        return float(thresholds[int(np.argmax(f1))])
+    raise EvaluationError(f"unknown threshold metric {metric!r}; use youden or f1")
+
+
+def normal_quantile_threshold(normal_scores: Sequence[float], quantile: float = 0.95) -> float:
+    """Threshold as a quantile of normal images' scores (for normal-only validation)."""
+    normal_scores = np.asarray(normal_scores, dtype=np.float64)
+    if normal_scores.size == 0:
+        raise EvaluationError("no normal validation scores to take a quantile of")
+    return float(np.quantile(normal_scores, quantile))
+
+
+def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict:
+    """Confusion matrix [[TN, FP], [FN, TP]] and the metrics derived from it."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    tp = int(((predicted == 1) & (labels == 1)).sum())
+    tn = int(((predicted == 0) & (labels == 0)).sum())
+    fp = int(((predicted == 1) & (labels == 0)).sum())
+    fn = int(((predicted == 0) & (labels == 1)).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "accuracy": ratio(tp + tn, len(labels)),
+        "precision": precision,
+        "recall": recall,
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * precision * recall, precision + recall),
+    }
+
+
+def choose_threshold(val_labels: Sequence[int] | None = None,
+                     val_scores: Sequence[float] | None = None,
+                     normal_scores: Sequence[float] | None = None,
+                     test_labels: Sequence[int] | None = None,
+                     test_scores: Sequence[float] | None = None,
+                     metric: str = "youden", quantile: float = 0.95,
+                     allow_test: bool = False) -> tuple[float, str]:
+    """Pick the operating threshold from the best data available.
+
+    Order: labelled validation with both classes (Youden/F1, ``"val"``); validation or
+    held-out images that are all normal (quantile, ``"normal-val-quantile"``); the test
+    data itself only when ``allow_test`` (``"test"``).
+
+    Returns:
+        (threshold, threshold_source).
+    """
+    if val_labels is not None and len(val_labels):
+        val_labels, val_scores = np.asarray(val_labels), np.asarray(val_scores)
+        if len(np.unique(val_labels)) == 2:
+            return pick_threshold(val_labels, val_scores, metric), "val"
+        if (val_labels == 0).all():
+            return normal_quantile_threshold(val_scores, quantile), "normal-val-quantile"
+        normal_scores = None  # anomalous-only validation cannot set a threshold
+    if normal_scores is not None and len(normal_scores):
+        return normal_quantile_threshold(normal_scores, quantile), "normal-val-quantile"
+    if allow_test and test_labels is not None:
+        return pick_threshold(test_labels, test_scores, metric), "test"
+    raise EvaluationError("no validation data to pick a threshold on: pass --val (labelled or "
+                          "normal-only), or --threshold-on-test to pick it on the test data")
+
+
+def build_report(model: str, labels: Sequence[int], scores: Sequence[float], threshold: float,
+                 threshold_source: str, resamples: int = 1000, seed: int = 0) -> dict:
+    """The ``report.json`` dict (schema in CONTRACT.md) for binary labels and scores."""
+    labels = np.asarray(labels).astype(int)
+    low, high = bootstrap_auroc_ci(labels, scores, resamples, seed)
+    return {
+        "model": model,
+        "n": int(len(labels)),
+        "n_normal": int((labels == 0).sum()),
+        "n_anomalous": int((labels == 1).sum()),
+        "auroc": auroc(labels, scores),
+        "auroc_ci95": [low, high],
+        "threshold": float(threshold),
+        "threshold_source": threshold_source,
+        **binary_metrics(labels, scores, threshold),
+    }
+
+
+def write_scores_csv(path: str | os.PathLike, paths: Sequence, labels: Sequence[int],
+                     scores: Sequence[float]) -> None:
+    """Write ``path,label,score`` rows."""
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "score"])
+        for p, label, score in zip(paths, labels, scores):
+            writer.writerow([str(p), int(label), f"{float(score):.8g}"])
+
+
+def read_scores_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Read a ``path,label,score`` CSV written by :func:`write_scores_csv`."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        rows = list(csv.DictReader(handle))
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            np.array([float(r["score"]) for r in rows]))
+
+
+def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
+                 labels: Sequence[int], scores: Sequence[float], title: str = "") -> Path:
+    """Write report.json, scores.csv, roc.png, confusion.png and histogram.png.
+
+    Returns:
+        Path of report.json.
+    """
+    from anomaly.plots import plot_confusion, plot_histogram, plot_roc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(out_dir / "scores.csv", paths, labels, scores)
+    plot_roc([(title or report["model"], labels, scores, report["auroc"])], out_dir / "roc.png")
+    plot_confusion(report["confusion_matrix"], out_dir / "confusion.png", title)
+    plot_histogram(labels, scores, report["threshold"], out_dir / "histogram.png", title)
+    report_path = out_dir / "report.json"
+    tmp = report_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, report_path)
+    return report_path
+
+
+def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:
+    """Put several report folders side by side: a Markdown table and one ROC plot.
+
+    Returns:
+        The Markdown table (also written to ``out_dir/comparison.md``).
+    """
+    from anomaly.plots import plot_roc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["auroc", "accuracy", "precision", "recall", "specificity", "f1"]
+    lines = ["| report | model | n | AUROC (95% CI) | threshold from | "
+             + " | ".join(columns[1:]) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(columns) - 1)]
+    curves = []
+    for report_dir in report_dirs:
+        report_dir = Path(report_dir)
+        try:
+            report = json.loads((report_dir / "report.json").read_text())
+        except (OSError, ValueError) as err:
+            raise EvaluationError(f"{report_dir}: no readable report.json ({err})") from None
+        low, high = report["auroc_ci95"]
+        lines.append(
+            f"| {report_dir.name} | {report['model']} | {report['n']} | "
+            f"{report['auroc']:.3f} ({low:.3f}-{high:.3f}) | {report['threshold_source']} | "
+            + " | ".join(f"{report[c]:.3f}" for c in columns[1:]) + " |")
+        if (report_dir / "scores.csv").exists():
+            _, labels, scores = read_scores_csv(report_dir / "scores.csv")
+            curves.append((report_dir.name, labels, scores, report["auroc"]))
+    table = "\n".join(lines) + "\n"
+    (out_dir / "comparison.md").write_text(table)
+    if curves:
+        plot_roc(curves, out_dir / "roc.png")
+    return table

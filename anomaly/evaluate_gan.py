@@ -1,0 +1,120 @@
+"""``anomaly evaluate``: score a labelled folder with a trained GAN and write the report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
+from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
+from anomaly.io import display_path
+from anomaly.score import Scorer
+
+
+def read_validation_folder(folder: str | os.PathLike, normal_class: str) -> LabelledFolder:
+    """A labelled folder, or a flat folder of images taken to be all normal."""
+    folder = Path(folder)
+    try:
+        return scan_labelled_folder(folder, normal_class)
+    except DataError:
+        paths = [p for p in find_images(folder) if p.parent == folder]
+        if not paths:
+            raise
+        return LabelledFolder(paths, [normal_class], [0] * len(paths), normal_class)
+
+
+def limit_per_class(folder: LabelledFolder, max_images: int | None) -> LabelledFolder:
+    """Keep at most ``max_images`` images of each class (a quick try)."""
+    if not max_images:
+        return folder
+    kept, counts = [], {}
+    for path, index in zip(folder.paths, folder.class_index):
+        counts[index] = counts.get(index, 0) + 1
+        if counts[index] <= max_images:
+            kept.append((path, index))
+    return LabelledFolder([p for p, _ in kept], folder.class_names, [i for _, i in kept],
+                          folder.normal_class)
+
+
+def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True, log=print
+                   ) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Score a labelled folder; return (paths, binary labels, scores) of readable images."""
+    label_of = dict(zip(folder.paths, folder.binary_labels.tolist()))
+    result = scorer.score_paths(folder.paths, progress=progress)
+    for path, reason in result.failures:
+        log(f"skipped {display_path(path)}: {reason}")
+    labels = np.array([label_of[p] for p in result.paths], dtype=np.int64)
+    return result.paths, labels, np.asarray(result.score)
+
+
+def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
+                 out_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None,
+                 normal_class: str = "NORMAL", threshold_metric: str = "youden",
+                 quantile: float = 0.95, threshold_on_test: bool = False,
+                 max_images: int | None = None, resamples: int = 1000, progress: bool = True,
+                 log=print, **scorer_options) -> dict:
+    """Score ``data_dir`` (and ``val_dir``), pick the threshold, write the report.
+
+    Without ``val_dir`` the threshold is the ``quantile`` of the scores of the normal
+    images the GAN held out from training.
+
+    Args:
+        model: run directory or checkpoint.
+        data_dir: labelled test folder (one sub-folder per class).
+        out_dir: report folder (report.json, scores.csv, roc.png, confusion.png,
+            histogram.png).
+        val_dir: labelled validation folder, or a folder of normal images only.
+        threshold_metric: ``youden`` or ``f1`` (labelled validation).
+        quantile: normal-score quantile (normal-only validation).
+        threshold_on_test: allow picking the threshold on the test data when there is
+            no validation data (the report then says ``"test"``).
+        max_images: at most this many images per class and folder.
+        **scorer_options: ``mode``, ``iterations``, ``lr``, ``lam``, ``batch_size``,
+            ``device``, ``seed``.
+
+    Returns:
+        The report dict (also written to ``out_dir/report.json``).
+    """
+    scorer = Scorer.from_checkpoint(model, **scorer_options)
+    log(f"scoring with mode {scorer.mode} ({scorer.iterations} iterations, lambda {scorer.lam})")
+    test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
+    paths, labels, scores = score_labelled(scorer, test, progress, log)
+    val_labels = val_scores = normal_scores = None
+    if val_dir is not None:
+        val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
+        _, val_labels, val_scores = score_labelled(scorer, val, progress, log)
+    else:
+        normal_scores = heldout_normal_scores(scorer, model, progress, log)
+    threshold, source = choose_threshold(val_labels, val_scores, normal_scores, labels, scores,
+                                         threshold_metric, quantile, threshold_on_test)
+    report = build_report("anomaly", labels, scores, threshold, source, resamples)
+    report.update(mode=scorer.mode, iterations=scorer.iterations, lam=scorer.lam,
+                  val_auroc=_val_auroc(val_labels, val_scores))
+    write_report(out_dir, report, paths, labels, scores, title=f"GAN ({scorer.mode})")
+    return report
+
+
+def heldout_normal_scores(scorer: Scorer, model: str | os.PathLike, progress: bool, log=print
+                          ) -> list[float] | None:
+    """Scores of the normal images held out from GAN training (fitted ones if they match)."""
+    fitted = scorer.fitted_normal_scores()
+    if fitted is not None:
+        return fitted
+
+
+    holdout = [Path(p) for p in load_checkpoint(model).get("holdout_paths", [])]
+    holdout = [p for p in holdout if p.exists()]
+    if not holdout:
+        return None
+    log(f"scoring {len(holdout)} held-out normal training images for the threshold")
+    return scorer.score_paths(holdout, progress=progress).score
+
+
+def _val_auroc(labels, scores) -> float | None:
+    if labels is None or len(np.unique(labels)) < 2:
+        return None
+
+    return auroc(labels, scores)
