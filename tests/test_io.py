@@ -1,0 +1,130 @@
+"""Reading every supported format, and clear one-line errors for bad files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from anomaly.io import ImageReadError, read_image
+
+GRADIENT = np.tile(np.linspace(0, 1, 48, dtype=np.float32), (40, 1))  # (40, 48), dark left
+
+
+def write_dicom(path, pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0,
+                intercept: float = 0.0) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_reads_8bit_formats(tmp_path, suffix):
+    path = tmp_path / f"image{suffix}"
+    cv2.imwrite(str(path), (GRADIENT * 255).astype(np.uint8))
+    image = read_image(path)
+    assert image.shape == (40, 48) and image.dtype == np.float32
+    assert image[:, 0].mean() < 0.05 and image[:, -1].mean() > 0.95
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_reads_16bit_with_full_precision(tmp_path, suffix):
+    path = tmp_path / f"image16{suffix}"
+    pixels = (GRADIENT * 65535).astype(np.uint16)
+    cv2.imwrite(str(path), pixels)
+    image = read_image(path)
+    np.testing.assert_allclose(image, pixels / 65535.0, atol=1e-6)
+
+
+def test_colour_becomes_grayscale(tmp_path):
+    path = tmp_path / "colour.png"
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[..., 1] = 200
+    cv2.imwrite(str(path), rgb)
+    image = read_image(path)
+    assert image.ndim == 2 and 0.4 < image.mean() < 0.6
+
+
+def test_dicom_monochrome2_16bit(tmp_path):
+    path = tmp_path / "mono2.dcm"
+    write_dicom(path, (GRADIENT * 4000).astype(np.uint16))
+    image = read_image(path)
+    assert image.shape == (40, 48)
+    assert image[:, 0].mean() < 0.01 and image[:, -1].mean() > 0.99
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    path = tmp_path / "mono1.dcm"
+    write_dicom(path, (GRADIENT * 4000).astype(np.uint16), photometric="MONOCHROME1")
+    image = read_image(path)
+    assert image[:, 0].mean() > 0.99 and image[:, -1].mean() < 0.01
+
+
+def test_dicom_negative_rescale_slope_flips_order(tmp_path):
+    path = tmp_path / "slope.dcm"
+    write_dicom(path, (GRADIENT * 255).astype(np.uint8), slope=-2.0, intercept=100.0)
+    image = read_image(path)
+    assert image[:, 0].mean() > 0.99 and image[:, -1].mean() < 0.01
+
+
+def test_dicom_8bit_without_extension_is_detected(tmp_path):
+    path = tmp_path / "noext"
+    write_dicom(path, (GRADIENT * 255).astype(np.uint8))
+    renamed = tmp_path / "scan.dicom"
+    path.rename(renamed)
+    assert read_image(renamed).shape == (40, 48)
+    assert pydicom.dcmread(renamed).Rows == 40
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty"),
+    (b"this is not an image", "not a readable image"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a readable image"),
+])
+def test_bad_files_raise_one_line_error_naming_file(tmp_path, content, needle):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "bad.png" in message and needle in message and "\n" not in message
+
+
+def test_truncated_dicom(tmp_path):
+    path = tmp_path / "cut.dcm"
+    write_dicom(path, (GRADIENT * 4000).astype(np.uint16))
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ImageReadError, match="cut.dcm"):
+        read_image(path)
+
+
+def test_directory_and_missing_file(tmp_path):
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    with pytest.raises(ImageReadError, match="directory"):
+        read_image(folder)
+    with pytest.raises(ImageReadError, match="cannot be read"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_tiny_image_is_refused(tmp_path):
+    path = tmp_path / "tiny.png"
+    cv2.imwrite(str(path), np.zeros((1, 1), np.uint8))
+    with pytest.raises(ImageReadError, match="1x1"):
+        read_image(path)

@@ -1,0 +1,50 @@
+"""CLAHE, resizing and scaling to [-1, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly.preprocess import PreprocessConfig, preprocess, to_display
+
+
+def low_contrast_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (0.45 + 0.1 * rng.random((100, 80))).astype(np.float32)
+
+
+def test_output_shape_and_range():
+    out = preprocess(low_contrast_image(), PreprocessConfig(image_size=32))
+    assert out.shape == (32, 32) and out.dtype == np.float32
+    assert out.min() >= -1.0 and out.max() <= 1.0
+
+
+def test_clahe_on_raises_contrast_and_off_keeps_it():
+    image = low_contrast_image()
+    on = preprocess(image, PreprocessConfig(image_size=64, clahe=True))
+    off = preprocess(image, PreprocessConfig(image_size=64, clahe=False))
+    assert on.std() > 2 * off.std()
+    np.testing.assert_allclose(off.mean(), image.mean() * 2 - 1, atol=0.02)
+
+
+def test_clip_limit_changes_result():
+    image = low_contrast_image()
+    low = preprocess(image, PreprocessConfig(image_size=64, clahe_clip_limit=1.0))
+    high = preprocess(image, PreprocessConfig(image_size=64, clahe_clip_limit=4.0))
+    assert high.std() > low.std()
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
+def test_resize_modes(mode):
+    out = preprocess(low_contrast_image(), PreprocessConfig(image_size=32, resize=mode, clahe=False))
+    assert out.shape == (32, 32)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError):
+        PreprocessConfig(resize="stretch")
+
+
+def test_to_display_round_trip():
+    values = np.array([-1.0, 0.0, 1.0], np.float32)
+    assert to_display(values).tolist() == [0, 128, 255]

@@ -1,0 +1,112 @@
+"""Scoring: batched search equals single-image search, modes, files, heatmaps, CSV."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.checkpoint import CheckpointError, save_checkpoint
+from anomaly.data import find_images, load_images
+from anomaly.score import Scorer
+from anomaly.score_files import score_files
+
+
+@pytest.fixture(scope="module")
+def batch(trained_run, normal_dir):
+    scorer = Scorer.from_checkpoint(trained_run, mode="search", iterations=1)
+    loaded = load_images(find_images(normal_dir)[:4], scorer.preprocess_config)
+    return loaded.images.float() / 127.5 - 1
+
+
+@pytest.mark.parametrize("mode", ["search", "encoder-search"])
+def test_batched_search_equals_one_at_a_time(trained_run, batch, mode):
+    scorer = Scorer.from_checkpoint(trained_run, mode=mode, iterations=15)
+    together = scorer.score_tensor(batch)
+    for i in range(len(batch)):
+        alone = scorer.score_tensor(batch[i : i + 1])
+        np.testing.assert_allclose(alone.score[0], together.score[i], rtol=1e-4, atol=1e-6)
+
+
+def test_search_lowers_the_loss(trained_run, batch):
+    start = Scorer.from_checkpoint(trained_run, mode="search", iterations=0).score_tensor(batch)
+    searched = Scorer.from_checkpoint(trained_run, mode="search", iterations=30).score_tensor(batch)
+    assert searched.score.mean() < start.score.mean()
+
+
+def test_score_is_weighted_sum(trained_run, batch):
+    scores = Scorer.from_checkpoint(trained_run, mode="encoder", lam=0.3).score_tensor(batch)
+    np.testing.assert_allclose(scores.score, 0.7 * scores.residual + 0.3 * scores.discrimination,
+                               rtol=1e-5)
+
+
+def test_default_mode_is_encoder_when_trained(trained_run):
+    assert Scorer.from_checkpoint(trained_run).mode == "encoder"
+
+
+def test_score_arrays_uses_checkpoint_preprocessing(trained_run):
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder")
+    raw = np.random.default_rng(0).random((50, 70)).astype(np.float32)
+    scores = scorer.score_arrays([raw, raw])
+    assert scores.inputs.shape == (2, 1, 32, 32)
+    assert scores.score[0] == pytest.approx(scores.score[1])
+
+
+def test_folder_with_corrupt_file(trained_run, normal_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = find_images(normal_dir)[:3]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    (folder / "empty.jpg").write_bytes(b"")
+    scorer = Scorer.from_checkpoint(trained_run, mode="search", iterations=5)
+    out = tmp_path / "scores.csv"
+    result = score_files(scorer, find_images(folder), out, tmp_path / "heat", progress=False)
+    assert len(result.paths) == 3
+    assert sorted(p.name for p, _ in result.failures) == ["corrupt.png", "empty.jpg"]
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ["path", "score", "residual", "discrimination"]
+    assert len(rows) == 3
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 3
+
+
+def test_resume_skips_scored_rows(trained_run, normal_dir, tmp_path):
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder", batch_size=2)
+    paths = find_images(normal_dir)[:6]
+    out = tmp_path / "scores.csv"
+    score_files(scorer, paths[:3], out, progress=False)
+    result = score_files(scorer, paths, out, resume=True, progress=False)
+    assert len(result.paths) == 3
+    rows = [r["path"] for r in csv.DictReader(open(out))]
+    assert sorted(rows) == sorted(str(p) for p in paths)
+
+
+def test_foreign_checkpoints_are_refused(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a cxr-anomaly-gan checkpoint"):
+        Scorer.from_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Scorer.from_checkpoint(tmp_path / "missing")
+
+
+class Payload:
+    """Unpickling this would create a file: the loader must never do it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    save_checkpoint({"format": "cxr-anomaly-gan", "payload": Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        Scorer.from_checkpoint(path)
+    assert not marker.exists()

@@ -1,0 +1,88 @@
+"""train-gan: checkpoint content, TensorBoard events, resume, determinism, divergence."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.config import ConfigError, load_config
+from anomaly.train import TrainConfig, TrainingDiverged, train_gan
+from tests.conftest import TINY_CONFIG
+
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def test_checkpoint_and_tensorboard(trained_run):
+    state = load_checkpoint(trained_run)
+    assert state["epoch"] == 2
+    assert state["preprocess"]["image_size"] == 32 and state["preprocess"]["clahe"] is True
+    assert state["architecture"]["latent_dim"] == 16
+    assert state["encoder"] is not None
+    assert (trained_run / "config.yaml").exists()
+    events = EventAccumulator(str(trained_run), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"samples", "real"} <= set(tags["images"])
+    assert len(events.Images("samples")) == 2  # one grid per epoch
+    assert {"loss/discriminator", "loss/generator", "D(x)", "D(G(z))"} <= set(tags["scalars"])
+
+
+def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path, normal_dir):
+    config = TrainConfig(**TINY_CONFIG)
+    full = tmp_path / "full"
+    train_gan(config, normal_dir, full, **QUIET)
+    parts = tmp_path / "parts"
+    train_gan(dataclasses.replace(config, epochs=1), normal_dir, parts, **QUIET)
+    assert load_checkpoint(parts)["epoch"] == 1
+    train_gan(config, normal_dir, parts, resume=True, **QUIET)
+    resumed, uninterrupted = load_checkpoint(parts), load_checkpoint(full)
+    assert resumed["epoch"] == 2
+    for key, value in uninterrupted["generator"].items():
+        torch.testing.assert_close(resumed["generator"][key], value)
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path, normal_dir):
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
+    train_gan(config, normal_dir, tmp_path / "a", **QUIET)
+    train_gan(config, normal_dir, tmp_path / "b", **QUIET)
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for key, value in a["discriminator"].items():
+        torch.testing.assert_close(b["discriminator"][key], value)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, normal_dir, monkeypatch):
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
+    train_gan(config, normal_dir, run, **QUIET)
+    before = load_checkpoint(run)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda *a, **k: bce(*a, **k) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train_gan(dataclasses.replace(config, epochs=2), normal_dir, run, resume=True, **QUIET)
+    after = load_checkpoint(run)
+    assert after["epoch"] == 1
+    torch.testing.assert_close(after["generator"], before["generator"])
+
+
+def test_size_128_trains(tmp_path, normal_dir):
+    config = TrainConfig(**{**TINY_CONFIG, "image_size": 128, "epochs": 1, "max_images": 8,
+                            "batch_size": 4})
+    train_gan(config, normal_dir, tmp_path / "r128", **QUIET)
+    assert load_checkpoint(tmp_path / "r128")["architecture"]["image_size"] == 128
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nimage_size: 32\n")
+    config = load_config(TrainConfig, path, {"epochs": 5, "lr": None})
+    assert config.epochs == 5 and config.image_size == 32 and config.lr == 2e-4
+    path.write_text("epochs: 3\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(TrainConfig, path)
+    path.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(TrainConfig, path)
