@@ -46,6 +46,21 @@ class DistContext:
             batches.pop()
         return batches
 
+    def check_replicas_identical(self, modules: list[torch.nn.Module]) -> None:
+        """Raise if any rank's parameters differ from rank 0's (DDP keeps them equal)."""
+        if self.world_size == 1:
+            return
+        flat = torch.cat([p.detach().float().flatten().cpu() for m in modules
+                          for p in m.parameters()])
+        reference = flat.clone().to(self.device)
+        torch_dist.broadcast(reference, src=0)
+        mismatch = torch.tensor([float(not torch.equal(reference.cpu(), flat))],
+                                device=self.device)
+        torch_dist.all_reduce(mismatch)
+        if mismatch.item() > 0:
+            raise RuntimeError(f"model weights differ across ranks ({int(mismatch.item())} "
+                               "rank(s) disagree with rank 0)")
+
     def barrier(self) -> None:
         """Wait for every rank (no-op in a single process)."""
         if self.world_size > 1:

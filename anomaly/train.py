@@ -226,6 +226,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         discriminator.train()
         order = torch.randperm(count, generator=order_rng)
         batches = dist.shard_batches(order, batch_size)
+        if dist.world_size > 1:  # each rank draws its own noise, reproducibly per epoch
+            torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (progress and dist.is_main), leave=False)
         for batch_index in bar:
@@ -293,6 +295,9 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
 
     if writer is not None:
         writer.close()
+    if dist.world_size > 1:
+        dist.check_replicas_identical([_unwrap(generator), _unwrap(discriminator)])
+        log(f"weights identical on all {dist.world_size} ranks")
     if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
         raise DataError(f"{display_path(run_dir)}: no epochs were run")
     if dist.is_main and config.encoder_epochs > 0:
