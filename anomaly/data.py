@@ -36,7 +36,8 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{display_path(folder)}: folder does not exist")
     paths = sorted(
-        (p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith(".")),
+        (p for p in folder.rglob("*")
+         if is_image_path(p) and not p.name.startswith(".") and not p.is_dir()),
         key=lambda p: os.fsencode(p),
     )
     if not paths:

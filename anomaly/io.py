@@ -50,7 +50,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         ImageReadError: the file is missing, empty, truncated, too large, too small
             or not an image.
     """
-    path = Path(path)
+    path = Path(os.fsdecode(path))
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
     try:
@@ -84,7 +84,7 @@ def _check_header_size(path: Path) -> None:
         with Image.open(path) as img:
             width, height = img.size
     except Image.DecompressionBombError:
-        raise ImageReadError(path, "declares an image too large to decode") from None
+        raise ImageReadError(path, "declares an image larger than the pixel limit") from None
     except Exception:  # PIL cannot parse it: let OpenCV have its say
         return
     if width * height > MAX_PIXELS:

@@ -92,3 +92,50 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
     finally:
         if handle is not None:
             handle.close()
+
+
+def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
+                        out_csv: str | os.PathLike, heatmap_dir: str | os.PathLike | None = None,
+                        resume: bool = False, on_row=None, progress: bool = True) -> ScoreResult:
+    """Score files across the processes of a ``torchrun`` job into one CSV.
+
+    Rank r scores every world_size-th file into ``OUT.rankR``; rank 0 then merges the
+    shards into ``out_csv`` (appending to it with ``resume``) and removes them. In a
+    single process this is :func:`score_files`.
+    """
+    from anomaly import distributed
+
+    dist = distributed.setup()
+    if dist.world_size == 1:
+        return score_files(scorer, paths, out_csv, heatmap_dir, resume, on_row, progress)
+    out_csv = Path(out_csv)
+    done = read_scored_paths(out_csv) if resume else set()
+    todo = [Path(p) for p in paths if str(p) not in done]
+    shard = out_csv.with_name(f"{out_csv.name}.rank{dist.rank}")
+    result = score_files(scorer, todo[dist.rank :: dist.world_size], shard, heatmap_dir,
+                         resume=resume, on_row=on_row, progress=progress and dist.is_main)
+    dist.barrier()
+    if dist.is_main:
+        merge_shards(out_csv, [out_csv.with_name(f"{out_csv.name}.rank{r}")
+                               for r in range(dist.world_size)], append=resume)
+    dist.barrier()
+    dist.teardown()
+    return result
+
+
+def merge_shards(out_csv: Path, shards: list[Path], append: bool) -> None:
+    """Concatenate shard CSVs (same header) into ``out_csv`` and delete the shards."""
+    append = append and out_csv.exists() and out_csv.stat().st_size > 0
+    with open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
+              errors="surrogateescape") as handle:
+        writer = csv.writer(handle)
+        if not append:
+            writer.writerow(CSV_HEADER)
+        for shard in shards:
+            if not shard.exists():
+                continue
+            with open(shard, newline="", encoding="utf-8", errors="surrogateescape") as part:
+                rows = csv.reader(part)
+                next(rows, None)
+                writer.writerows(rows)
+            shard.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations,
     """Score images: higher = more anomalous. Prints one line per image."""
     from anomaly.data import find_images
     from anomaly.score import Scorer
-    from anomaly.score_files import score_files
+    from anomaly.score_files import score_files, score_files_sharded
 
     if bool(images) == bool(folder):
         raise click.UsageError("give either --image (one or more) or --dir")
@@ -117,8 +118,12 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations,
     def print_row(path, score, residual, discrimination):
         tqdm_write(f"{display_path(path)}\t{score:.6f}")
 
-    result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume, on_row=print_row,
-                         progress=not no_progress)
+    if out_csv and os.environ.get("WORLD_SIZE", "1") != "1":
+        result = score_files_sharded(scorer, paths, out_csv, heatmap_dir, resume=resume,
+                                     on_row=print_row, progress=not no_progress)
+    else:
+        result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume,
+                             on_row=print_row, progress=not no_progress)
     for path, reason in result.failures:
         click.echo(f"skipped {display_path(path)}: {reason}", err=True)
     click.echo(f"scored {len(result.paths)} image(s), skipped {len(result.failures)}", err=True)
