@@ -20,7 +20,7 @@ from anomaly.data import DataError, LabelledFolder, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.evaluate_gan import limit_per_class, read_validation_folder
 from anomaly.io import display_path
-from classify.predict import Classifier, Predictions
+from classify.predict import Classifier, Predictions, resolve_classifier_checkpoint
 
 
 def predict_labelled(classifier: Classifier, folder: LabelledFolder, progress: bool = True,
@@ -141,7 +141,7 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("classify", labels, scores, threshold, source, resamples)
     report.update(backbone=classifier.model.backbone_name, normal_class=normal_class,
-                  checkpoint=str(Path(model)),
+                  checkpoint=str(resolve_classifier_checkpoint(model)),
                   val_auroc=(auroc(val_labels, val_scores) if val_labels is not None
                              and len(np.unique(val_labels)) == 2 else None))
     out_dir = Path(out_dir)

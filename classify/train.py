@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from anomaly.checkpoint import save_checkpoint
 from anomaly.config import format_config, save_config
-from anomaly.data import DataError, LabelledFolder, load_images, scan_labelled_folder, uint8_to_model
+from anomaly.data import (
+    DataError,
+    LabelledFolder,
+    load_images,
+    scan_labelled_folder,
+    uint8_to_model,
+)
 from anomaly.device import autocast, resolve_device
 from anomaly.evaluate_gan import limit_per_class
 from anomaly.io import display_path
