@@ -1,7 +1,7 @@
 """``classify fit``: train the supervised baseline on a labelled folder.
 
-``fit`` reads top to bottom: load the training and validation images once, weigh the
-classes by inverse frequency, build the network (ImageNet, local or random weights),
+``fit`` reads top to bottom: build the network (ImageNet, local or random weights),
+load the training and validation images once, weigh the classes by inverse frequency,
 then stage 1 trains the new head on the frozen base and the optional stage 2
 (``fine_tune_epochs``) also trains the last block at a lower learning rate. Each epoch
 ends with a validation pass, TensorBoard curves, ReduceLROnPlateau and early stopping
@@ -356,13 +356,13 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
     if len(class_names) < 2:
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
                         f"(found {', '.join(class_names)})")
+    model = build_model(config, len(class_names), log).to(device)  # fails fast on bad weights
     train = load_labelled(train_folder, class_names, config, "training", progress, log)
     val = load_labelled(val_folder, class_names, config, "validation", progress, log)
     weights = class_weights(train.labels.numpy(), len(class_names))
     log("class weights (inverse frequency): "
         + ", ".join(f"{name} {w:.3f}" for name, w in zip(class_names, weights)))
 
-    model = build_model(config, len(class_names), log).to(device)
     loss_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     save_config(config, run_dir / "config.yaml")
     run = RunState(run_dir, SummaryWriter(str(run_dir)))

@@ -160,7 +160,7 @@ def test_weights_path_freezes_base_then_fine_tunes_layer4(binary_data, tmp_path)
     result = CliRunner().invoke(main, [
         "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
         "--out", str(run_dir), "--weights", str(base), "--epochs", "1",
-        "--fine-tune-epochs", "1", *FAST])
+        "--fine-tune-epochs", "1", *FAST, "--batch-size", "20"])
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output and "unfroze layer4" in result.output
     original = torch.load(base, weights_only=True)
