@@ -1,8 +1,123 @@
-"""``classify``: the supervised baseline."""
+"""``classify``: the supervised baseline: fit, evaluate, predict (with Grad-CAM)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
+
+from anomaly.io import display_path
+from cli.common import device_option, user_errors_as_messages
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Supervised chest X-ray classifier (ResNet50 baseline)."""
+
+
+@main.command("fit")
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Labelled training folder (one sub-folder per class).")
+@click.option("--val", "val_dir", required=True, type=click.Path(),
+              help="Labelled validation folder (early stopping, best checkpoint).")
+@click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option("--config", "config_file", type=click.Path(),
+              help="YAML config (configs/classify_resnet50.yaml).")
+@click.option("--weights", help="imagenet (default), none (random init) or a state-dict file.")
+@click.option("--backbone", help="torchvision classifier: resnet50 (default), densenet169, "
+                                 "vgg16, efficientnet_b0, inception_v3 ...")
+@click.option("--epochs", type=int, help="Stage 1: the new head on the frozen base.")
+@click.option("--fine-tune-epochs", type=int, help="Stage 2: also the last block, lower lr.")
+@click.option("--image-size", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--fine-tune-lr", type=float)
+@click.option("--normal-class", help="Name of the normal class folder (default NORMAL).")
+@click.option("--max-images", type=int, help="At most N images per class (a quick try).")
+@click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
+@click.option("--seed", type=int)
+@device_option
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@user_errors_as_messages
+def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **overrides):
+    """Train the classifier; the best checkpoint (validation loss) is checkpoints/best.pt."""
+    from anomaly.config import load_config
+    from classify.train import FitConfig, fit
+
+    config = load_config(FitConfig, config_file, overrides)
+    best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo)
+    click.echo(f"checkpoint: {display_path(best)}")
+
+
+@main.command("evaluate")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--data", "data_dir", required=True, type=click.Path(),
+              help="Labelled test folder (one sub-folder per class).")
+@click.option("--val", "val_dir", type=click.Path(),
+              help="Labelled validation folder, or a folder of normal images only.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder.")
+@click.option("--normal-class", help="Default: the model's normal class.")
+@click.option("--threshold-metric", type=click.Choice(["youden", "f1"]), default="youden",
+              show_default=True)
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="Normal-score quantile when validation holds normal images only.")
+@click.option("--threshold-on-test", is_flag=True,
+              help="Without validation data, pick the threshold on the test data (reported).")
+@click.option("--max-images", type=int, help="At most N images per class (a quick try).")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the AUROC confidence interval.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@device_option
+@click.option("--no-progress", is_flag=True)
+@user_errors_as_messages
+def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
+                     threshold_on_test, max_images, resamples, batch_size, device, no_progress):
+    """Predict a labelled folder and write report.json (normal vs the rest), scores and plots."""
+    from classify.evaluate_classifier import evaluate_classifier
+    from cli.anomaly_cli import print_report
+
+    report = evaluate_classifier(model, data_dir, out_dir, val_dir, normal_class,
+                                 threshold_metric, quantile, threshold_on_test, max_images,
+                                 resamples, batch_size, device or "auto",
+                                 progress=not no_progress, log=click.echo)
+    if report.get("macro_auroc_ovr") is not None:
+        click.echo(f"macro one-vs-rest AUROC {report['macro_auroc_ovr']:.4f}, multi-class "
+                   f"accuracy {report['multiclass_accuracy']:.3f}")
+    print_report(report, out_dir)
+
+
+@main.command("predict")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--image", "images", multiple=True, required=True, type=click.Path(),
+              help="Image file (repeatable).")
+@click.option("--cam", "cam_dir", type=click.Path(),
+              help="Write Grad-CAM overlays (PNG) of the predicted class here.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@device_option
+@user_errors_as_messages
+def predict_command(model, images, cam_dir, batch_size, device):
+    """Print class probabilities per image: path, class=probability ..., predicted class."""
+    from classify.predict import Classifier
+
+    classifier = Classifier.from_checkpoint(model, device=device or "auto",
+                                            batch_size=batch_size)
+    paths = [Path(p) for p in images]
+    if cam_dir:
+        result, written = classifier.write_cams(paths, cam_dir)
+    else:
+        result, written = classifier.predict_paths(paths), []
+    for path, reason in result.failures:
+        click.echo(f"skipped {display_path(path)}: {reason}", err=True)
+    names = classifier.class_names
+    for path, row in zip(result.paths, result.probabilities):
+        probabilities = "\t".join(f"{name}={p:.4f}" for name, p in zip(names, row))
+        click.echo(f"{display_path(path)}\t{probabilities}\tpredicted={names[int(row.argmax())]}")
+    for png in written:
+        click.echo(f"grad-cam: {display_path(png)}", err=True)
+    if not result.paths:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

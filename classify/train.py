@@ -1,0 +1,385 @@
+"""``classify fit``: train the supervised baseline on a labelled folder.
+
+``fit`` reads top to bottom: build the network (ImageNet, local or random weights),
+load the training and validation images once, weigh the classes by inverse frequency,
+then stage 1 trains the new head on the frozen base and the optional stage 2
+(``fine_tune_epochs``) also trains the last block at a lower learning rate. Each epoch
+ends with a validation pass, TensorBoard curves, ReduceLROnPlateau and early stopping
+on the validation loss, ``checkpoints/last.pt`` and, when the validation loss
+improved, ``checkpoints/best.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from anomaly.checkpoint import save_checkpoint
+from anomaly.config import format_config, save_config
+from anomaly.data import (
+    DataError,
+    LabelledFolder,
+    load_images,
+    scan_labelled_folder,
+    uint8_to_model,
+)
+from anomaly.device import autocast, resolve_device
+from anomaly.evaluate_gan import limit_per_class
+from anomaly.io import display_path
+from anomaly.preprocess import PreprocessConfig
+from anomaly.train import TrainingDiverged
+from classify import CHECKPOINT_FORMAT as FORMAT
+from classify import CHECKPOINT_FORMAT_VERSION as FORMAT_VERSION
+from classify.augment import AugmentConfig, augment_batch
+from classify.models import ClassifierNet
+
+
+@dataclass
+class FitConfig:
+    """Everything ``classify fit`` needs; YAML keys are these field names."""
+
+    # preprocessing (stored in the checkpoint, reused by evaluate and predict)
+    image_size: int = 224
+    clahe: bool = True
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    clahe_working_size: int = 256
+    resize: str = "squash"
+    # network
+    backbone: str = "resnet50"
+    weights: str = "imagenet"  # imagenet, none, or a state-dict file
+    dropout: float = 0.3
+    # stage 1: new head on the frozen base
+    epochs: int = 10
+    lr: float = 1e-3
+    # stage 2: also the last block (layer4 for ResNets); 0 skips it
+    fine_tune_epochs: int = 0
+    fine_tune_lr: float = 1e-5
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 5  # epochs without a better validation loss; 0: never stop
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
+    min_lr: float = 1e-7
+    # augmentation of training batches
+    augment: bool = True
+    augment_flip: bool = True
+    rotation_degrees: float = 10.0
+    translate: float = 0.1
+    zoom: float = 0.1
+    contrast: float = 0.2
+    # data and run
+    normal_class: str = "NORMAL"
+    max_images: int | None = None  # per class, for a quick try
+    cache_dir: str | None = None
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.fine_tune_epochs < 0:
+            raise ValueError("epochs and fine_tune_epochs must not be negative")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, not {self.batch_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing part of this config."""
+        return PreprocessConfig(self.image_size, self.clahe, self.clahe_clip_limit,
+                                self.clahe_tile_grid, self.clahe_working_size, self.resize)
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation part of this config."""
+        return AugmentConfig(self.augment_flip, self.rotation_degrees, self.translate,
+                             self.zoom, self.contrast)
+
+    def pretrained_weights(self) -> str | None:
+        """``"imagenet"``, a file path, or ``None`` for random initialisation."""
+        return None if self.weights.lower() == "none" else (
+            "imagenet" if self.weights.lower() == "imagenet" else self.weights)
+
+
+def class_weights(labels: np.ndarray | list[int], num_classes: int) -> list[float]:
+    """Cross-entropy weights inversely proportional to class counts.
+
+    ``weight_c = N / (num_classes * count_c)`` (scikit-learn's "balanced"), so a
+    balanced folder gets all ones.
+
+    Raises:
+        DataError: a class has no images.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if (counts == 0).any():
+        raise DataError(f"every class needs training images; counts: {counts.tolist()}")
+    return (counts.sum() / (num_classes * counts)).tolist()
+
+
+@dataclass
+class LabelledImages:
+    """Preprocessed images (uint8, (N, 1, S, S)) with class indices into the model's classes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[Path]
+
+
+def load_labelled(folder: LabelledFolder, class_names: list[str], config: FitConfig,
+                  what: str, progress: bool = True, log=print) -> LabelledImages:
+    """Read a labelled folder once into memory, skipping (and listing) bad files.
+
+    Raises:
+        DataError: a class the model does not know, or fewer than 2 readable images.
+    """
+    unknown = [name for name in folder.class_names if name not in class_names]
+    if unknown:
+        raise DataError(f"{what} folder has class(es) {', '.join(unknown)} that the training "
+                        f"folder lacks (training classes: {', '.join(class_names)})")
+    label_of = {path: class_names.index(folder.class_names[index])
+                for path, index in zip(folder.paths, folder.class_index)}
+    loaded = load_images(folder.paths, config.preprocess_config(), cache_dir=config.cache_dir,
+                         progress=progress)
+    for path, reason in loaded.failures:
+        log(f"skipped {display_path(path)}: {reason}")
+    if len(loaded.paths) < 2:
+        raise DataError(f"{what}: fewer than 2 readable images")
+    labels = torch.tensor([label_of[p] for p in loaded.paths], dtype=torch.int64)
+    counts = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(class_names))
+    log(f"{what}: {len(loaded.paths)} images ({counts}), {len(loaded.failures)} skipped")
+    return LabelledImages(loaded.images, labels, loaded.paths)
+
+
+def build_model(config: FitConfig, num_classes: int, log=print) -> ClassifierNet:
+    """The network with its starting weights; the base is frozen when pretrained."""
+    weights = config.pretrained_weights()
+    model = ClassifierNet(config.backbone, num_classes, config.dropout, weights)
+    if weights is None:
+        log("warning: --weights none: random initialisation, so the whole network is trained "
+            "from scratch (ImageNet or local weights usually do much better)")
+        model.unfreeze_all()
+    else:
+        log(f"weights: {weights}; base frozen, training the new head first")
+        model.freeze_base()
+    return model
+
+
+def build_checkpoint(model: ClassifierNet, config: FitConfig, class_names: list[str],
+                     weights: list[float], epoch: int, stage: int, metrics: dict) -> dict:
+    """A self-describing checkpoint: everything to rebuild the model with weights_only."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": config.backbone,
+        "num_classes": len(class_names),
+        "dropout": config.dropout,
+        "class_names": list(class_names),
+        "normal_class": config.normal_class,
+        "preprocess": asdict(config.preprocess_config()),
+        "config": asdict(config),
+        "class_weights": list(weights),
+        "epoch": epoch,
+        "stage": stage,
+        "metrics": dict(metrics),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+@torch.no_grad()
+def evaluate_loss(model: ClassifierNet, data: LabelledImages, loss_weights: torch.Tensor,
+                  batch_size: int, device: torch.device, use_amp: bool) -> tuple[float, float]:
+    """Class-weighted cross-entropy and accuracy of ``data`` in eval mode."""
+    model.eval()
+    total_loss, correct, total_weight = 0.0, 0, 0.0
+    for start in range(0, len(data.labels), batch_size):
+        images = uint8_to_model(data.images[start : start + batch_size].to(device))
+        labels = data.labels[start : start + batch_size].to(device)
+        with autocast(device, use_amp):
+            logits = model(images)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits, labels, weight=loss_weights, reduction="sum").item()
+        total_weight += loss_weights[labels].sum().item()
+        correct += int((logits.argmax(1) == labels).sum())
+    return total_loss / total_weight, correct / len(data.labels)
+
+
+@dataclass
+class RunState:
+    """What carries over from epoch to epoch and from stage 1 to stage 2."""
+
+    run_dir: Path
+    writer: SummaryWriter
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_state: dict = field(default_factory=dict)
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+
+def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train: LabelledImages,
+                val: LabelledImages, loss_weights: torch.Tensor, config: FitConfig,
+                class_names: list[str], run: RunState, device: torch.device,
+                progress: bool = True, log=print) -> None:
+    """Train the currently trainable parameters for up to ``epochs`` epochs.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    use_amp = config.amp and device.type == "cuda"
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr,
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience,
+        min_lr=config.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    rng = torch.Generator().manual_seed(config.seed * 1000 + stage)
+    augment = config.augment_config()
+    images = train.images.to(device)  # uint8, kept whole on the device
+    labels = train.labels.to(device)
+    count = len(labels)
+    batch_size = min(config.batch_size, count)
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    log(f"stage {stage}: up to {epochs} epoch(s) at lr {lr:g}, {trainable:,} trainable parameters")
+    epochs_without_improvement = 0
+
+    for _ in range(epochs):
+        run.epoch += 1
+        model.train()  # BatchNorm layers of frozen parts stay in eval mode
+        order = torch.randperm(count, generator=rng)
+        batches = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on 1 image
+            batches.pop()
+        bar = tqdm(batches, desc=f"epoch {run.epoch} (stage {stage})", unit="batch",
+                   disable=not progress, leave=False)
+        running_loss, seen = 0.0, 0
+        for batch_index in bar:
+            batch = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S) in [-1, 1]
+            if config.augment:
+                batch = augment_batch(batch, augment, rng)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                logits = model(batch)
+            loss = F.cross_entropy(logits.float(), labels[batch_index.to(device)],
+                                   weight=loss_weights)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"loss became non-finite at epoch {run.epoch}; the best "
+                                       f"checkpoint is {display_path(run.best_path)}; try a "
+                                       "lower --lr")
+            running_loss += loss.item() * len(batch_index)
+            seen += len(batch_index)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        train_loss = running_loss / max(seen, 1)
+        val_loss, val_accuracy = evaluate_loss(model, val, loss_weights, batch_size, device,
+                                               use_amp)
+        lr_now = optimizer.param_groups[0]["lr"]
+        run.writer.add_scalar("loss/train", train_loss, run.epoch)
+        run.writer.add_scalar("loss/val", val_loss, run.epoch)
+        run.writer.add_scalar("accuracy/val", val_accuracy, run.epoch)
+        run.writer.add_scalar("lr", lr_now, run.epoch)
+        run.writer.flush()
+        scheduler.step(val_loss)
+
+        metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        state = build_checkpoint(model, config, class_names, loss_weights.tolist(), run.epoch,
+                                 stage, metrics)
+        improved = val_loss < run.best_loss
+        if improved:
+            run.best_loss, run.best_state = val_loss, state["state_dict"]
+            save_checkpoint(state, run.best_path)
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        save_checkpoint(state, run.last_path)
+        log(f"epoch {run.epoch} (stage {stage}): train loss {train_loss:.4f}, val loss "
+            f"{val_loss:.4f}, val accuracy {val_accuracy:.3f}, lr {lr_now:.2g}"
+            f"{' (best so far)' if improved else ''}")
+        if optimizer.param_groups[0]["lr"] < lr_now:
+            log(f"validation loss plateaued: lr lowered to {optimizer.param_groups[0]['lr']:.2g}")
+        if config.early_stopping_patience and \
+                epochs_without_improvement >= config.early_stopping_patience:
+            log(f"early stopping: no better validation loss for {epochs_without_improvement} "
+                "epochs")
+            break
+
+
+def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLike,
+        run_dir: str | os.PathLike, progress: bool = True, log=print) -> Path:
+    """Train the classifier and keep the checkpoint with the best validation loss.
+
+    Args:
+        config: training settings.
+        data_dir: labelled training folder (one sub-folder per class).
+        val_dir: labelled validation folder (early stopping, learning-rate schedule,
+            best checkpoint).
+        run_dir: output folder: ``checkpoints/best.pt`` and ``last.pt``, ``config.yaml``,
+            TensorBoard event files.
+        progress: show progress bars.
+        log: where messages go.
+
+    Returns:
+        Path of the best checkpoint (``run_dir/checkpoints/best.pt``).
+
+    Raises:
+        DataError: unusable folders.
+        WeightsUnavailable: ImageNet weights cannot be had offline, or a weights file
+            does not fit.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    log(f"device: {device}")
+    log("config:\n" + format_config(config))
+
+    train_folder = limit_per_class(scan_labelled_folder(data_dir, config.normal_class),
+                                   config.max_images)
+    val_folder = limit_per_class(scan_labelled_folder(val_dir, config.normal_class),
+                                 config.max_images)
+    class_names = train_folder.class_names
+    if len(class_names) < 2:
+        raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
+                        f"(found {', '.join(class_names)})")
+    model = build_model(config, len(class_names), log).to(device)  # fails fast on bad weights
+    train = load_labelled(train_folder, class_names, config, "training", progress, log)
+    val = load_labelled(val_folder, class_names, config, "validation", progress, log)
+    weights = class_weights(train.labels.numpy(), len(class_names))
+    log("class weights (inverse frequency): "
+        + ", ".join(f"{name} {w:.3f}" for name, w in zip(class_names, weights)))
+
+    loss_weights = torch.tensor(weights, dtype=torch.float32, device=device)
+    save_config(config, run_dir / "config.yaml")
+    run = RunState(run_dir, SummaryWriter(str(run_dir)))
+    try:
+        train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
+                    class_names, run, device, progress, log)
+        if config.fine_tune_epochs > 0:
+            if run.best_state:  # fine-tune from the best stage-1 weights
+                model.load_state_dict(run.best_state)
+            if config.pretrained_weights() is not None:
+                model.unfreeze_last_block()
+                log(f"fine-tuning: unfroze {', '.join(model.last_block_names)}")
+            train_stage(2, config.fine_tune_epochs, config.fine_tune_lr, model, train, val,
+                        loss_weights, config, class_names, run, device, progress, log)
+    finally:
+        run.writer.close()
+    if not run.best_path.exists():
+        raise DataError("no epochs were run (epochs and fine_tune_epochs are 0)")
+    log(f"best validation loss {run.best_loss:.4f}: {display_path(run.best_path)}")
+    return run.best_path

@@ -1,0 +1,287 @@
+"""The supervised baseline end to end on tiny synthetic X-rays (CPU, 32x32, one epoch)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from anomaly.data import scan_labelled_folder
+from classify.augment import AugmentConfig, augment_batch
+from classify.evaluate_classifier import evaluate_classifier
+from classify.models import ClassifierNet
+from classify.predict import Classifier
+from classify.train import FitConfig, class_weights, fit
+from cli.classify_cli import main
+
+REPORT_KEYS = {"model", "n", "n_normal", "n_anomalous", "auroc", "auroc_ci95", "threshold",
+               "threshold_source", "confusion_matrix", "accuracy", "precision", "recall",
+               "specificity", "f1"}
+FAST = ["--image-size", "32", "--batch-size", "10", "--no-progress"]
+
+
+def synthetic_image(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """NORMAL: a smooth gradient; PNEUMONIA: plus bright blobs; COVID: plus dark bands."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    mix = rng.uniform(0.2, 0.8)
+    image = (mix * x + (1 - mix) * y) * 120 + 50 + rng.normal(0, 4, (size, size))
+    if kind == "PNEUMONIA":
+        for _ in range(3):
+            centre = tuple(int(v) for v in rng.integers(6, size - 6, 2))
+            cv2.circle(image, centre, int(rng.integers(3, 6)), 255, -1)
+    elif kind == "COVID":
+        for row in rng.integers(4, size - 4, 2):
+            image[row - 1 : row + 2, :] = 10
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_folder(root: Path, counts: dict[str, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for kind, count in counts.items():
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            cv2.imwrite(str(root / kind / f"{kind.lower()}_{i:02d}.png"),
+                        synthetic_image(kind, rng))
+    return root
+
+
+@pytest.fixture(scope="module")
+def binary_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("binary")
+    train = make_folder(root / "train", {"NORMAL": 12, "PNEUMONIA": 8}, seed=0)
+    (train / "NORMAL" / "broken.png").write_bytes(b"not a png")
+    return {"train": train,
+            "val": make_folder(root / "val", {"NORMAL": 6, "PNEUMONIA": 6}, seed=1),
+            "test": make_folder(root / "test", {"NORMAL": 6, "PNEUMONIA": 6}, seed=2),
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def binary_run(binary_data) -> tuple[Path, str]:
+    """One ``classify fit --weights none`` run shared by the CLI tests."""
+    config = binary_data["root"] / "fit.yaml"
+    config.write_text("dropout: 0.1\nepochs: 5\nrotation_degrees: 5.0\n")
+    run_dir = binary_data["root"] / "run"
+    result = CliRunner().invoke(main, [
+        "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
+        "--out", str(run_dir), "--config", str(config), "--weights", "none", "--epochs", "1",
+        "--seed", "3", *FAST])
+    assert result.exit_code == 0, result.output
+    return run_dir, result.output
+
+
+def test_class_weights_inverse_frequency(tmp_path):
+    folder = scan_labelled_folder(make_folder(tmp_path, {"NORMAL": 8, "PNEUMONIA": 4,
+                                                         "COVID": 2}, seed=0))
+    assert folder.class_names == ["COVID", "NORMAL", "PNEUMONIA"]
+    weights = class_weights(folder.class_index, len(folder.class_names))
+    # N / (K * n_c): 14 / (3 * 2), 14 / (3 * 8), 14 / (3 * 4)
+    assert weights == pytest.approx([14 / 6, 14 / 24, 14 / 12])
+    assert class_weights([0, 1, 0, 1], 2) == pytest.approx([1.0, 1.0])
+
+
+def test_fit_writes_checkpoints_config_and_curves(binary_run):
+    run_dir, output = binary_run
+    assert "class weights (inverse frequency): NORMAL 0.833, PNEUMONIA 1.250" in output
+    assert "warning: --weights none" in output
+    assert "skipped" in output and "broken.png" in output
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert state["format"] == "cxr-classify"
+        assert state["backbone"] == "resnet50"
+        assert state["class_names"] == ["NORMAL", "PNEUMONIA"]
+        assert state["normal_class"] == "NORMAL"
+        assert state["preprocess"]["image_size"] == 32 and state["preprocess"]["clahe"]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "dropout: 0.1" in saved and "epochs: 1" in saved  # file, then flag override
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_evaluate_then_predict_with_cam(binary_run, binary_data, tmp_path):
+    run_dir, _ = binary_run
+    runner = CliRunner()
+    report_dir = tmp_path / "report"
+    result = runner.invoke(main, [
+        "evaluate", "--model", str(run_dir), "--data", str(binary_data["test"]),
+        "--val", str(binary_data["val"]), "--out", str(report_dir), "--resamples", "50",
+        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((report_dir / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["model"] == "classify" and report["threshold_source"] == "val"
+    assert (report["n"], report["n_normal"], report["n_anomalous"]) == (12, 6, 6)
+    assert "per_class" not in report  # two classes: the binary report only
+    assert (report_dir / "roc.png").exists()
+
+    images = [binary_data["test"] / "NORMAL" / "normal_00.png",
+              binary_data["test"] / "PNEUMONIA" / "pneumonia_00.png"]
+    broken = binary_data["train"] / "NORMAL" / "broken.png"
+    cam_dir = tmp_path / "cams"
+    args = ["predict", "--model", str(run_dir), "--cam", str(cam_dir)]
+    for path in (images[0], broken, images[1]):
+        args += ["--image", str(path)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "broken.png" in line] == [
+        f"skipped {broken}: is not a readable image (corrupt, truncated or unknown format)"]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[0] for row in rows] == [str(p) for p in images]
+    for row in rows:
+        probabilities = [float(cell.split("=")[1]) for cell in row[1:3]]
+        assert sum(probabilities) == pytest.approx(1.0, abs=2e-4)
+        assert row[3] in ("predicted=NORMAL", "predicted=PNEUMONIA")
+    for path in images:
+        overlay = cv2.imread(str(cam_dir / f"{path.stem}_cam.png"))
+        assert overlay is not None and overlay.shape == (256, 256, 3)
+
+
+def test_threshold_on_test_without_val(binary_run, binary_data, tmp_path):
+    run_dir, _ = binary_run
+    args = ["evaluate", "--model", str(run_dir / "checkpoints" / "last.pt"), "--data",
+            str(binary_data["test"]), "--out", str(tmp_path), "--resamples", "20",
+            "--no-progress"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "--threshold-on-test" in refused.output
+    result = CliRunner().invoke(main, [*args, "--threshold-on-test"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "report.json").read_text())["threshold_source"] == "test"
+
+
+def test_weights_path_freezes_base_then_fine_tunes_layer4(binary_data, tmp_path):
+    base = torchvision_resnet50_state(tmp_path / "resnet50.pth")
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
+        "--out", str(run_dir), "--weights", str(base), "--epochs", "1",
+        "--fine-tune-epochs", "1", *FAST, "--batch-size", "20"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output and "unfroze layer4" in result.output
+    original = torch.load(base, weights_only=True)
+    trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
+    assert trained["net.fc.1.weight"].shape == (2, 2048)
+    # frozen in both stages: weights and BatchNorm running statistics unchanged
+    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.bn1.running_var",
+                "layer3.5.conv3.weight", "layer3.5.bn3.running_mean"):
+        assert torch.equal(trained["net." + key], original[key]), key
+    # fine-tuned in stage 2
+    assert not torch.equal(trained["net.layer4.2.conv3.weight"], original["layer4.2.conv3.weight"])
+    assert not torch.equal(trained["net.layer4.2.bn3.running_mean"],
+                           original["layer4.2.bn3.running_mean"])
+
+
+def torchvision_resnet50_state(path: Path) -> Path:
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+def test_frozen_base_has_no_gradients_and_eval_batchnorm():
+    model = ClassifierNet("resnet50", num_classes=2, dropout=0.2)
+    model.freeze_base()
+    model.train()
+    head = {id(p) for p in model.head.parameters()}
+    assert head and all(p.requires_grad == (id(p) in head) for p in model.parameters())
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batchnorms and not any(m.training for m in batchnorms)
+    assert model.head.training  # dropout of the head is active
+
+    model.unfreeze_last_block()
+    model.train()
+    assert model.last_block_names == ["layer4"]
+    assert all(m.training for m in model.net.layer4.modules() if isinstance(m, nn.BatchNorm2d))
+    assert not any(m.training for m in model.net.layer3.modules()
+                   if isinstance(m, nn.BatchNorm2d))
+    assert all(p.requires_grad for p in model.net.layer4.parameters())
+    assert not any(p.requires_grad for p in model.net.layer3.parameters())
+
+
+def test_three_classes_per_class_table_and_macro_auroc(tmp_path):
+    counts = {"COVID": 8, "NORMAL": 8, "PNEUMONIA": 8}
+    train = make_folder(tmp_path / "train", counts, seed=4)
+    val = make_folder(tmp_path / "val", counts, seed=5)
+    config = FitConfig(image_size=32, batch_size=12, epochs=1, weights="none",
+                       backbone="resnet18")
+    best = fit(config, train, val, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert best == tmp_path / "run" / "checkpoints" / "best.pt"
+    report = evaluate_classifier(tmp_path / "run", val, tmp_path / "report", val_dir=val,
+                                 resamples=20, progress=False, log=lambda *a: None)
+    assert REPORT_KEYS <= set(report)
+    assert report["n"] == 24 and report["n_normal"] == 8 and report["n_anomalous"] == 16
+    assert set(report["per_class"]) == set(counts)
+    for row in report["per_class"].values():
+        assert {"precision", "recall", "f1", "support"} <= set(row) and row["support"] == 8
+    assert 0.0 <= report["macro_auroc_ovr"] <= 1.0
+    assert (tmp_path / "report" / "per_class.txt").exists()
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["macro_auroc_ovr"] == pytest.approx(report["macro_auroc_ovr"])
+
+    classifier = Classifier.from_checkpoint(best)
+    predictions = classifier.predict_paths(sorted((val / "COVID").glob("*.png")))
+    assert predictions.probabilities.shape == (8, 3)
+    assert np.allclose(predictions.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_non_checkpoint_model_is_a_one_line_error(binary_data, tmp_path, command):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"this is not a checkpoint")
+    image = binary_data["test"] / "NORMAL" / "normal_00.png"
+    args = {"evaluate": ["evaluate", "--model", str(fake), "--data", str(binary_data["test"]),
+                         "--out", str(tmp_path / "report")],
+            "predict": ["predict", "--model", str(fake), "--image", str(image)]}[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "model.pt" in result.output and "Traceback" not in result.output
+
+
+def test_gan_checkpoint_is_not_a_classifier(tmp_path):
+    from anomaly.checkpoint import save_checkpoint
+
+    save_checkpoint({"format": "cxr-anomaly-gan", "format_version": 1}, tmp_path / "gan.pt")
+    with pytest.raises(ValueError, match="not a cxr-classify checkpoint"):
+        Classifier.from_checkpoint(tmp_path / "gan.pt")
+
+
+def test_imagenet_offline_is_a_one_line_hint(binary_data, tmp_path, monkeypatch):
+    import torchvision.models._api as weights_api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
+    result = CliRunner().invoke(main, [
+        "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
+        "--out", str(tmp_path / "run"), "--weights", "imagenet", *FAST])
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "--weights none" in error[0] and "--weights PATH" in error[0]
+    assert "Traceback" not in result.output
+
+
+def test_unknown_backbone_and_bad_weights_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone"):
+        ClassifierNet("resnet5000")
+    junk = tmp_path / "weights.pth"
+    torch.save({"something.else": torch.zeros(3)}, junk)
+    with pytest.raises(ValueError, match="does not fit"):
+        ClassifierNet("resnet18", weights=junk)
+
+
+def test_augment_batch_keeps_shape_and_range():
+    images = torch.rand(6, 1, 32, 32) * 2 - 1
+    out = augment_batch(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.min() >= -1 and out.max() <= 1
+    assert not torch.equal(out, images)
+    still = augment_batch(images, AugmentConfig(False, 0.0, 0.0, 0.0, 0.0))
+    assert torch.allclose(still, images, atol=1e-5)
