@@ -1,0 +1,1 @@
+"""Benchmark scripts for the toolkit; see bench/README.md."""

@@ -1,0 +1,78 @@
+"""The benchmark scripts run end to end on a tiny GAN and print their tables (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: object) -> str:
+    """Run bench/<name> in a fresh interpreter; return its stdout, failing on a non-zero exit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(REPO / "bench" / name), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 1-epoch 32x32 GAN (widths 8, latent 16) with a 1-epoch encoder, on 16 images."""
+    from anomaly.train import TrainConfig, train_gan
+    from tests.conftest import TINY_CONFIG, write_images
+
+    root = tmp_path_factory.mktemp("bench")
+    write_images(root / "images", 16, seed=5)
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1}, encoder_epochs=1)
+    train_gan(config, root / "images", root / "run", progress=False, log=lambda *a: None)
+    return root / "run", root / "images"
+
+
+def test_bench_score(tiny_run, tmp_path):
+    run, images = tiny_run
+    out = run_script("bench_score.py", "--model", run, "--data", images, "--images", 4,
+                     "--iterations", 3, "--reference-images", 1, "--repeats", 1,
+                     "--batch-size", 4, "--threads", 1, "--matmul-size", 256, "--profile",
+                     "--profile-iterations", 1, "--json", tmp_path / "score.json")
+    assert "## Machine" in out and "torch_threads: 1" in out
+    assert "| forward pass | MFLOP/image |" in out
+    assert "GFLOP/s" in out
+    assert ("| method | iterations | images | seconds/image | images/second | "
+            "speed-up vs reference |") in out
+    for method in ("reference", "search", "encoder", "encoder-search"):
+        assert f"\n| {method} |" in out
+    assert "Profile: mode encoder" in out and "Profile: mode search" in out
+    figures = json.loads((tmp_path / "score.json").read_text())
+    assert [r["method"] for r in figures["results"]] == [
+        "reference", "search", "encoder", "encoder-search"]
+    assert figures["reference_vs_search_max_abs_diff"] < 1e-4  # same computation, batched
+
+
+def test_bench_train(tiny_run, tmp_path):
+    _, images = tiny_run
+    out = run_script("bench_train.py", "--data", images, "--image-size", 32, "--batch-size", 8,
+                     "--width", 8, "--latent-dim", 16, "--steps", 2, "--warmup", 1,
+                     "--repeats", 1, "--threads", 1, "--json", tmp_path / "train.json")
+    assert "| data path | images/second | seconds/step | ratio vs reference |" in out
+    assert "reference: PIL decode" in out and "toolkit: load_images once" in out
+    figures = json.loads((tmp_path / "train.json").read_text())
+    assert figures["batch_size"] == 8 and figures["loaded_images"] == 16
+
+
+def test_bench_memory(tiny_run, tmp_path):
+    run, images = tiny_run
+    out = run_script("bench_memory.py", "--model", run, "--data", images, "--counts", "5,20",
+                     "--mode", "encoder", "--threads", 1, "--json", tmp_path / "memory.json")
+    assert "| images | CSV rows | seconds | images/second |" in out
+    assert "peak RSS VmHWM (MiB)" in out
+    figures = json.loads((tmp_path / "memory.json").read_text())
+    assert [(r["count"], r["csv_rows"], r["images"]) for r in figures["results"]] == [
+        (5, 5, 5), (20, 20, 20)]
