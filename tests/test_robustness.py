@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 import zlib
-import struct
 
 import cv2
 import numpy as np
@@ -130,7 +130,7 @@ def test_sigkill_mid_training_then_resume_finishes(tmp_path, normal_dir):
     finish = run_cli([*args, "--resume"])
     out, err = finish.communicate(timeout=120)
     assert finish.returncode == 0, err.decode()[-2000:]
-    assert f"resuming from" in out.decode() and load_checkpoint(last)["epoch"] == epoch + 1
+    assert "resuming from" in out.decode() and load_checkpoint(last)["epoch"] == epoch + 1
 
 
 def test_killed_scoring_keeps_rows_and_resume_completes(trained_run, normal_dir, tmp_path):
