@@ -395,13 +395,13 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
 
 
 def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
-    """Score the run's held-out normal images and store per-mode statistics.
+    """Score the run's held-out normal images with the default mode and store statistics.
 
     The statistics (mean, standard deviation and quantiles of each score component)
     come from normal images the GAN never trained on; ``anomaly evaluate`` uses their
     95% quantile as the threshold when no labelled validation folder is given.
     """
-    from anomaly.score import Scorer, available_modes
+    from anomaly.score import Scorer, default_mode
 
     path = Path(model)
     path = checkpoint_path(path) if path.is_dir() else path
@@ -410,7 +410,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     if not holdout:
         return
     stats = {}
-    for mode in available_modes(state):
+    for mode in [default_mode(state)]:  # other modes score the held-out images on demand
         scorer = Scorer.from_state(state, mode=mode)
         result = scorer.score_paths(holdout, progress=False)
         stats[mode] = {**result.statistics(), **scorer.settings(), "values": result.score}
