@@ -1,0 +1,31 @@
+"""Smoke test on real chest X-rays from ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anomaly.data import find_images
+from anomaly.evaluate_gan import evaluate_gan
+from anomaly.score import Scorer
+from anomaly.train import TrainConfig, train_gan
+from tests.conftest import REAL_DATA
+
+pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")
+
+
+def test_train_score_evaluate_on_real_xrays(tmp_path):
+    config = TrainConfig(image_size=32, epochs=1, batch_size=16, max_images=48,
+                         generator_width=16, discriminator_width=16, encoder_epochs=1)
+    train_gan(config, REAL_DATA / "train" / "NORMAL", tmp_path / "run", progress=False,
+              log=lambda *a: None)
+    scorer = Scorer.from_checkpoint(tmp_path / "run", mode="search", iterations=5)
+    images = find_images(REAL_DATA / "test_dev" / "PNEUMONIA")[:2]
+    result = scorer.score_paths(images, progress=False)
+    assert len(result.paths) == 2 and all(s > 0 for s in result.score)
+    report = evaluate_gan(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
+                          val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
+                          log=lambda *a: None)
+    assert report["n"] == 8 and report["threshold_source"] == "val"
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["n_anomalous"] == 4
