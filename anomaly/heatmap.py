@@ -57,9 +57,15 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: i
 def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray,
                   display_size: int = 256) -> None:
     """Write the three-panel heatmap of one image as PNG."""
+    write_png(path, heatmap_panel(image, reconstruction, display_size))
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a uint8 grayscale or BGR image as PNG, creating folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", heatmap_panel(image, reconstruction, display_size))
+    ok, encoded = cv2.imencode(".png", image)
     if not ok:
-        raise OSError(f"{path}: could not encode heatmap")
+        raise OSError(f"{path}: could not encode the image as PNG")
     path.write_bytes(encoded.tobytes())
+    return path

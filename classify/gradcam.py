@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly.heatmap import write_png
 from anomaly.preprocess import to_display
 
 
@@ -101,10 +102,4 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, display_size: int = 256,
 def write_cam_overlay(path: str | os.PathLike, image: np.ndarray, cam: np.ndarray,
                       display_size: int = 256) -> Path:
     """Write :func:`cam_overlay` as a PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", cam_overlay(image, cam, display_size))
-    if not ok:
-        raise OSError(f"{path}: could not encode the Grad-CAM overlay")
-    path.write_bytes(encoded.tobytes())
-    return path
+    return write_png(path, cam_overlay(image, cam, display_size))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from anomaly.io import display_path
-from cli.common import device_option, user_errors_as_messages
+from cli.common import device_option, evaluation_options, user_errors_as_messages
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,21 +52,8 @@ def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **override
 
 @main.command("evaluate")
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
-@click.option("--data", "data_dir", required=True, type=click.Path(),
-              help="Labelled test folder (one sub-folder per class).")
-@click.option("--val", "val_dir", type=click.Path(),
-              help="Labelled validation folder, or a folder of normal images only.")
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="Report folder.")
+@evaluation_options
 @click.option("--normal-class", help="Default: the model's normal class.")
-@click.option("--threshold-metric", type=click.Choice(["youden", "f1"]), default="youden",
-              show_default=True)
-@click.option("--quantile", type=float, default=0.95, show_default=True,
-              help="Normal-score quantile when validation holds normal images only.")
-@click.option("--threshold-on-test", is_flag=True,
-              help="Without validation data, pick the threshold on the test data (reported).")
-@click.option("--max-images", type=int, help="At most N images per class (a quick try).")
-@click.option("--resamples", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples for the AUROC confidence interval.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @device_option
 @click.option("--no-progress", is_flag=True)

@@ -36,3 +36,28 @@ def user_errors_as_messages(command):
 
 device_option = click.option("--device", default=None,
                              help="auto (CUDA when present), cpu, cuda or cuda:N.")
+
+
+def evaluation_options(command):
+    """Options shared by ``anomaly evaluate`` and ``classify evaluate``."""
+    options = [
+        click.option("--data", "data_dir", required=True, type=click.Path(),
+                     help="Labelled test folder (one sub-folder per class)."),
+        click.option("--val", "val_dir", type=click.Path(),
+                     help="Labelled validation folder, or a folder of normal images only."),
+        click.option("--out", "out_dir", required=True, type=click.Path(),
+                     help="Report folder."),
+        click.option("--threshold-metric", type=click.Choice(["youden", "f1"]),
+                     default="youden", show_default=True),
+        click.option("--quantile", type=float, default=0.95, show_default=True,
+                     help="Normal-score quantile when validation holds normal images only."),
+        click.option("--threshold-on-test", is_flag=True,
+                     help="Without validation data, pick the threshold on the test data "
+                          "(reported)."),
+        click.option("--max-images", type=int, help="At most N images per class (a quick try)."),
+        click.option("--resamples", type=int, default=1000, show_default=True,
+                     help="Bootstrap resamples for the AUROC confidence interval."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
