@@ -33,18 +33,28 @@ class DistContext:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
-    def shard_batches(self, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    def shard_batches(self, order: torch.Tensor, batch_size: int,
+                      drop_last: bool = True) -> list[torch.Tensor]:
         """This rank's batches of a global shuffled order; every rank gets as many.
 
-        A trailing partial batch is dropped when full batches exist (BatchNorm needs
-        more than one image, and ranks must take the same number of steps).
+        Every rank takes the same number of images, so the same number of steps. With
+        ``drop_last`` a trailing partial batch is dropped when full batches exist;
+        without it, only a trailing single image is (BatchNorm cannot train on one).
         """
         per_rank = len(order) // self.world_size
         mine = order[: per_rank * self.world_size][self.rank :: self.world_size]
         batches = list(mine.split(batch_size))
-        if len(batches) > 1 and len(batches[-1]) < batch_size:
+        smallest = batch_size if drop_last else 2
+        if len(batches) > 1 and len(batches[-1]) < smallest:
             batches.pop()
         return batches
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``values`` over all ranks (a copy; no-op in one process)."""
+        total = values.detach().clone()
+        if self.world_size > 1:
+            torch_dist.all_reduce(total)
+        return total
 
     def check_replicas_identical(self, modules: list[torch.nn.Module]) -> None:
         """Raise if any rank's parameters differ from rank 0's (DDP keeps them equal)."""

@@ -7,6 +7,10 @@ then stage 1 trains the new head on the frozen base and the optional stage 2
 ends with a validation pass, TensorBoard curves, ReduceLROnPlateau and early stopping
 on the validation loss, ``checkpoints/last.pt`` and, when the validation loss
 improved, ``checkpoints/best.pt``.
+
+Under ``torchrun`` each process trains a shard of every epoch's batches in
+DistributedDataParallel, validation is split across processes and summed, and only
+rank 0 logs, writes TensorBoard and saves checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from anomaly import distributed
 from anomaly.checkpoint import save_checkpoint
 from anomaly.config import format_config, save_config
 from anomaly.data import (
@@ -194,20 +199,29 @@ def build_checkpoint(model: ClassifierNet, config: FitConfig, class_names: list[
 
 @torch.no_grad()
 def evaluate_loss(model: ClassifierNet, data: LabelledImages, loss_weights: torch.Tensor,
-                  batch_size: int, device: torch.device, use_amp: bool) -> tuple[float, float]:
-    """Class-weighted cross-entropy and accuracy of ``data`` in eval mode."""
+                  batch_size: int, device: torch.device, use_amp: bool,
+                  dist: distributed.DistContext | None = None) -> tuple[float, float]:
+    """Class-weighted cross-entropy and accuracy of ``data`` in eval mode.
+
+    Under torchrun each rank takes every ``world_size``-th image and the sums are
+    all-reduced, so every rank returns the same figures.
+    """
+    dist = dist or distributed.DistContext()
     model.eval()
-    total_loss, correct, total_weight = 0.0, 0, 0.0
-    for start in range(0, len(data.labels), batch_size):
-        images = uint8_to_model(data.images[start : start + batch_size].to(device))
-        labels = data.labels[start : start + batch_size].to(device)
+    mine = torch.arange(dist.rank, len(data.labels), dist.world_size)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, weight, correct, n
+    for batch_index in mine.split(batch_size):
+        images = uint8_to_model(data.images[batch_index].to(device))
+        labels = data.labels[batch_index].to(device)
         with autocast(device, use_amp):
             logits = model(images)
         logits = logits.float()
-        total_loss += F.cross_entropy(logits, labels, weight=loss_weights, reduction="sum").item()
-        total_weight += loss_weights[labels].sum().item()
-        correct += int((logits.argmax(1) == labels).sum())
-    return total_loss / total_weight, correct / len(data.labels)
+        totals[0] += F.cross_entropy(logits, labels, weight=loss_weights, reduction="sum")
+        totals[1] += loss_weights[labels].sum()
+        totals[2] += (logits.argmax(1) == labels).sum()
+        totals[3] += len(labels)
+    loss, weight, correct, count = dist.sum(totals).tolist()
+    return loss / weight, correct / count
 
 
 @dataclass
@@ -215,7 +229,7 @@ class RunState:
     """What carries over from epoch to epoch and from stage 1 to stage 2."""
 
     run_dir: Path
-    writer: SummaryWriter
+    writer: SummaryWriter | None  # rank 0 only
     epoch: int = 0
     best_loss: float = math.inf
     best_state: dict = field(default_factory=dict)
@@ -232,13 +246,20 @@ class RunState:
 def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train: LabelledImages,
                 val: LabelledImages, loss_weights: torch.Tensor, config: FitConfig,
                 class_names: list[str], run: RunState, device: torch.device,
-                progress: bool = True, log=print) -> None:
+                dist: distributed.DistContext | None = None, progress: bool = True,
+                log=print) -> None:
     """Train the currently trainable parameters for up to ``epochs`` epochs.
+
+    Under torchrun the model is wrapped in DistributedDataParallel for this stage only
+    (stage 2 trains other parameters); decisions (learning rate, early stopping) use
+    all-reduced losses, so every rank takes the same ones.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
     """
+    dist = dist or distributed.DistContext()
     use_amp = config.amp and device.type == "cuda"
+    network = dist.wrap(model)  # model itself when not distributed
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr,
                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -258,12 +279,10 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
     for _ in range(epochs):
         run.epoch += 1
         model.train()  # BatchNorm layers of frozen parts stay in eval mode
-        order = torch.randperm(count, generator=rng)
-        batches = [order[i : i + batch_size] for i in range(0, count, batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on 1 image
-            batches.pop()
+        order = torch.randperm(count, generator=rng)  # the same on every rank
+        batches = dist.shard_batches(order, batch_size, drop_last=False)
         bar = tqdm(batches, desc=f"epoch {run.epoch} (stage {stage})", unit="batch",
-                   disable=not progress, leave=False)
+                   disable=not (progress and dist.is_main), leave=False)
         running_loss, seen = 0.0, 0
         for batch_index in bar:
             batch = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S) in [-1, 1]
@@ -271,29 +290,33 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
                 batch = augment_batch(batch, augment, rng)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                logits = model(batch)
+                logits = network(batch)
             loss = F.cross_entropy(logits.float(), labels[batch_index.to(device)],
                                    weight=loss_weights)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            if not math.isfinite(loss.item()):
+            # summed over ranks, so a non-finite loss on any rank stops every rank
+            batch_loss = dist.sum(loss.detach().double() * len(batch_index)).item()
+            batch_images = len(batch_index) * dist.world_size
+            if not math.isfinite(batch_loss):
                 raise TrainingDiverged(f"loss became non-finite at epoch {run.epoch}; the best "
                                        f"checkpoint is {display_path(run.best_path)}; try a "
                                        "lower --lr")
-            running_loss += loss.item() * len(batch_index)
-            seen += len(batch_index)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            running_loss += batch_loss
+            seen += batch_images
+            bar.set_postfix(loss=f"{batch_loss / batch_images:.4f}")
 
         train_loss = running_loss / max(seen, 1)
         val_loss, val_accuracy = evaluate_loss(model, val, loss_weights, batch_size, device,
-                                               use_amp)
+                                               use_amp, dist)
         lr_now = optimizer.param_groups[0]["lr"]
-        run.writer.add_scalar("loss/train", train_loss, run.epoch)
-        run.writer.add_scalar("loss/val", val_loss, run.epoch)
-        run.writer.add_scalar("accuracy/val", val_accuracy, run.epoch)
-        run.writer.add_scalar("lr", lr_now, run.epoch)
-        run.writer.flush()
+        if run.writer is not None:
+            run.writer.add_scalar("loss/train", train_loss, run.epoch)
+            run.writer.add_scalar("loss/val", val_loss, run.epoch)
+            run.writer.add_scalar("accuracy/val", val_accuracy, run.epoch)
+            run.writer.add_scalar("lr", lr_now, run.epoch)
+            run.writer.flush()
         scheduler.step(val_loss)
 
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
@@ -302,11 +325,13 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
         improved = val_loss < run.best_loss
         if improved:
             run.best_loss, run.best_state = val_loss, state["state_dict"]
-            save_checkpoint(state, run.best_path)
+            if dist.is_main:
+                save_checkpoint(state, run.best_path)
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-        save_checkpoint(state, run.last_path)
+        if dist.is_main:
+            save_checkpoint(state, run.last_path)
         log(f"epoch {run.epoch} (stage {stage}): train loss {train_loss:.4f}, val loss "
             f"{val_loss:.4f}, val accuracy {val_accuracy:.3f}, lr {lr_now:.2g}"
             f"{' (best so far)' if improved else ''}")
@@ -331,7 +356,7 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         run_dir: output folder: ``checkpoints/best.pt`` and ``last.pt``, ``config.yaml``,
             TensorBoard event files.
         progress: show progress bars.
-        log: where messages go.
+        log: where messages go (rank 0 only under torchrun).
 
     Returns:
         Path of the best checkpoint (``run_dir/checkpoints/best.pt``).
@@ -343,9 +368,12 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         TrainingDiverged: the loss became NaN or infinite.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    log(f"device: {device}")
+    dist = distributed.setup()
+    log = log if dist.is_main else (lambda *a, **k: None)
+    device = dist.device if dist.world_size > 1 else resolve_device(config.device)
+    torch.manual_seed(config.seed)  # the same initial head on every rank
+    log(f"device: {device}"
+        f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
     log("config:\n" + format_config(config))
 
     train_folder = limit_per_class(scan_labelled_folder(data_dir, config.normal_class),
@@ -357,18 +385,20 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
                         f"(found {', '.join(class_names)})")
     model = build_model(config, len(class_names), log).to(device)  # fails fast on bad weights
-    train = load_labelled(train_folder, class_names, config, "training", progress, log)
-    val = load_labelled(val_folder, class_names, config, "validation", progress, log)
+    progress_here = progress and dist.is_main
+    train = load_labelled(train_folder, class_names, config, "training", progress_here, log)
+    val = load_labelled(val_folder, class_names, config, "validation", progress_here, log)
     weights = class_weights(train.labels.numpy(), len(class_names))
     log("class weights (inverse frequency): "
         + ", ".join(f"{name} {w:.3f}" for name, w in zip(class_names, weights)))
 
     loss_weights = torch.tensor(weights, dtype=torch.float32, device=device)
-    save_config(config, run_dir / "config.yaml")
-    run = RunState(run_dir, SummaryWriter(str(run_dir)))
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+    run = RunState(run_dir, SummaryWriter(str(run_dir)) if dist.is_main else None)
     try:
         train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
-                    class_names, run, device, progress, log)
+                    class_names, run, device, dist, progress, log)
         if config.fine_tune_epochs > 0:
             if run.best_state:  # fine-tune from the best stage-1 weights
                 model.load_state_dict(run.best_state)
@@ -376,10 +406,16 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
                 model.unfreeze_last_block()
                 log(f"fine-tuning: unfroze {', '.join(model.last_block_names)}")
             train_stage(2, config.fine_tune_epochs, config.fine_tune_lr, model, train, val,
-                        loss_weights, config, class_names, run, device, progress, log)
+                        loss_weights, config, class_names, run, device, dist, progress, log)
     finally:
-        run.writer.close()
-    if not run.best_path.exists():
+        if run.writer is not None:
+            run.writer.close()
+    if run.epoch == 0:
         raise DataError("no epochs were run (epochs and fine_tune_epochs are 0)")
+    if dist.world_size > 1:
+        dist.check_replicas_identical([model])
+        log(f"weights identical on all {dist.world_size} ranks")
+    dist.barrier()  # rank 0 has written the checkpoints
+    dist.teardown()
     log(f"best validation loss {run.best_loss:.4f}: {display_path(run.best_path)}")
     return run.best_path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from anomaly import distributed
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
 
@@ -44,7 +45,8 @@ def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resu
         overrides.update(epochs=1, max_images=min(overrides.get("max_images") or 64, 64))
     config = load_config(TrainConfig, config_file, overrides)
     last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress)
-    click.echo(f"checkpoint: {display_path(last)}")
+    if distributed.is_main():
+        click.echo(f"checkpoint: {display_path(last)}")
 
 
 @main.command("train-encoder")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from anomaly import distributed
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
 
@@ -47,7 +48,8 @@ def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **override
 
     config = load_config(FitConfig, config_file, overrides)
     best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo)
-    click.echo(f"checkpoint: {display_path(best)}")
+    if distributed.is_main():
+        click.echo(f"checkpoint: {display_path(best)}")
 
 
 @main.command("evaluate")
