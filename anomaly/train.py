@@ -19,6 +19,7 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from anomaly import distributed
+from anomaly.augment import diff_augment
 from anomaly.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
@@ -59,6 +60,8 @@ class TrainConfig:
     beta2: float = 0.999
     label_smoothing: float = 0.0
     flip: bool = False
+    # DiffAugment: brightness, contrast, translation of D's real and fake inputs
+    diff_augment: bool = False
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
     encoder_epochs: int = 0
     encoder_lr: float = 1e-4
@@ -214,6 +217,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
     scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
     real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
+    def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
+        return diff_augment(batch) if config.diff_augment else batch
     count = len(loaded.paths)
     batch_size = min(config.batch_size, count)
     step = start_epoch * max(1, count // (batch_size * dist.world_size))
@@ -241,8 +246,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             optimizer_d.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
                 fake = generator(noise)
-                logits_real = discriminator(real)
-                logits_fake = discriminator(fake.detach())
+                logits_real = discriminator(as_seen_by_d(real))
+                logits_fake = discriminator(as_seen_by_d(fake.detach()))
                 loss_d = (
                     F.binary_cross_entropy_with_logits(
                         logits_real, torch.full_like(logits_real, real_target))
@@ -256,7 +261,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             # (2) Update G: maximise log D(G(z))
             optimizer_g.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                logits_fake_for_g = discriminator(fake)
+                logits_fake_for_g = discriminator(as_seen_by_d(fake))
                 loss_g = F.binary_cross_entropy_with_logits(
                     logits_fake_for_g, torch.ones_like(logits_fake_for_g))
             scaler_g.scale(loss_g).backward()

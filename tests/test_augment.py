@@ -1,0 +1,37 @@
+"""DiffAugment of the discriminator's inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from anomaly.augment import diff_augment, translate
+from anomaly.checkpoint import load_checkpoint
+from anomaly.train import TrainConfig, train_gan
+from tests.conftest import TINY_CONFIG
+
+
+def test_translation_moves_a_pixel_within_the_limit():
+    torch.manual_seed(0)
+    images = torch.full((200, 1, 16, 16), -1.0)
+    images[:, :, 8, 8] = 1.0
+    moved = translate(images, 0.125)  # at most 2 pixels
+    positions = (moved[:, 0] == 1.0).nonzero()[:, 1:]
+    assert len(positions) == 200  # the bright pixel survives exactly once in every image
+    shifts = positions - 8
+    assert shifts.abs().max() == 2 and len({tuple(s) for s in shifts.tolist()}) > 10
+
+
+def test_off_is_identity_and_gradients_flow():
+    images = torch.rand(4, 1, 16, 16, requires_grad=True)
+    same = diff_augment(images, brightness=0, contrast=0, translation=0)
+    assert torch.equal(same, images)
+    augmented = diff_augment(images)
+    assert augmented.shape == images.shape and not torch.equal(augmented, images)
+    augmented.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_training_with_diff_augment(tmp_path, normal_dir):
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "diff_augment": True})
+    train_gan(config, normal_dir, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert load_checkpoint(tmp_path / "run")["train_config"]["diff_augment"] is True
