@@ -72,14 +72,15 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
         threshold_on_test: allow picking the threshold on the test data when there is
             no validation data (the report then says ``"test"``).
         max_images: at most this many images per class and folder.
-        **scorer_options: ``mode``, ``iterations``, ``lr``, ``lam``, ``batch_size``,
-            ``device``, ``seed``.
+        **scorer_options: ``mode``, ``score``, ``iterations``, ``lr``, ``lam``,
+            ``batch_size``, ``device``, ``seed``.
 
     Returns:
         The report dict (also written to ``out_dir/report.json``).
     """
     scorer = Scorer.from_checkpoint(model, **scorer_options)
-    log(f"scoring with mode {scorer.mode} ({scorer.iterations} iterations, lambda {scorer.lam})")
+    log(f"scoring with mode {scorer.mode}, score {scorer.score} ({scorer.iterations} "
+        f"iterations, lambda {scorer.lam})")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     paths, labels, scores = score_labelled(scorer, test, progress, log)
     val_labels = val_scores = normal_scores = None
@@ -91,9 +92,11 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     threshold, source = choose_threshold(val_labels, val_scores, normal_scores, labels, scores,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
-    report.update(mode=scorer.mode, iterations=scorer.iterations, lam=scorer.lam,
+    report.update(mode=scorer.mode, score=scorer.score, iterations=scorer.iterations,
+                  lam=scorer.lam,
                   val_auroc=_val_auroc(val_labels, val_scores))
-    write_report(out_dir, report, paths, labels, scores, title=f"GAN ({scorer.mode})")
+    write_report(out_dir, report, paths, labels, scores,
+                 title=f"GAN ({scorer.mode}, {scorer.score})")
     return report
 
 
@@ -103,14 +106,13 @@ def heldout_normal_scores(scorer: Scorer, model: str | os.PathLike, progress: bo
     fitted = scorer.fitted_normal_scores()
     if fitted is not None:
         return fitted
-
-
     holdout = [Path(p) for p in load_checkpoint(model).get("holdout_paths", [])]
     holdout = [p for p in holdout if p.exists()]
-    if not holdout:
+    if len(holdout) < 2:
         return None
     log(f"scoring {len(holdout)} held-out normal training images for the threshold")
-    return scorer.score_paths(holdout, progress=progress).score
+    scorer.calibrate(holdout)
+    return scorer.fitted_normal_scores()
 
 
 def _val_auroc(labels, scores) -> float | None:

@@ -1,4 +1,4 @@
-"""Pixel heatmaps of where the residual |x - G(z)| is, as PNG panels."""
+"""Pixel heatmaps of where the residual is, as PNG panels."""
 
 from __future__ import annotations
 
@@ -27,20 +27,21 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray, blur_sigma: floa
 
 
 def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: int = 256,
-                  scale: float | None = None) -> np.ndarray:
-    """Three panels side by side: input, G(z), residual as a colour overlay on the input.
+                  scale: float | None = None, heat: np.ndarray | None = None) -> np.ndarray:
+    """Three panels side by side: input, G(z), heat as a colour overlay on the input.
 
     Args:
         image: (S, S) model-range input.
         reconstruction: (S, S) model-range G(z).
         display_size: side of each panel in pixels.
-        scale: residual value shown as full red; default: this image's maximum, so
+        scale: heat value shown as full red; default: this image's maximum, so
             every image uses the whole colour range.
+        heat: (S, S) map to show; default: :func:`residual_map` (|x - G(z)|, smoothed).
 
     Returns:
         (display_size, 3 * display_size, 3) uint8 BGR image.
     """
-    residual = residual_map(image, reconstruction)
+    residual = residual_map(image, reconstruction) if heat is None else heat
     scale = scale or float(residual.max()) or 1.0
     heat8 = np.clip(residual / scale * 255.0, 0, 255).astype(np.uint8)
 
@@ -55,9 +56,9 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: i
 
 
 def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray,
-                  display_size: int = 256) -> None:
+                  display_size: int = 256, heat: np.ndarray | None = None) -> None:
     """Write the three-panel heatmap of one image as PNG."""
-    write_png(path, heatmap_panel(image, reconstruction, display_size))
+    write_png(path, heatmap_panel(image, reconstruction, display_size, heat=heat))
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:

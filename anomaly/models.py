@@ -125,9 +125,13 @@ class Discriminator(nn.Module):
         """Intermediate features used by the discrimination loss: (B, channels, 4, 4)."""
         return self.trunk(x)
 
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Real/fake logits (B,) from :meth:`features`."""
+        return self.head(features).view(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Real/fake logits, shape (B,)."""
-        return self.head(self.trunk(x)).view(-1)
+        return self.logits(self.trunk(x))
 
 
 class Encoder(nn.Module):

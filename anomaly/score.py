@@ -1,16 +1,26 @@
 """Score images with a trained GAN: AnoGAN latent search and faster encoder modes.
 
-Every mode finds a latent z for each image, reconstructs G(z) and scores
+A *mode* finds a latent z for each image and reconstructs G(z):
 
-    score = (1 - lambda) * residual + lambda * discrimination
-    residual       = mean |x - G(z)|                  (pixels)
-    discrimination = mean |f(x) - f(G(z))|            (discriminator features)
-
-Modes:
     search          AnoGAN: z optimised from a fixed start by Adam, batched, each image
-                    with its own z and loss (results do not depend on the batch).
+                    with its own z and loss (results do not depend on the batch); the
+                    loss is (1 - lambda) * residual + lambda * discrimination.
     encoder         f-AnoGAN izi_f: z = E(x), one forward pass.
     encoder-search  z starts at E(x) and is refined by a few search steps.
+
+Every mode measures four components per image
+
+    residual       = mean |x - G(z)|                       (pixels)
+    discrimination = mean |f(x) - f(G(z))|                 (discriminator features)
+    opacity        = mean over the lung-field prior of max(blur(x - G(z)), 0)
+    critic         = -D(x)                                 (discriminator logit)
+
+and a *score* kind combines them into the anomaly score:
+
+    anogan          (1 - lambda) * residual + lambda * discrimination (AnoGAN's)
+    lung-opacity    opacity (see anomaly.lungs)
+    fused           opacity and critic, each standardised by its mean and standard
+                    deviation on the normal images held out from training, summed
 """
 
 from __future__ import annotations
@@ -26,11 +36,15 @@ import torch
 from anomaly.checkpoint import CheckpointError, load_checkpoint
 from anomaly.data import iter_preprocessed, uint8_to_model
 from anomaly.device import autocast, resolve_device
+from anomaly.lungs import geometric_lung_prior, lung_opacity, opacity_map
 from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
 from anomaly.preprocess import PreprocessConfig, preprocess
 
 MODES = ("search", "encoder", "encoder-search")
 DEFAULT_ITERATIONS = {"search": 500, "encoder": 0, "encoder-search": 20}
+SCORES = ("fused", "lung-opacity", "anogan")
+DEFAULT_SCORE = "fused"
+COMPONENTS = ("residual", "discrimination", "opacity", "critic")
 
 
 def available_modes(state: dict) -> list[str]:
@@ -50,8 +64,11 @@ class BatchScores:
     score: np.ndarray
     residual: np.ndarray
     discrimination: np.ndarray
+    opacity: np.ndarray
+    critic: np.ndarray
     inputs: torch.Tensor  # (B, 1, S, S) model range
     reconstructions: torch.Tensor  # (B, 1, S, S) model range
+    heatmaps: torch.Tensor  # (B, S, S): what the score looks at, per pixel
 
 
 @dataclass
@@ -62,12 +79,24 @@ class ScoreResult:
     score: list[float] = field(default_factory=list)
     residual: list[float] = field(default_factory=list)
     discrimination: list[float] = field(default_factory=list)
+    opacity: list[float] = field(default_factory=list)
+    critic: list[float] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
 
+    def add(self, paths: list[Path], scores: BatchScores) -> None:
+        """Append one scored batch."""
+        self.paths.extend(paths)
+        for name in ("score", *COMPONENTS):
+            getattr(self, name).extend(getattr(scores, name).tolist())
+
+    def components(self) -> dict[str, list[float]]:
+        """Each component's values, by name."""
+        return {name: list(getattr(self, name)) for name in COMPONENTS}
+
     def statistics(self) -> dict[str, dict[str, float]]:
-        """Mean, std and 90/95/99% quantiles of each score component."""
+        """Mean, std and 90/95/99% quantiles of the score and each component."""
         stats = {}
-        for name in ("score", "residual", "discrimination"):
+        for name in ("score", *COMPONENTS):
             values = np.asarray(getattr(self, name), dtype=np.float64)
             stats[name] = {
                 "mean": float(values.mean()), "std": float(values.std()),
@@ -89,9 +118,19 @@ class Scorer:
                  encoder: Encoder | None, preprocess_config: PreprocessConfig,
                  mode: str = "search", iterations: int | None = None, lr: float = 0.05,
                  lam: float = 0.1, batch_size: int = 64, device: str = "auto",
-                 amp: bool = True, seed: int = 0, score_stats: dict | None = None):
+                 amp: bool = True, seed: int = 0, score: str = "anogan",
+                 lung_prior: torch.Tensor | None = None,
+                 normal_components: dict[str, list[float]] | None = None):
+        """Build a scorer from networks; :meth:`from_checkpoint` is the usual way.
+
+        ``normal_components`` are the components of held-out normal images scored with
+        the same mode and settings (the ``fused`` score and thresholds need them);
+        ``lung_prior`` is the (S, S) lung-field mask (default: a geometric one).
+        """
         if mode not in MODES:
             raise ValueError(f"unknown scoring mode {mode!r}; choose from {', '.join(MODES)}")
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose from {', '.join(SCORES)}")
         if mode.startswith("encoder") and encoder is None:
             raise CheckpointError(f"mode {mode!r} needs a trained encoder; run "
                                   "'anomaly train-encoder' or train with encoder_epochs > 0")
@@ -107,12 +146,23 @@ class Scorer:
         self.batch_size = batch_size
         self.use_amp = amp and self.device.type == "cuda"
         self.seed = seed
-        self.score_stats = score_stats or {}
+        self.score = score
+        size = generator.arch.image_size
+        self.lung_prior = (geometric_lung_prior(size) if lung_prior is None
+                           else lung_prior.float()).to(self.device)
+        self.normal_components = normal_components
         self.latent_dim = generator.arch.latent_dim
 
     @classmethod
-    def from_state(cls, state: dict, mode: str | None = None, **options) -> "Scorer":
-        """Build a scorer from a loaded checkpoint dict."""
+    def from_state(cls, state: dict, mode: str | None = None, score: str | None = None,
+                   **options) -> "Scorer":
+        """Build a scorer from a loaded checkpoint dict.
+
+        The ``fused`` score (the default) is standardised on the normal images held out
+        from training: their components are stored in the checkpoint for the default
+        mode, and scored here (once) for other modes or settings. Without held-out
+        images the default falls back to ``lung-opacity``.
+        """
         arch = GANArchitecture(**state["architecture"])
         generator, discriminator = Generator(arch), Discriminator(arch)
         generator.load_state_dict(state["generator"])
@@ -122,8 +172,23 @@ class Scorer:
             encoder = Encoder(arch)
             encoder.load_state_dict(state["encoder"])
         mode = mode or default_mode(state)
-        return cls(generator, discriminator, encoder, PreprocessConfig(**state["preprocess"]),
-                   mode=mode, score_stats=state.get("score_stats", {}).get(mode), **options)
+        prior = state.get("lung_prior")
+        scorer = cls(generator, discriminator, encoder, PreprocessConfig(**state["preprocess"]),
+                     mode=mode, score=score or DEFAULT_SCORE, lung_prior=prior, **options)
+        fitted = state.get("score_stats", {}).get(mode, {})
+        if all(fitted.get(k) == v for k, v in scorer.settings().items()):
+            scorer.normal_components = fitted.get("components")
+        if scorer.normal_components is None and scorer.score == "fused":
+            holdout = [Path(p) for p in state.get("holdout_paths", []) if Path(p).exists()]
+            if len(holdout) >= 2:
+                scorer.calibrate(holdout)
+            elif score is None:
+                scorer.score = "lung-opacity"
+            else:
+                raise CheckpointError("the fused score needs the normal images held out from "
+                                      "training, and they cannot be found; use --score "
+                                      "lung-opacity or anogan")
+        return scorer
 
     @classmethod
     def from_checkpoint(cls, model: str | os.PathLike, mode: str | None = None,
@@ -139,15 +204,44 @@ class Scorer:
         return cls.from_state(load_checkpoint(model), mode=mode, **options)
 
     def settings(self) -> dict:
-        """The settings that change this scorer's numbers (stored beside fitted statistics)."""
+        """The settings that change the components (stored beside fitted statistics)."""
         return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
                 "lam": self.lam, "seed": self.seed}
 
+    def calibrate(self, normal_paths: Sequence[str | os.PathLike]) -> None:
+        """Score normal images (never trained on) to standardise the ``fused`` score."""
+        score, self.score = self.score, "anogan"  # needs no calibration itself
+        try:
+            result = self.score_paths(normal_paths, progress=False)
+        finally:
+            self.score = score
+        if len(result.paths) < 2:
+            raise CheckpointError("fewer than 2 readable held-out normal images to calibrate "
+                                  "the fused score")
+        self.normal_components = result.components()
+
+    def combine(self, components: dict[str, np.ndarray]) -> np.ndarray:
+        """The anomaly score of this scorer's kind from per-image components."""
+        if self.score == "anogan":
+            return (1 - self.lam) * np.asarray(components["residual"]) \
+                + self.lam * np.asarray(components["discrimination"])
+        if self.score == "lung-opacity":
+            return np.asarray(components["opacity"])
+        if self.normal_components is None:
+            raise CheckpointError("the fused score needs held-out normal statistics; call "
+                                  "calibrate() with normal images")
+        total = 0.0
+        for name in ("opacity", "critic"):
+            normal = np.asarray(self.normal_components[name], dtype=np.float64)
+            total = total + (np.asarray(components[name]) - normal.mean()) / \
+                max(normal.std(), 1e-12)
+        return np.asarray(total, dtype=np.float64)
+
     def fitted_normal_scores(self) -> list[float] | None:
-        """Held-out normal scores fitted at training time with these very settings."""
-        stats = self.score_stats or {}
-        same = all(stats.get(k) == v for k, v in self.settings().items())
-        return stats.get("values") if same else None
+        """Scores of the held-out normal images, when their components are known."""
+        if self.normal_components is None:
+            return None
+        return self.combine(self.normal_components).tolist()
 
     # -- scoring tensors -------------------------------------------------------------
 
@@ -188,9 +282,17 @@ class Scorer:
         with torch.no_grad(), autocast(self.device, self.use_amp):
             residual, discrimination, reconstruction = self._components(
                 images, features_real, z.detach())
-        score = (1 - self.lam) * residual + self.lam * discrimination
-        return BatchScores(score.cpu().numpy(), residual.cpu().numpy(),
-                           discrimination.cpu().numpy(), images.cpu(), reconstruction.cpu())
+            critic = -self.discriminator.logits(features_real).float()
+        opacity = lung_opacity(images, reconstruction, self.lung_prior)
+        components = {"residual": residual.cpu().numpy(),
+                      "discrimination": discrimination.cpu().numpy(),
+                      "opacity": opacity.cpu().numpy(), "critic": critic.cpu().numpy()}
+        if self.score == "anogan":
+            heatmaps = (images - reconstruction).abs()
+        else:
+            heatmaps = opacity_map(images, reconstruction)
+        return BatchScores(self.combine(components), **components, inputs=images.cpu(),
+                           reconstructions=reconstruction.cpu(), heatmaps=heatmaps[:, 0].cpu())
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> BatchScores:
         """Score raw grayscale arrays in [0, 1] (preprocessed with the model's settings)."""
@@ -244,10 +346,7 @@ class Scorer:
         for batch_paths, scores, failures in self.iter_batches(paths):
             result.failures.extend(failures)
             if scores is not None:
-                result.paths.extend(batch_paths)
-                result.score.extend(scores.score.tolist())
-                result.residual.extend(scores.residual.tolist())
-                result.discrimination.extend(scores.discrimination.tolist())
+                result.add(batch_paths, scores)
                 if on_batch is not None:
                     on_batch(batch_paths, scores)
             bar.update(len(batch_paths) + len(failures))

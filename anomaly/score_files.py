@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 from anomaly.heatmap import write_heatmap
 from anomaly.io import display_path
-from anomaly.score import BatchScores, Scorer, ScoreResult
+from anomaly.score import COMPONENTS, BatchScores, Scorer, ScoreResult
 
-CSV_HEADER = ["path", "score", "residual", "discrimination"]
+CSV_HEADER = ["path", "score", *COMPONENTS]
 
 
 def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
@@ -41,17 +41,19 @@ def heatmap_name(path: Path, used: set[str]) -> str:
 def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 out_csv: str | os.PathLike | None = None,
                 heatmap_dir: str | os.PathLike | None = None, resume: bool = False,
-                on_row: Callable[[str, float, float, float], None] | None = None,
+                on_row: Callable[..., None] | None = None,
                 progress: bool = True) -> ScoreResult:
     """Score files, streaming rows to ``out_csv`` and heatmaps to ``heatmap_dir``.
 
     Args:
         scorer: a loaded scorer.
         paths: image files.
-        out_csv: CSV with header ``path,score,residual,discrimination``, flushed per batch.
+        out_csv: CSV with header ``path,score,residual,discrimination,opacity,critic``,
+            flushed per batch.
         heatmap_dir: folder for one three-panel PNG per image.
         resume: keep an existing CSV and skip the paths it already holds.
-        on_row: called with (path, score, residual, discrimination) for each image.
+        on_row: called with (path, score, residual, discrimination, opacity, critic)
+            for each image.
         progress: show a progress bar.
 
     Returns:
@@ -74,13 +76,14 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
         for i, path in enumerate(batch_paths):
-            row = (str(path), float(scores.score[i]), float(scores.residual[i]),
-                   float(scores.discrimination[i]))
+            values = [float(getattr(scores, name)[i]) for name in ("score", *COMPONENTS)]
+            row = (str(path), *values)
             if writer is not None:
-                writer.writerow([row[0], f"{row[1]:.6f}", f"{row[2]:.6f}", f"{row[3]:.6f}"])
+                writer.writerow([row[0], *(f"{v:.6f}" for v in values)])
             if heatmap_dir is not None:
                 write_heatmap(Path(heatmap_dir) / heatmap_name(path, used_names),
-                              scores.inputs[i, 0].numpy(), scores.reconstructions[i, 0].numpy())
+                              scores.inputs[i, 0].numpy(), scores.reconstructions[i, 0].numpy(),
+                              heat=scores.heatmaps[i].numpy())
             if on_row is not None:
                 on_row(*row)
         if handle is not None:

@@ -25,6 +25,7 @@ from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.device import autocast, resolve_device
 from anomaly.io import display_path
+from anomaly.lungs import lung_field_prior
 from anomaly.models import (
     Discriminator,
     Encoder,
@@ -130,7 +131,7 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
 def build_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
                 optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
                 order_rng: torch.Generator, holdout: list[Path],
-                data_dir: str | os.PathLike) -> dict:
+                data_dir: str | os.PathLike, lung_prior: torch.Tensor) -> dict:
     """Assemble a self-describing checkpoint dict."""
     return {
         "format": FORMAT,
@@ -148,6 +149,7 @@ def build_state(config: TrainConfig, generator: Generator, discriminator: Discri
         "order_rng": order_rng.get_state(),
         "holdout_paths": [str(p) for p in holdout],
         "data_dir": str(Path(data_dir).resolve()),
+        "lung_prior": lung_prior.cpu(),
     }
 
 
@@ -185,6 +187,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
 
     loaded, holdout = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
+    lung_prior = lung_field_prior(loaded.images)  # from the training normals only
     arch = config.architecture()
     generator, discriminator = Generator(arch).to(device), Discriminator(arch).to(device)
     generator.apply(init_dcgan_weights)
@@ -293,7 +296,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                                                   value_range=(-1, 1)), epoch + 1)
             writer.flush()
             save_checkpoint(build_state(config, g, d, optimizer_g, optimizer_d, epoch + 1,
-                                        fixed_noise, order_rng, holdout, data_dir), last)
+                                        fixed_noise, order_rng, holdout, data_dir, lung_prior),
+                            last)
             log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
                 f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
         dist.barrier()
@@ -347,6 +351,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
     loaded, _ = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(torch_device)
+    state.setdefault("lung_prior", lung_field_prior(loaded.images))
     arch = GANArchitecture(**state["architecture"])
     generator, discriminator = Generator(arch), Discriminator(arch)
     generator.load_state_dict(state["generator"])
@@ -400,11 +405,11 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
 
 
 def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
-    """Score the run's held-out normal images with the default mode and store statistics.
+    """Score the run's held-out normal images with the default mode and store them.
 
-    The statistics (mean, standard deviation and quantiles of each score component)
-    come from normal images the GAN never trained on; ``anomaly evaluate`` uses their
-    95% quantile as the threshold when no labelled validation folder is given.
+    The components of normal images the GAN never trained on standardise the ``fused``
+    score, and ``anomaly evaluate`` uses the 95% quantile of their scores as the
+    threshold when no labelled validation folder is given.
     """
     from anomaly.score import Scorer, default_mode
 
@@ -416,9 +421,10 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
         return
     stats = {}
     for mode in [default_mode(state)]:  # other modes score the held-out images on demand
-        scorer = Scorer.from_state(state, mode=mode)
+        scorer = Scorer.from_state(state, mode=mode, score="anogan")
         result = scorer.score_paths(holdout, progress=False)
-        stats[mode] = {**result.statistics(), **scorer.settings(), "values": result.score}
+        stats[mode] = {**result.statistics(), **scorer.settings(),
+                       "components": result.components()}
     state["score_stats"] = stats
     save_checkpoint(state, path)
     log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "

@@ -74,6 +74,9 @@ def scorer_options(command):
     options = [
         click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
                      help="Default: encoder when the checkpoint has one, else search."),
+        click.option("--score", "score_kind", type=click.Choice(["fused", "lung-opacity", "anogan"]),
+                     help="How components become the score (default: fused; anogan: "
+                          "residual + lambda * discrimination)."),
         click.option("--iterations", type=int, help="Latent-search steps (search: 500)."),
         click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
                      help="Adam learning rate for z."),
@@ -92,15 +95,15 @@ def scorer_options(command):
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
 @click.option("--image", "images", multiple=True, type=click.Path(), help="Image file (repeatable).")
 @click.option("--dir", "folder", type=click.Path(), help="Folder of images (recursive).")
-@click.option("--out", "out_csv", type=click.Path(), help="CSV: path,score,residual,discrimination.")
+@click.option("--out", "out_csv", type=click.Path(), help="CSV: path,score and the score's components.")
 @click.option("--heatmaps", "heatmap_dir", type=click.Path(), help="Folder for heatmap PNGs.")
 @scorer_options
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
 @click.option("--max-images", type=int, help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
-def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations, search_lr, lam,
-                  batch_size, seed, device, resume, max_images, no_progress):
+def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
+                  search_lr, lam, batch_size, seed, device, resume, max_images, no_progress):
     """Score images: higher = more anomalous. Prints one line per image."""
     from anomaly.data import find_images
     from anomaly.score import Scorer
@@ -111,13 +114,13 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations,
     paths = [Path(p) for p in images] if images else find_images(folder)
     if max_images:
         paths = paths[:max_images]
-    scorer = Scorer.from_checkpoint(model, mode=mode, iterations=iterations, lr=search_lr,
-                                    lam=lam, batch_size=batch_size, device=device or "auto",
-                                    seed=seed)
-    click.echo(f"mode: {scorer.mode}, {scorer.iterations} iterations, lambda {scorer.lam}, "
-               f"device {scorer.device}", err=True)
+    scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
+                                    lr=search_lr, lam=lam, batch_size=batch_size,
+                                    device=device or "auto", seed=seed)
+    click.echo(f"mode: {scorer.mode}, score: {scorer.score}, {scorer.iterations} iterations, "
+               f"lambda {scorer.lam}, device {scorer.device}", err=True)
 
-    def print_row(path, score, residual, discrimination):
+    def print_row(path, score, *components):
         tqdm_write(f"{display_path(path)}\t{score:.6f}")
 
     if out_csv and os.environ.get("WORLD_SIZE", "1") != "1":
@@ -141,14 +144,15 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, iterations,
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
-                     threshold_on_test, max_images, resamples, mode, iterations, search_lr, lam,
-                     batch_size, seed, device, no_progress):
+                     threshold_on_test, max_images, resamples, mode, score_kind, iterations,
+                     search_lr, lam, batch_size, seed, device, no_progress):
     """Score a labelled folder and write report.json, scores.csv and plots."""
     from anomaly.evaluate_gan import evaluate_gan
 
     report = evaluate_gan(model, data_dir, out_dir, val_dir, normal_class, threshold_metric,
                           quantile, threshold_on_test, max_images, resamples,
-                          progress=not no_progress, mode=mode, iterations=iterations,
+                          progress=not no_progress, mode=mode, score=score_kind,
+                          iterations=iterations,
                           lr=search_lr, lam=lam, batch_size=batch_size,
                           device=device or "auto", seed=seed)
     print_report(report, out_dir)

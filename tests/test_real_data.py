@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from anomaly.data import find_images
@@ -23,7 +24,8 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
     scorer = Scorer.from_checkpoint(tmp_path / "run", mode="search", iterations=5)
     images = find_images(REAL_DATA / "test_dev" / "PNEUMONIA")[:2]
     result = scorer.score_paths(images, progress=False)
-    assert len(result.paths) == 2 and all(s > 0 for s in result.score)
+    assert len(result.paths) == 2 and all(r > 0 for r in result.residual)
+    assert scorer.score == "fused" and np.isfinite(result.score).all()
     report = evaluate_gan(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
                           val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
                           log=lambda *a: None)

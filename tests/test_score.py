@@ -10,7 +10,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, save_checkpoint
 from anomaly.data import find_images, load_images
-from anomaly.score import Scorer
+from anomaly.score import COMPONENTS, Scorer
 from anomaly.score_files import score_files
 
 
@@ -27,17 +27,21 @@ def test_batched_search_equals_one_at_a_time(trained_run, batch, mode):
     together = scorer.score_tensor(batch)
     for i in range(len(batch)):
         alone = scorer.score_tensor(batch[i : i + 1])
-        np.testing.assert_allclose(alone.score[0], together.score[i], rtol=1e-4, atol=1e-6)
+        for name in ("score", *COMPONENTS):
+            np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[i],
+                                       rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_search_lowers_the_loss(trained_run, batch):
-    start = Scorer.from_checkpoint(trained_run, mode="search", iterations=0).score_tensor(batch)
-    searched = Scorer.from_checkpoint(trained_run, mode="search", iterations=30).score_tensor(batch)
+    options = dict(mode="search", score="anogan")
+    start = Scorer.from_checkpoint(trained_run, iterations=0, **options).score_tensor(batch)
+    searched = Scorer.from_checkpoint(trained_run, iterations=30, **options).score_tensor(batch)
     assert searched.score.mean() < start.score.mean()
 
 
 def test_score_is_weighted_sum(trained_run, batch):
-    scores = Scorer.from_checkpoint(trained_run, mode="encoder", lam=0.3).score_tensor(batch)
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder", score="anogan", lam=0.3)
+    scores = scorer.score_tensor(batch)
     np.testing.assert_allclose(scores.score, 0.7 * scores.residual + 0.3 * scores.discrimination,
                                rtol=1e-5)
 
@@ -68,7 +72,7 @@ def test_folder_with_corrupt_file(trained_run, normal_dir, tmp_path):
     assert len(result.paths) == 3
     assert sorted(p.name for p, _ in result.failures) == ["corrupt.png", "empty.jpg"]
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["path", "score", "residual", "discrimination"]
+    assert list(rows[0]) == ["path", "score", "residual", "discrimination", "opacity", "critic"]
     assert len(rows) == 3
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3
 
