@@ -289,8 +289,8 @@ class Scorer:
                       "opacity": opacity.cpu().numpy(), "critic": critic.cpu().numpy()}
         if self.score == "anogan":
             heatmaps = (images - reconstruction).abs()
-        else:
-            heatmaps = opacity_map(images, reconstruction)
+        else:  # exactly what the lung-opacity score averages
+            heatmaps = opacity_map(images, reconstruction) * self.lung_prior
         return BatchScores(self.combine(components), **components, inputs=images.cpu(),
                            reconstructions=reconstruction.cpu(), heatmaps=heatmaps[:, 0].cpu())
 
