@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Reproduce the README's "Results" rows for one training config and seed:
+#   bash examples/chest_xray_results.sh CONFIG SEED OUT_DIR [DATA_ROOT]
+# trains on DATA_ROOT/train/NORMAL only, then evaluates on DATA_ROOT/test_dev with the
+# threshold picked on DATA_ROOT/val, once per score (mode encoder). Every report lands in
+# OUT_DIR/<score>/report.json; training time in OUT_DIR/train_seconds.txt.
+set -euo pipefail
+CONFIG=$1 SEED=$2 OUT=$3 DATA=${4:-../shared/data/chest_xray}
+mkdir -p "$OUT"
+start=$(date +%s)
+anomaly train-gan --config "$CONFIG" --data "$DATA/train/NORMAL" --out "$OUT/run" \
+    --seed "$SEED" --no-progress
+echo $(( $(date +%s) - start )) > "$OUT/train_seconds.txt"
+for score in fused lung-opacity anogan; do
+    anomaly evaluate --model "$OUT/run" --data "$DATA/test_dev" --val "$DATA/val" \
+        --out "$OUT/$score" --mode encoder --score "$score" --no-progress
+done
