@@ -21,6 +21,10 @@ and a *score* kind combines them into the anomaly score:
     lung-opacity    opacity (see anomaly.lungs)
     fused           opacity and critic, each standardised by its mean and standard
                     deviation on the normal images held out from training, summed
+
+``lung-opacity`` is the default: on held-out chest X-rays from other patients it
+generalises best (README, "Results"); the critic scores the training population's
+validation images well but new acquisitions poorly.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ from anomaly.preprocess import PreprocessConfig, preprocess
 
 MODES = ("search", "encoder", "encoder-search")
 DEFAULT_ITERATIONS = {"search": 500, "encoder": 0, "encoder-search": 20}
-SCORES = ("fused", "lung-opacity", "anogan")
-DEFAULT_SCORE = "fused"
+SCORES = ("lung-opacity", "fused", "anogan")
+DEFAULT_SCORE = "lung-opacity"
 COMPONENTS = ("residual", "discrimination", "opacity", "critic")
 
 
@@ -158,10 +162,9 @@ class Scorer:
                    **options) -> "Scorer":
         """Build a scorer from a loaded checkpoint dict.
 
-        The ``fused`` score (the default) is standardised on the normal images held out
-        from training: their components are stored in the checkpoint for the default
-        mode, and scored here (once) for other modes or settings. Without held-out
-        images the default falls back to ``lung-opacity``.
+        The ``fused`` score is standardised on the normal images held out from training:
+        their components are stored in the checkpoint for the default mode, and scored
+        here (once) for other modes or settings.
         """
         arch = GANArchitecture(**state["architecture"])
         generator, discriminator = Generator(arch), Discriminator(arch)
@@ -182,8 +185,6 @@ class Scorer:
             holdout = [Path(p) for p in state.get("holdout_paths", []) if Path(p).exists()]
             if len(holdout) >= 2:
                 scorer.calibrate(holdout)
-            elif score is None:
-                scorer.score = "lung-opacity"
             else:
                 raise CheckpointError("the fused score needs the normal images held out from "
                                       "training, and they cannot be found; use --score "

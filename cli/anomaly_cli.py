@@ -74,9 +74,10 @@ def scorer_options(command):
     options = [
         click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
                      help="Default: encoder when the checkpoint has one, else search."),
-        click.option("--score", "score_kind", type=click.Choice(["fused", "lung-opacity", "anogan"]),
-                     help="How components become the score (default: fused; anogan: "
-                          "residual + lambda * discrimination)."),
+        click.option("--score", "score_kind",
+                     type=click.Choice(["lung-opacity", "fused", "anogan"]),
+                     help="How components become the score (default: lung-opacity; "
+                          "anogan: residual + lambda * discrimination)."),
         click.option("--iterations", type=int, help="Latent-search steps (search: 500)."),
         click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
                      help="Adam learning rate for z."),

@@ -74,9 +74,9 @@ def test_checkpoint_stores_prior_and_held_out_components(run_with_holdout):
     assert all(len(v) == 6 for v in fitted["components"].values())  # 25% of 24 held out
 
 
-def test_fused_is_the_standardised_sum_and_default(run_with_holdout, normal_dir):
-    scorer = Scorer.from_checkpoint(run_with_holdout)
-    assert (scorer.mode, scorer.score) == ("encoder", "fused")
+def test_fused_is_the_standardised_sum(run_with_holdout, normal_dir):
+    scorer = Scorer.from_checkpoint(run_with_holdout, score="fused")
+    assert scorer.mode == "encoder"
     fitted = load_checkpoint(run_with_holdout)["score_stats"]["encoder"]["components"]
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     scores = scorer.score_tensor(images)
@@ -85,13 +85,14 @@ def test_fused_is_the_standardised_sum_and_default(run_with_holdout, normal_dir)
     np.testing.assert_allclose(scores.score, expected, rtol=1e-4, atol=1e-5)
     normal_scores = np.asarray(scorer.fitted_normal_scores())
     assert normal_scores.mean() == pytest.approx(0, abs=1e-5)  # standardised on them
-    assert Scorer.from_checkpoint(run_with_holdout, score="lung-opacity").score_tensor(
-        images).score == pytest.approx(scores.opacity)
+    default = Scorer.from_checkpoint(run_with_holdout)
+    assert default.score == "lung-opacity"
+    assert default.score_tensor(images).score == pytest.approx(scores.opacity)
 
 
 def test_other_settings_calibrate_on_held_out_images(run_with_holdout):
-    scorer = Scorer.from_checkpoint(run_with_holdout, mode="encoder-search", iterations=3)
-    assert scorer.score == "fused"
+    scorer = Scorer.from_checkpoint(run_with_holdout, mode="encoder-search", iterations=3,
+                                    score="fused")
     assert len(scorer.normal_components["opacity"]) == 6  # scored now, for these settings
     stored = load_checkpoint(run_with_holdout)["score_stats"]["encoder"]["components"]
     assert scorer.normal_components["opacity"] != stored["opacity"]
@@ -103,13 +104,13 @@ def test_without_held_out_images(run_with_holdout, tmp_path):
     state["holdout_paths"] = [str(tmp_path / "gone.png")]
     moved = tmp_path / "moved.pt"
     save_checkpoint(state, moved)
-    assert Scorer.from_checkpoint(moved).score == "lung-opacity"  # the default falls back
+    assert Scorer.from_checkpoint(moved).score == "lung-opacity"  # needs no held-out images
     with pytest.raises(CheckpointError, match="held out"):
         Scorer.from_checkpoint(moved, score="fused")  # an explicit request fails clearly
 
 
 def test_csv_and_heatmaps_of_the_fused_score(run_with_holdout, normal_dir, tmp_path):
-    scorer = Scorer.from_checkpoint(run_with_holdout)
+    scorer = Scorer.from_checkpoint(run_with_holdout, score="fused")
     paths = find_images(normal_dir)[:3]
     result = score_files(scorer, paths, tmp_path / "s.csv", tmp_path / "heat", progress=False)
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))

@@ -25,7 +25,7 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
     images = find_images(REAL_DATA / "test_dev" / "PNEUMONIA")[:2]
     result = scorer.score_paths(images, progress=False)
     assert len(result.paths) == 2 and all(r > 0 for r in result.residual)
-    assert scorer.score == "fused" and np.isfinite(result.score).all()
+    assert scorer.score == "lung-opacity" and np.isfinite(result.score).all()
     report = evaluate_gan(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
                           val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
                           log=lambda *a: None)
