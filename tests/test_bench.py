@@ -76,3 +76,19 @@ def test_bench_memory(tiny_run, tmp_path):
     figures = json.loads((tmp_path / "memory.json").read_text())
     assert [(r["count"], r["csv_rows"], r["images"]) for r in figures["results"]] == [
         (5, 5, 5), (20, 20, 20)]
+
+
+def test_score_variants_example_prints_a_row_per_variant(trained_run, labelled_dir, capsys):
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import score_variants
+    finally:
+        sys.path.pop(0)
+    score_variants.main(["--model", str(trained_run), "--data", str(labelled_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"| variant | {labelled_dir.name} |"
+    rows = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[1].rstrip(" |"))
+            for line in lines[2:]}
+    assert len(rows) == 15 and all(0 <= v <= 1 for v in rows.values())
+    # the bright blobs of the synthetic "pneumonia" images are what the opacity score sees
+    assert rows["max(blur2(x - G(z)), 0), geometric lungs"] > 0.5
