@@ -21,8 +21,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_bf16_supported() -> bool:
+    """True when this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """Mixed-precision context: float16 autocast on CUDA when enabled, else a no-op."""
+    """Mixed-precision context when enabled: float16 on CUDA, bfloat16 on CPU, else a no-op.
+
+    Callers enable it on CPU only where :func:`cpu_bf16_supported` (elsewhere bfloat16
+    is emulated and slower than float32).
+    """
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if enabled and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

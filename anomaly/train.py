@@ -23,7 +23,7 @@ from anomaly.augment import diff_augment
 from anomaly.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
-from anomaly.device import autocast, resolve_device
+from anomaly.device import autocast, cpu_bf16_supported, resolve_device
 from anomaly.io import display_path
 from anomaly.lungs import lung_field_prior
 from anomaly.models import (
@@ -71,7 +71,8 @@ class TrainConfig:
     holdout_fraction: float = 0.05
     # run
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True  # float16 mixed precision on CUDA
+    cpu_bf16: bool = False  # bfloat16 autocast on CPUs with AVX512-BF16/AMX (about 2x faster)
     seed: int = 0
     max_images: int | None = None
     cache_dir: str | None = None
@@ -153,6 +154,14 @@ def build_state(config: TrainConfig, generator: Generator, discriminator: Discri
     }
 
 
+def mixed_precision(config: TrainConfig, device: torch.device) -> bool:
+    """Whether to train under autocast: float16 on CUDA (``amp``), bfloat16 on CPU
+    (``cpu_bf16``, only where the CPU supports it natively)."""
+    if device.type == "cuda":
+        return config.amp
+    return config.cpu_bf16 and device.type == "cpu" and cpu_bf16_supported()
+
+
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
@@ -179,7 +188,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     dist = distributed.setup()
     log = log if dist.is_main else (lambda *a, **k: None)
     device = dist.device if dist.world_size > 1 else resolve_device(config.device)
-    use_amp = config.amp and device.type == "cuda"
+    use_amp = mixed_precision(config, device)
     torch.manual_seed(config.seed)
     log(f"device: {device}{' with mixed precision' if use_amp else ''}"
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
@@ -217,8 +226,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     writer = SummaryWriter(str(run_dir)) if dist.is_main else None
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
     def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
         return diff_augment(batch) if config.diff_augment else batch
@@ -251,6 +260,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                 fake = generator(noise)
                 logits_real = discriminator(as_seen_by_d(real))
                 logits_fake = discriminator(as_seen_by_d(fake.detach()))
+                logits_real, logits_fake = logits_real.float(), logits_fake.float()
                 loss_d = (
                     F.binary_cross_entropy_with_logits(
                         logits_real, torch.full_like(logits_real, real_target))
@@ -264,7 +274,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             # (2) Update G: maximise log D(G(z))
             optimizer_g.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                logits_fake_for_g = discriminator(as_seen_by_d(fake))
+                logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
                 loss_g = F.binary_cross_entropy_with_logits(
                     logits_fake_for_g, torch.ones_like(logits_fake_for_g))
             scaler_g.scale(loss_g).backward()
@@ -341,7 +351,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     kappa = config.encoder_kappa if kappa is None else kappa
     batch_size = batch_size or config.batch_size
     torch_device = resolve_device(device or config.device)
-    use_amp = config.amp and torch_device.type == "cuda"
+    use_amp = mixed_precision(config, torch_device)
     torch.manual_seed(config.seed + 2)
     path = Path(model)
     path = checkpoint_path(path) if path.is_dir() else path

@@ -6,7 +6,9 @@ way batches are produced differs:
       example's transforms (Resize, CenterCrop, Grayscale, ToTensor, Normalize) through a
       DataLoader with worker processes, as torchvision.datasets.ImageFolder does;
   (b) toolkit: images read once with anomaly.data.load_images (CLAHE preprocessing) into
-      an in-memory uint8 tensor, batches indexed from it (as anomaly.train.train_gan does).
+      an in-memory uint8 tensor, batches indexed from it (as anomaly.train.train_gan does);
+  (c) on CPUs with native bfloat16 (AVX512-BF16/AMX), (b) plus bfloat16 autocast, as
+      train_gan does with ``cpu_bf16: true``.
 A fixed number of steps is timed after a warm-up; medians of the repeats are printed.
 
     python bench/bench_train.py --data ../shared/data/chest_xray/train/NORMAL
@@ -34,7 +36,7 @@ from torchvision import transforms
 
 from anomaly.config import load_config
 from anomaly.data import find_images, load_images, uint8_to_model
-from anomaly.device import autocast, resolve_device
+from anomaly.device import autocast, cpu_bf16_supported, resolve_device
 from anomaly.models import Discriminator, GANArchitecture, Generator, init_dcgan_weights
 from anomaly.train import TrainConfig
 from bench.common import machine_info, markdown_table, print_machine, synchronize
@@ -70,17 +72,19 @@ class GANStep:
     """One D update then one G update, as in the DCGAN example and anomaly.train."""
 
     def __init__(self, arch: GANArchitecture, device: torch.device, amp: bool, lr: float = 2e-4,
-                 beta1: float = 0.5, label_smoothing: float = 0.0, seed: int = 0):
+                 beta1: float = 0.5, label_smoothing: float = 0.0, seed: int = 0,
+                 cpu_bf16: bool = False):
         torch.manual_seed(seed)
         self.arch, self.device = arch, device
-        self.use_amp = amp and device.type == "cuda"
+        self.use_amp = (amp and device.type == "cuda") or (cpu_bf16 and device.type == "cpu")
         self.real_target = 1.0 - label_smoothing  # one-sided, as in anomaly.train
         self.generator = Generator(arch).to(device).apply(init_dcgan_weights).train()
         self.discriminator = Discriminator(arch).to(device).apply(init_dcgan_weights).train()
         self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr, (beta1, 0.999))
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr, (beta1, 0.999))
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        scale = self.use_amp and device.type == "cuda"  # bfloat16 needs no loss scaling
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=scale)
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=scale)
 
     def __call__(self, real: torch.Tensor) -> tuple[float, float]:
         """Train on one batch (B, 1, S, S) in [-1, 1]; returns (loss D, loss G)."""
@@ -90,8 +94,8 @@ class GANStep:
         self.optimizer_d.zero_grad(set_to_none=True)
         with autocast(device, use_amp):
             fake = self.generator(noise)
-            logits_real = self.discriminator(real)
-            logits_fake = self.discriminator(fake.detach())
+            logits_real = self.discriminator(real).float()
+            logits_fake = self.discriminator(fake.detach()).float()
             loss_d = (F.binary_cross_entropy_with_logits(
                 logits_real, torch.full_like(logits_real, self.real_target))
                       + F.binary_cross_entropy_with_logits(logits_fake,
@@ -102,7 +106,7 @@ class GANStep:
         # (2) Update G: maximise log D(G(z))
         self.optimizer_g.zero_grad(set_to_none=True)
         with autocast(device, use_amp):
-            logits_g = self.discriminator(fake)
+            logits_g = self.discriminator(fake).float()
             loss_g = F.binary_cross_entropy_with_logits(logits_g, torch.ones_like(logits_g))
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.optimizer_g)
@@ -205,16 +209,27 @@ def main(argv=None) -> None:
     toolkit_times = time_steps(toolkit, toolkit_batches(loaded.images, batch_size, device),
                                args.warmup, args.steps, args.repeats, device)
 
+    bf16_times = None
+    if device.type == "cpu" and cpu_bf16_supported():
+        toolkit_bf16 = GANStep(arch, device, **{**step_options, "cpu_bf16": True})
+        bf16_times = time_steps(toolkit_bf16, toolkit_batches(loaded.images, batch_size, device),
+                                args.warmup, args.steps, args.repeats, device)
+
     images_per_run = args.steps * batch_size
     reference_rate = images_per_run / statistics.median(reference_times)
     toolkit_rate = images_per_run / statistics.median(toolkit_times)
+    rows = [[f"reference: PIL decode + transforms every epoch, DataLoader({args.workers} workers)",
+             reference_rate, batch_size / reference_rate, "1.0x"],
+            ["toolkit: load_images once, batches from in-memory uint8 tensor", toolkit_rate,
+             batch_size / toolkit_rate, f"{toolkit_rate / reference_rate:.2f}x"]]
+    bf16_rate = None
+    if bf16_times is not None:
+        bf16_rate = images_per_run / statistics.median(bf16_times)
+        rows.append(["toolkit + bfloat16 autocast on CPU (cpu_bf16: true)", bf16_rate,
+                     batch_size / bf16_rate, f"{bf16_rate / reference_rate:.2f}x"])
     print("## Results\n")
-    print(markdown_table(
-        ["data path", "images/second", "seconds/step", "ratio vs reference"],
-        [[f"reference: PIL decode + transforms every epoch, DataLoader({args.workers} workers)",
-          reference_rate, batch_size / reference_rate, "1.0x"],
-         ["toolkit: load_images once, batches from in-memory uint8 tensor", toolkit_rate,
-          batch_size / toolkit_rate, f"{toolkit_rate / reference_rate:.2f}x"]]))
+    print(markdown_table(["data path", "images/second", "seconds/step", "ratio vs reference"],
+                         rows))
     print(f"\nOne-off cost of the toolkit path, not in the rates above: load_images read and "
           f"preprocessed {len(loaded.paths)} files in {load_seconds:.2f} s "
           f"({len(loaded.paths) / load_seconds:.1f} images/second; a cache_dir lets later runs skip it).")
@@ -223,6 +238,8 @@ def main(argv=None) -> None:
                "reference_images_per_second": reference_rate,
                "toolkit_images_per_second": toolkit_rate,
                "ratio": toolkit_rate / reference_rate,
+               "toolkit_cpu_bf16_images_per_second": bf16_rate,
+               "toolkit_cpu_bf16_run_seconds": bf16_times,
                "reference_run_seconds": reference_times, "toolkit_run_seconds": toolkit_times,
                "load_images_seconds": load_seconds, "loaded_images": len(loaded.paths)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

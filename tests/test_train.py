@@ -86,3 +86,15 @@ def test_config_file_and_overrides(tmp_path):
     path.write_text("epochs: many\n")
     with pytest.raises(ConfigError, match="epochs"):
         load_config(TrainConfig, path)
+
+
+def test_cpu_bf16_trains_with_finite_weights(tmp_path, normal_dir):
+    from anomaly.device import cpu_bf16_supported
+
+    messages = []
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "cpu_bf16": True, "device": "cpu"})
+    train_gan(config, normal_dir, tmp_path / "bf16", progress=False, log=messages.append)
+    assert ("with mixed precision" in messages[0]) == cpu_bf16_supported()
+    state = load_checkpoint(tmp_path / "bf16")
+    assert all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
+    assert state["generator"]["net.0.weight"].dtype == torch.float32  # weights stay float32
