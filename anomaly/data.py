@@ -150,6 +150,32 @@ def iter_preprocessed(
             yield from pool.map(job, paths[start : start + chunk])
 
 
+def iter_preprocessed_batches(
+    paths: Sequence[str | os.PathLike], config: PreprocessConfig, batch_size: int
+) -> Iterator[tuple[list[Path], torch.Tensor, list[tuple[Path, str]]]]:
+    """Yield (paths read, their uint8 images (B, 1, S, S), (path, reason) of files skipped).
+
+    Batches hold ``batch_size`` readable images (the last may hold fewer, or none when
+    only unreadable files remain), so memory stays flat however many files there are.
+    """
+    good: list[Path] = []
+    images: list[np.ndarray] = []
+    failures: list[tuple[Path, str]] = []
+    for path, image, error in iter_preprocessed(paths, config):
+        if image is None:
+            failures.append((path, error))
+            continue
+        good.append(path)
+        images.append(image)
+        if len(images) == batch_size:
+            yield good, torch.from_numpy(np.stack(images)).unsqueeze(1), failures
+            good, images, failures = [], [], []
+    if images or failures:
+        stacked = (torch.from_numpy(np.stack(images)).unsqueeze(1) if images else
+                   torch.zeros((0, 1, config.image_size, config.image_size), dtype=torch.uint8))
+        yield good, stacked, failures
+
+
 def load_images(
     paths: Sequence[str | os.PathLike],
     config: PreprocessConfig,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
-from anomaly.data import iter_preprocessed, uint8_to_model
+from anomaly.data import iter_preprocessed_batches, uint8_to_model
 from anomaly.device import autocast, resolve_device
 from anomaly.lungs import geometric_lung_prior, lung_opacity, opacity_map
 from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
@@ -309,24 +309,10 @@ class Scorer:
         Yields:
             (paths scored, their scores or None, (path, reason) for files skipped).
         """
-        batch_paths: list[Path] = []
-        batch_images: list[np.ndarray] = []
-        failures: list[tuple[Path, str]] = []
-        for path, image, error in iter_preprocessed(paths, self.preprocess_config):
-            if image is None:
-                failures.append((path, error))
-                continue
-            batch_paths.append(path)
-            batch_images.append(image)
-            if len(batch_paths) == self.batch_size:
-                yield batch_paths, self._score_uint8(batch_images), failures
-                batch_paths, batch_images, failures = [], [], []
-        if batch_paths or failures:
-            scores = self._score_uint8(batch_images) if batch_paths else None
+        for batch_paths, images, failures in iter_preprocessed_batches(
+                paths, self.preprocess_config, self.batch_size):
+            scores = self.score_tensor(uint8_to_model(images)) if batch_paths else None
             yield batch_paths, scores, failures
-
-    def _score_uint8(self, images: list[np.ndarray]) -> BatchScores:
-        return self.score_tensor(uint8_to_model(torch.from_numpy(np.stack(images)).unsqueeze(1)))
 
     def score_paths(self, paths: Sequence[str | os.PathLike], progress: bool = True,
                     on_batch: Callable[[list[Path], BatchScores], None] | None = None

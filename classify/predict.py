@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
-from anomaly.data import iter_preprocessed, uint8_to_model
+from anomaly.data import iter_preprocessed_batches, uint8_to_model
 from anomaly.device import resolve_device
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
@@ -111,21 +111,7 @@ class Classifier:
     def iter_batches(self, paths: Sequence[str | os.PathLike]
                      ) -> Iterator[tuple[list[Path], torch.Tensor, list[tuple[Path, str]]]]:
         """Read files in batches: (paths read, uint8 (B, 1, S, S), failures)."""
-        good, images, failures = [], [], []
-        for path, image, error in iter_preprocessed(paths, self.preprocess):
-            if image is None:
-                failures.append((path, error))
-                continue
-            good.append(path)
-            images.append(image)
-            if len(images) == self.batch_size:
-                yield good, torch.from_numpy(np.stack(images)).unsqueeze(1), failures
-                good, images, failures = [], [], []
-        if images or failures:
-            stacked = (torch.from_numpy(np.stack(images)).unsqueeze(1) if images else
-                       torch.zeros((0, 1, self.preprocess.image_size,
-                                    self.preprocess.image_size), dtype=torch.uint8))
-            yield good, stacked, failures
+        return iter_preprocessed_batches(paths, self.preprocess, self.batch_size)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike], progress: bool = False
                       ) -> Predictions:
