@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.checkpoint import load_checkpoint
 from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.io import display_path
@@ -88,7 +87,7 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
         _, val_labels, val_scores = score_labelled(scorer, val, progress, log)
     else:
-        normal_scores = heldout_normal_scores(scorer, model, progress, log)
+        normal_scores = heldout_normal_scores(scorer, log)
     threshold, source = choose_threshold(val_labels, val_scores, normal_scores, labels, scores,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
@@ -100,14 +99,12 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     return report
 
 
-def heldout_normal_scores(scorer: Scorer, model: str | os.PathLike, progress: bool, log=print
-                          ) -> list[float] | None:
+def heldout_normal_scores(scorer: Scorer, log=print) -> list[float] | None:
     """Scores of the normal images held out from GAN training (fitted ones if they match)."""
     fitted = scorer.fitted_normal_scores()
     if fitted is not None:
         return fitted
-    holdout = [Path(p) for p in load_checkpoint(model).get("holdout_paths", [])]
-    holdout = [p for p in holdout if p.exists()]
+    holdout = scorer.available_holdout()
     if len(holdout) < 2:
         return None
     log(f"scoring {len(holdout)} held-out normal training images for the threshold")

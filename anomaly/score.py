@@ -124,12 +124,14 @@ class Scorer:
                  lam: float = 0.1, batch_size: int = 64, device: str = "auto",
                  amp: bool = True, seed: int = 0, score: str = "anogan",
                  lung_prior: torch.Tensor | None = None,
-                 normal_components: dict[str, list[float]] | None = None):
+                 normal_components: dict[str, list[float]] | None = None,
+                 holdout_paths: Sequence[str | os.PathLike] = ()):
         """Build a scorer from networks; :meth:`from_checkpoint` is the usual way.
 
         ``normal_components`` are the components of held-out normal images scored with
         the same mode and settings (the ``fused`` score and thresholds need them);
-        ``lung_prior`` is the (S, S) lung-field mask (default: a geometric one).
+        ``lung_prior`` is the (S, S) lung-field mask (default: a geometric one);
+        ``holdout_paths`` are the normal images held out from training.
         """
         if mode not in MODES:
             raise ValueError(f"unknown scoring mode {mode!r}; choose from {', '.join(MODES)}")
@@ -155,6 +157,7 @@ class Scorer:
         self.lung_prior = (geometric_lung_prior(size) if lung_prior is None
                            else lung_prior.float()).to(self.device)
         self.normal_components = normal_components
+        self.holdout_paths = [Path(p) for p in holdout_paths]
         self.latent_dim = generator.arch.latent_dim
 
     @classmethod
@@ -177,12 +180,13 @@ class Scorer:
         mode = mode or default_mode(state)
         prior = state.get("lung_prior")
         scorer = cls(generator, discriminator, encoder, PreprocessConfig(**state["preprocess"]),
-                     mode=mode, score=score or DEFAULT_SCORE, lung_prior=prior, **options)
+                     mode=mode, score=score or DEFAULT_SCORE, lung_prior=prior,
+                     holdout_paths=state.get("holdout_paths", []), **options)
         fitted = state.get("score_stats", {}).get(mode, {})
         if all(fitted.get(k) == v for k, v in scorer.settings().items()):
             scorer.normal_components = fitted.get("components")
         if scorer.normal_components is None and scorer.score == "fused":
-            holdout = [Path(p) for p in state.get("holdout_paths", []) if Path(p).exists()]
+            holdout = scorer.available_holdout()
             if len(holdout) >= 2:
                 scorer.calibrate(holdout)
             else:
@@ -208,6 +212,10 @@ class Scorer:
         """The settings that change the components (stored beside fitted statistics)."""
         return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
                 "lam": self.lam, "seed": self.seed}
+
+    def available_holdout(self) -> list[Path]:
+        """The held-out normal images that can still be found on disk."""
+        return [p for p in self.holdout_paths if p.exists()]
 
     def calibrate(self, normal_paths: Sequence[str | os.PathLike]) -> None:
         """Score normal images (never trained on) to standardise the ``fused`` score."""

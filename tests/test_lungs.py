@@ -118,3 +118,16 @@ def test_csv_and_heatmaps_of_the_fused_score(run_with_holdout, normal_dir, tmp_p
     assert [float(r["opacity"]) for r in rows] == pytest.approx(result.opacity, abs=1e-5)
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3
     shutil.rmtree(tmp_path / "heat")
+
+
+def test_evaluate_without_val_takes_the_threshold_from_held_out_normals(
+        run_with_holdout, labelled_dir, tmp_path):
+    from anomaly.evaluate_gan import evaluate_gan
+
+    options = dict(mode="encoder-search", iterations=2)  # not fitted at training time
+    report = evaluate_gan(run_with_holdout, labelled_dir, tmp_path / "report", resamples=20,
+                          progress=False, log=lambda *a: None, **options)
+    assert report["threshold_source"] == "normal-val-quantile"
+    scorer = Scorer.from_checkpoint(run_with_holdout, **options)
+    scorer.calibrate(scorer.available_holdout())
+    assert report["threshold"] == pytest.approx(np.quantile(scorer.fitted_normal_scores(), 0.95))
