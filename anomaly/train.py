@@ -429,13 +429,10 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     holdout = [Path(p) for p in state.get("holdout_paths", [])]
     if not holdout:
         return
-    stats = {}
-    for mode in [default_mode(state)]:  # other modes score the held-out images on demand
-        scorer = Scorer.from_state(state, mode=mode, score="anogan")
-        result = scorer.score_paths(holdout, progress=False)
-        stats[mode] = {**result.statistics(), **scorer.settings(),
-                       "components": result.components()}
-    state["score_stats"] = stats
+    mode = default_mode(state)  # other modes score the held-out images on demand
+    scorer = Scorer.from_state(state, mode=mode, score="anogan")
+    result = scorer.score_paths(holdout, progress=False)
+    state["score_stats"] = {mode: {**result.statistics(), **scorer.settings(),
+                                   "components": result.components()}}
     save_checkpoint(state, path)
-    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
-        f"{', '.join(stats)}")
+    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: {mode}")
