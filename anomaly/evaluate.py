@@ -49,14 +49,22 @@ def bootstrap_auroc_ci(labels: Sequence[int], scores: Sequence[float], resamples
 
 
 def pick_threshold(labels: Sequence[int], scores: Sequence[float], metric: str = "youden") -> float:
-    """Threshold that maximises Youden's J (TPR - FPR) or F1 on labelled data."""
+    """Threshold that maximises Youden's J (TPR - FPR) or F1 on labelled data.
+
+    Ties go to the highest such threshold (fewest images flagged). When no threshold
+    has J > 0 (the scores separate the classes no better than chance, or invert them),
+    the threshold lies just above the highest score, so nothing is flagged.
+    """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if len(np.unique(labels)) < 2:
         raise EvaluationError("picking a threshold by Youden's J or F1 needs both classes")
     fpr, tpr, thresholds = roc_curve(labels, scores)
-    thresholds = np.minimum(thresholds, scores.max())  # sklearn's first threshold is +inf
+    above_all = float(np.nextafter(scores.max(), np.inf))  # flags no image
+    thresholds = np.minimum(thresholds, above_all)  # sklearn's first threshold is +inf
     if metric == "youden":
-        return float(thresholds[int(np.argmax(tpr - fpr))])
+        youden = tpr - fpr
+        best = int(np.argmax(youden))
+        return float(thresholds[best]) if youden[best] > 0 else above_all
     if metric == "f1":
         positives = labels.sum()
         predicted = tpr * positives + fpr * (len(labels) - positives)

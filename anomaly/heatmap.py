@@ -26,20 +26,23 @@ def residual_map(image: np.ndarray, reconstruction: np.ndarray, blur_sigma: floa
     return residual
 
 
-def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: int = 256,
-                  scale: float | None = None, heat: np.ndarray | None = None) -> np.ndarray:
-    """Three panels side by side: input, G(z), heat as a colour overlay on the input.
+def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray | None,
+                  display_size: int = 256, scale: float | None = None,
+                  heat: np.ndarray | None = None) -> np.ndarray:
+    """Panels side by side: input, G(z) (when there is one), heat overlaid on the input.
 
     Args:
         image: (S, S) model-range input.
-        reconstruction: (S, S) model-range G(z).
+        reconstruction: (S, S) model-range G(z), or None for scores without one (then
+            ``heat`` is required).
         display_size: side of each panel in pixels.
         scale: heat value shown as full red; default: this image's maximum, so
             every image uses the whole colour range.
         heat: (S, S) map to show; default: :func:`residual_map` (|x - G(z)|, smoothed).
 
     Returns:
-        (display_size, 3 * display_size, 3) uint8 BGR image.
+        (display_size, 3 * display_size, 3) uint8 BGR image (2 * display_size wide
+        without a reconstruction).
     """
     residual = residual_map(image, reconstruction) if heat is None else heat
     scale = scale or float(residual.max()) or 1.0
@@ -49,13 +52,15 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray, display_size: i
         return cv2.resize(a, (display_size, display_size), interpolation=interp)
 
     gray = cv2.cvtColor(grow(to_display(image), cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
-    recon = cv2.cvtColor(grow(to_display(reconstruction), cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
     colour = cv2.applyColorMap(grow(heat8, cv2.INTER_CUBIC), cv2.COLORMAP_JET)
     overlay = cv2.addWeighted(gray, 0.55, colour, 0.45, 0)
+    if reconstruction is None:
+        return np.concatenate([gray, overlay], axis=1)
+    recon = cv2.cvtColor(grow(to_display(reconstruction), cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
     return np.concatenate([gray, recon, overlay], axis=1)
 
 
-def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray,
+def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray | None,
                   display_size: int = 256, heat: np.ndarray | None = None) -> None:
     """Write the three-panel heatmap of one image as PNG."""
     write_png(path, heatmap_panel(image, reconstruction, display_size, heat=heat))

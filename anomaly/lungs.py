@@ -71,6 +71,16 @@ def lung_opacity(images: torch.Tensor, reconstructions: torch.Tensor, prior: tor
     return weighted.flatten(1).sum(1) / prior.sum()
 
 
+def lung_brightness(images: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of the (CLAHE-processed) image over the lung-field prior, (B,).
+
+    No model at all: the baseline every learned score has to beat, since opacity is
+    brighter lung.
+    """
+    prior = prior.to(images.device)
+    return (images.float() * prior).flatten(1).sum(1) / prior.sum()
+
+
 def geometric_lung_prior(size: int) -> torch.Tensor:
     """Two ellipses where the lungs of a centred frontal film usually are, (S, S) 0/1.
 

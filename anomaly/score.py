@@ -1,30 +1,37 @@
-"""Score images with a trained GAN: AnoGAN latent search and faster encoder modes.
+"""Score images with a trained GAN: its discriminator, AnoGAN latent search, encoder modes.
 
-A *mode* finds a latent z for each image and reconstructs G(z):
+A *mode* says how an image is looked at:
 
+    discriminator   one pass of D over the image and its mirror image; no G(z).
     search          AnoGAN: z optimised from a fixed start by Adam, batched, each image
                     with its own z and loss (results do not depend on the batch); the
                     loss is (1 - lambda) * residual + lambda * discrimination.
     encoder         f-AnoGAN izi_f: z = E(x), one forward pass.
     encoder-search  z starts at E(x) and is refined by a few search steps.
 
-Every mode measures four components per image
+Components per image (NaN where a mode or checkpoint cannot measure one):
 
-    residual       = mean |x - G(z)|                       (pixels)
-    discrimination = mean |f(x) - f(G(z))|                 (discriminator features)
-    opacity        = mean over the lung-field prior of max(blur(x - G(z)), 0)
+    residual       = mean |x - G(z)|                       (pixels; not in discriminator mode)
+    discrimination = mean |f(x) - f(G(z))|                 (discriminator features; idem)
+    opacity        = mean over the lung-field prior of max(blur(x - G(z)), 0)   (idem)
     critic         = -D(x)                                 (discriminator logit)
+    density        = Mahalanobis distance of D's embedding from the training normals'
+                     (anomaly.density; checkpoints trained with this version)
+    lesion         = strongest cell of D's synthetic-opacity head (lesion_weight > 0)
+    brightness     = mean of the input over the lung-field prior (no network at all)
 
 and a *score* kind combines them into the anomaly score:
 
+    density         density (the default where the checkpoint has a lesion head)
+    lesion          lesion
     anogan          (1 - lambda) * residual + lambda * discrimination (AnoGAN's)
-    lung-opacity    opacity (see anomaly.lungs)
+    lung-opacity    opacity (see anomaly.lungs; the default of older checkpoints)
+    lung-brightness brightness: the no-GAN baseline, scored through the same evaluation
     fused           opacity and critic, each standardised by its mean and standard
                     deviation on the normal images held out from training, summed
 
-``lung-opacity`` is the default: on held-out chest X-rays from other patients it
-generalises best (README, "Results"); the critic scores the training population's
-validation images well but new acquisitions poorly.
+Why ``density`` of a discriminator taught synthetic opacities is the default, and what
+each other score measures on real films: README, "Results".
 """
 
 from __future__ import annotations
@@ -39,26 +46,46 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
 from anomaly.data import iter_preprocessed_batches, uint8_to_model
+from anomaly.density import flip_embedding, mahalanobis
 from anomaly.device import autocast, resolve_device
-from anomaly.lungs import geometric_lung_prior, lung_opacity, opacity_map
+from anomaly.lungs import geometric_lung_prior, lung_brightness, lung_opacity, opacity_map
 from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
 from anomaly.preprocess import PreprocessConfig, preprocess
 
-MODES = ("search", "encoder", "encoder-search")
-DEFAULT_ITERATIONS = {"search": 500, "encoder": 0, "encoder-search": 20}
-SCORES = ("lung-opacity", "fused", "anogan")
-DEFAULT_SCORE = "lung-opacity"
-COMPONENTS = ("residual", "discrimination", "opacity", "critic")
+MODES = ("discriminator", "search", "encoder", "encoder-search")
+DEFAULT_ITERATIONS = {"discriminator": 0, "search": 500, "encoder": 0, "encoder-search": 20}
+SCORES = ("density", "lesion", "lung-opacity", "fused", "anogan", "lung-brightness")
+RECONSTRUCTION_SCORES = ("lung-opacity", "fused", "anogan")  # need G(z)
+COMPONENTS = ("residual", "discrimination", "opacity", "critic", "density", "lesion",
+              "brightness")
+
+
+def has_lesion_head(state: dict) -> bool:
+    """Whether the checkpoint's discriminator was taught synthetic opacities."""
+    return bool(state["architecture"].get("lesion_head"))
 
 
 def available_modes(state: dict) -> list[str]:
     """Scoring modes a checkpoint supports (encoder modes need a trained encoder)."""
-    return list(MODES) if state.get("encoder") is not None else ["search"]
+    modes = ["discriminator"] if state.get("feature_density") is not None else []
+    if state.get("generator_trained", True):
+        modes += list(MODES[1:]) if state.get("encoder") is not None else ["search"]
+    return modes
 
 
 def default_mode(state: dict) -> str:
-    """The best measured mode the checkpoint supports: the encoder when it has one."""
+    """The best measured mode the checkpoint supports: D alone where it learned
+    opacities, else the encoder when there is one, else latent search."""
+    if has_lesion_head(state) and state.get("feature_density") is not None:
+        return "discriminator"
     return "encoder" if state.get("encoder") is not None else "search"
+
+
+def default_score(state: dict) -> str:
+    """The best measured score kind for a checkpoint (README, "Results")."""
+    if has_lesion_head(state) and state.get("feature_density") is not None:
+        return "density"
+    return "lung-opacity"
 
 
 @dataclass
@@ -70,8 +97,11 @@ class BatchScores:
     discrimination: np.ndarray
     opacity: np.ndarray
     critic: np.ndarray
+    density: np.ndarray
+    lesion: np.ndarray
+    brightness: np.ndarray
     inputs: torch.Tensor  # (B, 1, S, S) model range
-    reconstructions: torch.Tensor  # (B, 1, S, S) model range
+    reconstructions: torch.Tensor | None  # (B, 1, S, S) model range; None: no G(z)
     heatmaps: torch.Tensor  # (B, S, S): what the score looks at, per pixel
 
 
@@ -85,6 +115,9 @@ class ScoreResult:
     discrimination: list[float] = field(default_factory=list)
     opacity: list[float] = field(default_factory=list)
     critic: list[float] = field(default_factory=list)
+    density: list[float] = field(default_factory=list)
+    lesion: list[float] = field(default_factory=list)
+    brightness: list[float] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
 
     def add(self, paths: list[Path], scores: BatchScores) -> None:
@@ -125,13 +158,15 @@ class Scorer:
                  amp: bool = True, seed: int = 0, score: str = "anogan",
                  lung_prior: torch.Tensor | None = None,
                  normal_components: dict[str, list[float]] | None = None,
-                 holdout_paths: Sequence[str | os.PathLike] = ()):
+                 holdout_paths: Sequence[str | os.PathLike] = (),
+                 feature_density: dict[str, torch.Tensor] | None = None):
         """Build a scorer from networks; :meth:`from_checkpoint` is the usual way.
 
         ``normal_components`` are the components of held-out normal images scored with
         the same mode and settings (the ``fused`` score and thresholds need them);
         ``lung_prior`` is the (S, S) lung-field mask (default: a geometric one);
-        ``holdout_paths`` are the normal images held out from training.
+        ``holdout_paths`` are the normal images held out from training;
+        ``feature_density`` is the Gaussian of D's training-normal embeddings.
         """
         if mode not in MODES:
             raise ValueError(f"unknown scoring mode {mode!r}; choose from {', '.join(MODES)}")
@@ -140,6 +175,15 @@ class Scorer:
         if mode.startswith("encoder") and encoder is None:
             raise CheckpointError(f"mode {mode!r} needs a trained encoder; run "
                                   "'anomaly train-encoder' or train with encoder_epochs > 0")
+        if mode == "discriminator" and score in RECONSTRUCTION_SCORES:
+            raise ValueError(f"score {score!r} needs a reconstruction; use --mode search or "
+                             "encoder, or --score density, lesion")
+        if score == "density" and feature_density is None:
+            raise CheckpointError("this checkpoint has no feature density (trained by an "
+                                  "older version); use --score lung-opacity")
+        if score == "lesion" and discriminator.lesion_head is None:
+            raise CheckpointError("the lesion score needs a discriminator trained with "
+                                  "lesion_weight > 0")
         self.device = resolve_device(device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.discriminator = discriminator.to(self.device).eval().requires_grad_(False)
@@ -158,6 +202,7 @@ class Scorer:
                            else lung_prior.float()).to(self.device)
         self.normal_components = normal_components
         self.holdout_paths = [Path(p) for p in holdout_paths]
+        self.feature_density = feature_density
         self.latent_dim = generator.arch.latent_dim
 
     @classmethod
@@ -180,8 +225,9 @@ class Scorer:
         mode = mode or default_mode(state)
         prior = state.get("lung_prior")
         scorer = cls(generator, discriminator, encoder, PreprocessConfig(**state["preprocess"]),
-                     mode=mode, score=score or DEFAULT_SCORE, lung_prior=prior,
-                     holdout_paths=state.get("holdout_paths", []), **options)
+                     mode=mode, score=score or default_score(state), lung_prior=prior,
+                     holdout_paths=state.get("holdout_paths", []),
+                     feature_density=state.get("feature_density"), **options)
         fitted = state.get("score_stats", {}).get(mode, {})
         if all(fitted.get(k) == v for k, v in scorer.settings().items()):
             scorer.normal_components = fitted.get("components")
@@ -202,8 +248,8 @@ class Scorer:
 
         Args:
             model: run directory or checkpoint file.
-            mode: ``search``, ``encoder`` or ``encoder-search``; default: the best the
-                checkpoint supports.
+            mode: ``discriminator``, ``search``, ``encoder`` or ``encoder-search``;
+                default: the best the checkpoint supports.
             **options: ``iterations``, ``lr``, ``lam``, ``batch_size``, ``device``, ``seed``.
         """
         return cls.from_state(load_checkpoint(model), mode=mode, **options)
@@ -234,8 +280,10 @@ class Scorer:
         if self.score == "anogan":
             return (1 - self.lam) * np.asarray(components["residual"]) \
                 + self.lam * np.asarray(components["discrimination"])
-        if self.score == "lung-opacity":
-            return np.asarray(components["opacity"])
+        single = {"lung-opacity": "opacity", "density": "density", "lesion": "lesion",
+                  "lung-brightness": "brightness"}
+        if self.score in single:
+            return np.asarray(components[single[self.score]], dtype=np.float64)
         if self.normal_components is None:
             raise CheckpointError("the fused score needs held-out normal statistics; call "
                                   "calibrate() with normal images")
@@ -271,11 +319,48 @@ class Scorer:
         discrimination = (features_real - features_fake).abs().flatten(1).mean(1)  # (B,)
         return residual, discrimination, reconstruction
 
+    def _discriminator_components(self, images: torch.Tensor
+                                  ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+        """critic, density and lesion of a batch, D's features, and the lesion map.
+
+        Returns:
+            (components, features (B, C, 4, 4), lesion probability map (B, S, S) or
+            zeros where D has no lesion head).
+        """
+        discriminator, batch, size = self.discriminator, images.shape[0], images.shape[-1]
+        nan = np.full(batch, np.nan)
+        lesion_map = torch.zeros(batch, size, size, device=self.device)
+        with torch.no_grad(), autocast(self.device, self.use_amp):
+            if self.feature_density is None and discriminator.lesion_head is None:
+                features = discriminator.features(images).float()  # no mirror pass needed
+                return ({"critic": -discriminator.logits(features).float().cpu().numpy(),
+                         "density": nan, "lesion": nan}, features, lesion_map)
+            embedding, features, features_flipped = flip_embedding(discriminator, images)
+            critic = -discriminator.logits(features).float()
+            density = nan if self.feature_density is None else \
+                mahalanobis(embedding, self.feature_density).cpu().numpy()
+            lesion = nan
+            if discriminator.lesion_head is not None:  # the image's and its mirror's maps
+                cells = (discriminator.lesion_logits(features).float()
+                         + discriminator.lesion_logits(features_flipped).float().flip(-1)) / 2
+                lesion = cells.flatten(1).amax(1).cpu().numpy()  # (B,)
+                lesion_map = torch.nn.functional.interpolate(
+                    torch.sigmoid(cells)[:, None], size=(size, size), mode="bilinear",
+                    align_corners=False)[:, 0]
+        return ({"critic": critic.cpu().numpy(), "density": density, "lesion": lesion},
+                features, lesion_map)
+
     def score_tensor(self, images: torch.Tensor) -> BatchScores:
         """Score a batch of preprocessed images (B, 1, S, S) in [-1, 1]."""
         images = images.to(self.device, torch.float32)
-        with torch.no_grad(), autocast(self.device, self.use_amp):
-            features_real = self.discriminator.features(images).float()  # computed once
+        components, features_real, lesion_map = self._discriminator_components(images)
+        components["brightness"] = lung_brightness(images, self.lung_prior).cpu().numpy()
+        if self.mode == "discriminator":  # no reconstruction: D's components only
+            nan = np.full(images.shape[0], np.nan)
+            components.update(residual=nan, discrimination=nan, opacity=nan)
+            return BatchScores(self.combine(components), **components, inputs=images.cpu(),
+                               reconstructions=None,
+                               heatmaps=self._heatmaps(images, None, lesion_map).cpu())
         z = self.initial_latent(images)
         if self.iterations > 0:
             z = z.detach().requires_grad_(True)
@@ -291,17 +376,24 @@ class Scorer:
         with torch.no_grad(), autocast(self.device, self.use_amp):
             residual, discrimination, reconstruction = self._components(
                 images, features_real, z.detach())
-            critic = -self.discriminator.logits(features_real).float()
         opacity = lung_opacity(images, reconstruction, self.lung_prior)
-        components = {"residual": residual.cpu().numpy(),
-                      "discrimination": discrimination.cpu().numpy(),
-                      "opacity": opacity.cpu().numpy(), "critic": critic.cpu().numpy()}
-        if self.score == "anogan":
-            heatmaps = (images - reconstruction).abs()
-        else:  # exactly what the lung-opacity score averages
-            heatmaps = opacity_map(images, reconstruction) * self.lung_prior
+        components.update(residual=residual.cpu().numpy(),
+                          discrimination=discrimination.cpu().numpy(),
+                          opacity=opacity.cpu().numpy())
         return BatchScores(self.combine(components), **components, inputs=images.cpu(),
-                           reconstructions=reconstruction.cpu(), heatmaps=heatmaps[:, 0].cpu())
+                           reconstructions=reconstruction.cpu(),
+                           heatmaps=self._heatmaps(images, reconstruction, lesion_map).cpu())
+
+    def _heatmaps(self, images: torch.Tensor, reconstruction: torch.Tensor | None,
+                  lesion_map: torch.Tensor) -> torch.Tensor:
+        """What this scorer's score looks at, per pixel, (B, S, S)."""
+        if self.score in ("density", "lesion"):  # where D finds opacity
+            return lesion_map
+        if self.score == "lung-brightness":
+            return ((images + 1) / 2 * self.lung_prior)[:, 0]
+        if self.score == "anogan":
+            return (images - reconstruction).abs()[:, 0]
+        return (opacity_map(images, reconstruction) * self.lung_prior)[:, 0]  # what it averages
 
     def score_arrays(self, images: Sequence[np.ndarray]) -> BatchScores:
         """Score raw grayscale arrays in [0, 1] (preprocessed with the model's settings)."""

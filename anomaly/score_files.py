@@ -48,12 +48,11 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
     Args:
         scorer: a loaded scorer.
         paths: image files.
-        out_csv: CSV with header ``path,score,residual,discrimination,opacity,critic``,
-            flushed per batch.
+        out_csv: CSV with header ``path,score`` and then every component (see
+            ``anomaly.score.COMPONENTS``), flushed per batch.
         heatmap_dir: folder for one three-panel PNG per image.
         resume: keep an existing CSV and skip the paths it already holds.
-        on_row: called with (path, score, residual, discrimination, opacity, critic)
-            for each image.
+        on_row: called with (path, score, *components) for each image.
         progress: show a progress bar.
 
     Returns:
@@ -81,8 +80,10 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             if writer is not None:
                 writer.writerow([row[0], *(f"{v:.6f}" for v in values)])
             if heatmap_dir is not None:
+                reconstruction = None if scores.reconstructions is None \
+                    else scores.reconstructions[i, 0].numpy()
                 write_heatmap(Path(heatmap_dir) / heatmap_name(path, used_names),
-                              scores.inputs[i, 0].numpy(), scores.reconstructions[i, 0].numpy(),
+                              scores.inputs[i, 0].numpy(), reconstruction,
                               heat=scores.heatmaps[i].numpy())
             if on_row is not None:
                 on_row(*row)

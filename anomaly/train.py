@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from anomaly.augment import diff_augment
 from anomaly.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
+from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
 from anomaly.io import display_path
+from anomaly.lesions import lesion_targets, paste_opacities
 from anomaly.lungs import lung_field_prior
 from anomaly.models import (
     Discriminator,
@@ -33,6 +36,7 @@ from anomaly.models import (
     Generator,
     init_dcgan_weights,
 )
+from anomaly.monitor import lesion_panel, reconstruction_panel, watched_images
 from anomaly.preprocess import PreprocessConfig
 
 
@@ -63,12 +67,21 @@ class TrainConfig:
     flip: bool = False
     # DiffAugment: brightness, contrast, translation of D's real and fake inputs
     diff_augment: bool = False
+    # synthetic opacities (anomaly.lesions): D also learns to find them in half of each
+    # real batch, with this weight on its loss; 0 turns the task off
+    lesion_weight: float = 0.0
+    # False trains only D's lesion task, no generator (an ablation: the critic alone)
+    adversarial: bool = True
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
     encoder_epochs: int = 0
     encoder_lr: float = 1e-4
     encoder_kappa: float = 1.0
-    # held-out normal images for fitting score statistics (never trained on)
+    # held-out normal images for fitting score statistics (never trained on), split by
+    # patient: the first capture group of this pattern (searched in the file name) is the
+    # patient id (the Kermany names: IM-0123-0001, NORMAL2-IM-0123-0001, person12_...);
+    # files it does not match, or all files when it is empty, are split one by one
     holdout_fraction: float = 0.05
+    holdout_patient_pattern: str = r"^((?:NORMAL\d+-)?IM-\d+|person\d+)[-_]"
     # run
     device: str = "auto"
     amp: bool = True  # float16 mixed precision on CUDA
@@ -86,7 +99,12 @@ class TrainConfig:
     def architecture(self) -> GANArchitecture:
         """The architecture part of this config."""
         return GANArchitecture(self.image_size, 1, self.latent_dim, self.generator_width,
-                               self.discriminator_width, self.max_channels, self.spectral_norm)
+                               self.discriminator_width, self.max_channels, self.spectral_norm,
+                               lesion_head=self.lesion_weight > 0)
+
+    def __post_init__(self) -> None:
+        if not self.adversarial and self.lesion_weight <= 0:
+            raise ValueError("adversarial: false needs lesion_weight > 0 (nothing to train)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,26 +116,58 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
-def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Split files into (train, holdout) deterministically by seed."""
-    count = int(round(len(paths) * fraction)) if len(paths) >= 20 else 0
-    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
-    holdout = sorted(order[:count])
-    keep = sorted(order[count:])
-    return [paths[i] for i in keep], [paths[i] for i in holdout]
+def patient_id(path: Path, pattern: str) -> str | None:
+    """The patient id in a file name by ``pattern`` (its first group), or None."""
+    match = re.search(pattern, path.name) if pattern else None
+    if match is None:
+        return None
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def split_holdout(paths: list[Path], fraction: float, seed: int, patient_pattern: str = ""
+                  ) -> tuple[list[Path], list[Path], int]:
+    """Split files into (train, holdout) deterministically by seed, whole patients at once.
+
+    Every film of a patient (by :func:`patient_id`) lands on the same side; files without
+    an id are their own group. About ``fraction`` of the files are held out (none for
+    fewer than 20 files).
+
+    Returns:
+        (training files, held-out files, number of held-out files grouped by patient id).
+    """
+    target = int(round(len(paths) * fraction)) if len(paths) >= 20 else 0
+    groups: dict[str, list[int]] = {}
+    for index, path in enumerate(paths):
+        key = patient_id(path, patient_pattern)
+        groups.setdefault(f"patient:{key}" if key else f"file:{index}", []).append(index)
+    names = list(groups)
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    holdout: list[int] = []
+    for group in order:
+        if len(holdout) >= target:
+            break
+        holdout += groups[names[group]]
+    held = set(holdout)
+    by_patient = sum(len(groups[n]) for n in names if n.startswith("patient:")
+                     and groups[n][0] in held)
+    return ([p for i, p in enumerate(paths) if i not in held],
+            [p for i, p in enumerate(paths) if i in held], by_patient)
 
 
 def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
-                            log=print, progress: bool = True) -> tuple[LoadedImages, list[Path]]:
+                            log=print, progress: bool = True
+                            ) -> tuple[LoadedImages, list[Path], int]:
     """Find, split and load the training images; report skipped files.
 
     Returns:
-        The loaded training images and the held-out normal file paths.
+        The loaded training images, the held-out normal file paths, and how many of
+        those were split by patient id (see :func:`split_holdout`).
     """
     paths = find_images(data_dir)
     if config.max_images:
         paths = paths[: config.max_images]
-    train_paths, holdout_paths = split_holdout(paths, config.holdout_fraction, config.seed)
+    train_paths, holdout_paths, by_patient = split_holdout(
+        paths, config.holdout_fraction, config.seed, config.holdout_patient_pattern)
     loaded = load_images(train_paths, config.preprocess_config(), cache_dir=config.cache_dir,
                          progress=progress and distributed.is_main())
     for path, reason in loaded.failures:
@@ -125,13 +175,14 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
     if len(loaded.paths) < 2:
         raise DataError(f"{display_path(data_dir)}: fewer than 2 readable training images")
     log(f"training on {len(loaded.paths)} images, {len(holdout_paths)} held out for score "
-        f"statistics, {len(loaded.failures)} skipped")
-    return loaded, holdout_paths
+        f"statistics ({by_patient} of them split by patient id, the rest image by image), "
+        f"{len(loaded.failures)} skipped")
+    return loaded, holdout_paths, by_patient
 
 
 def build_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
                 optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
-                order_rng: torch.Generator, holdout: list[Path],
+                order_rng: torch.Generator, holdout: list[Path], holdout_by_patient: int,
                 data_dir: str | os.PathLike, lung_prior: torch.Tensor) -> dict:
     """Assemble a self-describing checkpoint dict."""
     return {
@@ -149,8 +200,10 @@ def build_state(config: TrainConfig, generator: Generator, discriminator: Discri
         "torch_rng": torch.get_rng_state(),
         "order_rng": order_rng.get_state(),
         "holdout_paths": [str(p) for p in holdout],
+        "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
         "data_dir": str(Path(data_dir).resolve()),
         "lung_prior": lung_prior.cpu(),
+        "generator_trained": config.adversarial,
     }
 
 
@@ -194,7 +247,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
     log("config:\n" + format_config(config))
 
-    loaded, holdout = prepare_training_images(config, data_dir, log, progress)
+    loaded, holdout, holdout_by_patient = prepare_training_images(config, data_dir, log,
+                                                                  progress)
     images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
     lung_prior = lung_field_prior(loaded.images)  # from the training normals only
     arch = config.architecture()
@@ -221,8 +275,16 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         log(f"resuming from {display_path(last)} at epoch {start_epoch}")
     elif resume:
         log(f"no checkpoint at {display_path(last)}; starting a new run")
+    lesions = config.lesion_weight > 0
+    if dist.world_size > 1 and lesions:
+        raise ValueError("the synthetic-opacity task (lesion_weight > 0) trains in one "
+                         "process only; run without torchrun or set lesion_weight: 0")
     if dist.world_size > 1:
         generator, discriminator = dist.wrap(generator), dist.wrap(discriminator)
+    d_net = _unwrap(discriminator)  # its features/heads, for the lesion task
+    lung_prior_device = lung_prior.to(device)
+    watched = watched_images(holdout, config.preprocess_config(), device) \
+        if dist.is_main and lesions else None
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     writer = SummaryWriter(str(run_dir)) if dist.is_main else None
@@ -247,66 +309,89 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (progress and dist.is_main), leave=False)
+        loss_g = torch.zeros(())
         for batch_index in bar:
             real = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S)
             if config.flip:
                 flip = torch.rand(real.shape[0], device=device) < 0.5
                 real = torch.where(flip[:, None, None, None], real.flip(-1), real)
-            noise = torch.randn(real.shape[0], arch.latent_dim, device=device)
+            seen = as_seen_by_d(real)  # (B, 1, S, S), as D sees every input
+            pasted = masks = None
+            if lesions:  # the first half of the batch gets synthetic opacities
+                pasted, masks = paste_opacities(seen[: len(seen) // 2], lung_prior_device)
+                seen = seen[len(seen) // 2:]  # the clean half: the real films for (1)
 
-            # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
+            # (1) Update D: maximise log D(x) + log(1 - D(G(z))), and find the opacities
             optimizer_d.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                fake = generator(noise)
-                logits_real = discriminator(as_seen_by_d(real))
-                logits_fake = discriminator(as_seen_by_d(fake.detach()))
-                logits_real, logits_fake = logits_real.float(), logits_fake.float()
-                loss_d = (
-                    F.binary_cross_entropy_with_logits(
-                        logits_real, torch.full_like(logits_real, real_target))
-                    + F.binary_cross_entropy_with_logits(
-                        logits_fake, torch.zeros_like(logits_fake))
-                )
+                features = d_net.features(seen if pasted is None else torch.cat([pasted, seen]))
+                features_real = features[len(features) - len(seen):]
+                loss_d = torch.zeros((), device=device)
+                if lesions:  # per 4x4 cell: is there an opacity? (clean films: nowhere)
+                    lesion_logits = d_net.lesion_logits(features).float()  # (B, 4, 4)
+                    targets = torch.cat([lesion_targets(masks, lesion_logits.shape[1:]),
+                                         torch.zeros_like(lesion_logits[len(pasted):])])
+                    loss_lesion = F.binary_cross_entropy_with_logits(lesion_logits, targets)
+                    loss_d = loss_d + config.lesion_weight * loss_lesion
+                logits_real = d_net.logits(features_real).float()
+                if config.adversarial:
+                    noise = torch.randn(len(seen), arch.latent_dim, device=device)
+                    fake = generator(noise)
+                    logits_fake = discriminator(as_seen_by_d(fake.detach())).float()
+                    loss_d = loss_d + F.binary_cross_entropy_with_logits(
+                        logits_real, torch.full_like(logits_real, real_target)) \
+                        + F.binary_cross_entropy_with_logits(
+                            logits_fake, torch.zeros_like(logits_fake))
             scaler_d.scale(loss_d).backward()
             scaler_d.step(optimizer_d)
             scaler_d.update()
 
             # (2) Update G: maximise log D(G(z))
-            optimizer_g.zero_grad(set_to_none=True)
-            with autocast(device, use_amp):
-                logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
-                loss_g = F.binary_cross_entropy_with_logits(
-                    logits_fake_for_g, torch.ones_like(logits_fake_for_g))
-            scaler_g.scale(loss_g).backward()
-            scaler_g.step(optimizer_g)
-            scaler_g.update()
+            if config.adversarial:
+                optimizer_g.zero_grad(set_to_none=True)
+                with autocast(device, use_amp):
+                    logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
+                    loss_g = F.binary_cross_entropy_with_logits(
+                        logits_fake_for_g, torch.ones_like(logits_fake_for_g))
+                scaler_g.scale(loss_g).backward()
+                scaler_g.step(optimizer_g)
+                scaler_g.update()
 
             if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch + 1} (D {loss_d.item():.4g}, "
                     f"G {loss_g.item():.4g}); the last good checkpoint is {display_path(last)}; "
                     "try a lower --lr or spectral_norm: true")
-            d_real = torch.sigmoid(logits_real.float()).mean().item()
-            d_fake = torch.sigmoid(logits_fake.float()).mean().item()
+            d_real = torch.sigmoid(logits_real).mean().item()
+            d_fake = torch.sigmoid(logits_fake).mean().item() if config.adversarial else 0.0
             bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
                             d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
             if writer is not None:
                 writer.add_scalar("loss/discriminator", loss_d.item(), step)
-                writer.add_scalar("loss/generator", loss_g.item(), step)
-                writer.add_scalar("D(x)", d_real, step)
-                writer.add_scalar("D(G(z))", d_fake, step)
+                if lesions:
+                    writer.add_scalar("loss/lesion", loss_lesion.item(), step)
+                if config.adversarial:
+                    writer.add_scalar("loss/generator", loss_g.item(), step)
+                    writer.add_scalar("D(x)", d_real, step)
+                    writer.add_scalar("D(G(z))", d_fake, step)
             step += 1
 
         if dist.is_main:
             g, d = _unwrap(generator), _unwrap(discriminator)
             g.eval()
+            d.eval()
             with torch.no_grad():
-                samples = g(fixed_noise.to(device)).float().cpu()
-            writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
-                                                  value_range=(-1, 1)), epoch + 1)
+                if config.adversarial:
+                    samples = g(fixed_noise.to(device)).float().cpu()
+                    writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
+                                                          value_range=(-1, 1)), epoch + 1)
+                if lesions and watched is not None:
+                    writer.add_image("held-out normals: input | opacities pasted | found",
+                                     lesion_panel(d, watched, lung_prior_device), epoch + 1)
             writer.flush()
             save_checkpoint(build_state(config, g, d, optimizer_g, optimizer_d, epoch + 1,
-                                        fixed_noise, order_rng, holdout, data_dir, lung_prior),
+                                        fixed_noise, order_rng, holdout, holdout_by_patient,
+                                        data_dir, lung_prior),
                             last)
             log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
                 f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
@@ -319,6 +404,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         log(f"weights identical on all {dist.world_size} ranks")
     if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
         raise DataError(f"{display_path(run_dir)}: no epochs were run")
+    if dist.is_main:
+        fit_feature_density(last, images, device, batch_size, log=log)
     if dist.is_main and config.encoder_epochs > 0:
         train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
     elif dist.is_main:
@@ -359,7 +446,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     data_dir = data_dir or state.get("data_dir")
     if not data_dir:
         raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
-    loaded, _ = prepare_training_images(config, data_dir, log, progress)
+    loaded, _, _ = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(torch_device)
     state.setdefault("lung_prior", lung_field_prior(loaded.images))
     arch = GANArchitecture(**state["architecture"])
@@ -372,6 +459,8 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     encoder.apply(init_dcgan_weights)
     optimizer = torch.optim.Adam(encoder.parameters(), lr, (0.5, 0.999))
     writer = SummaryWriter(str(run_dir / "encoder"))
+    watched = watched_images(state.get("holdout_paths", []), config.preprocess_config(),
+                             torch_device)
     order_rng = torch.Generator().manual_seed(config.seed + 3)
     count = len(loaded.paths)
     step = 0
@@ -406,12 +495,40 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
             step += 1
         log(f"encoder epoch {epoch + 1}/{epochs}: image {loss_image.item():.4f}, "
             f"features {loss_features.item():.4f}")
+        if watched is not None:
+            encoder.eval()
+            writer.add_image("held-out normals: input | G(E(x)) | residual",
+                             reconstruction_panel(generator, encoder, watched), epoch + 1)
+            writer.flush()
         state["encoder"] = encoder.state_dict()
         state["encoder_epochs"] = epoch + 1
         save_checkpoint(state, path)
     writer.close()
     fit_score_statistics(path, log=log)
     return path
+
+
+def fit_feature_density(model: str | os.PathLike, images: torch.Tensor, device: torch.device,
+                        batch_size: int = 64, log=print) -> None:
+    """Fit the Gaussian density of D's features on the training normals; store it.
+
+    Args:
+        model: run directory or checkpoint file.
+        images: (N, 1, S, S) uint8 training images (those the GAN trained on).
+        device: where to run the discriminator.
+        batch_size: images per forward pass.
+    """
+    path = Path(model)
+    path = checkpoint_path(path) if path.is_dir() else path
+    state = load_checkpoint(path)
+    discriminator = Discriminator(GANArchitecture(**state["architecture"]))
+    discriminator.load_state_dict(state["discriminator"])
+    discriminator.to(device).requires_grad_(False)
+    batches = (uint8_to_model(images[i: i + batch_size]) for i in range(0, len(images),
+                                                                         batch_size))
+    state["feature_density"] = fit_density_on_images(discriminator, batches, device)
+    save_checkpoint(state, path)
+    log(f"fitted the feature density on {len(images)} training images")
 
 
 def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
@@ -421,7 +538,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     score, and ``anomaly evaluate`` uses the 95% quantile of their scores as the
     threshold when no labelled validation folder is given.
     """
-    from anomaly.score import Scorer, default_mode
+    from anomaly.score import Scorer, default_mode, default_score
 
     path = Path(model)
     path = checkpoint_path(path) if path.is_dir() else path
@@ -430,7 +547,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     if not holdout:
         return
     mode = default_mode(state)  # other modes score the held-out images on demand
-    scorer = Scorer.from_state(state, mode=mode, score="anogan")
+    scorer = Scorer.from_state(state, mode=mode, score=default_score(state))
     result = scorer.score_paths(holdout, progress=False)
     state["score_stats"] = {mode: {**result.statistics(), **scorer.settings(),
                                    "components": result.components()}}

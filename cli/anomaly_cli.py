@@ -12,6 +12,10 @@ from anomaly import distributed
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
 
+# the same names as anomaly.score.MODES and SCORES (kept here so --help needs no torch)
+MODES = ["discriminator", "search", "encoder", "encoder-search"]
+SCORES = ["density", "lesion", "lung-opacity", "fused", "anogan", "lung-brightness"]
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -28,6 +32,8 @@ def main() -> None:
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
+@click.option("--lesion-weight", type=float,
+              help="Weight of D's synthetic-opacity task (0: a plain DCGAN).")
 @click.option("--max-images", type=int, help="Use only the first N images (a quick try).")
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)
@@ -72,12 +78,13 @@ def train_encoder_command(model, epochs, data_dir, lr, kappa, batch_size, device
 def scorer_options(command):
     """Scoring options shared by ``score`` and ``evaluate``."""
     options = [
-        click.option("--mode", type=click.Choice(["search", "encoder", "encoder-search"]),
-                     help="Default: encoder when the checkpoint has one, else search."),
-        click.option("--score", "score_kind",
-                     type=click.Choice(["lung-opacity", "fused", "anogan"]),
-                     help="How components become the score (default: lung-opacity; "
-                          "anogan: residual + lambda * discrimination)."),
+        click.option("--mode", type=click.Choice(MODES),
+                     help="Default: discriminator where D learned synthetic opacities, "
+                          "else encoder when the checkpoint has one, else search (AnoGAN)."),
+        click.option("--score", "score_kind", type=click.Choice(SCORES),
+                     help="How components become the score (default: density where D "
+                          "learned synthetic opacities, else lung-opacity; anogan: residual "
+                          "+ lambda * discrimination; lung-brightness: the no-GAN baseline)."),
         click.option("--iterations", type=int, help="Latent-search steps (search: 500)."),
         click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
                      help="Adam learning rate for z."),

@@ -1,0 +1,60 @@
+"""TensorBoard panels that show, epoch by epoch, what the networks do with normal films
+they never trained on: the critic's opacity map and the encoder's reconstructions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+
+from anomaly.data import load_images, uint8_to_model
+from anomaly.lesions import paste_opacities
+from anomaly.models import Discriminator, Encoder, Generator
+
+WATCHED_COUNT = 8
+
+
+def watched_images(paths: list, preprocess_config, device: torch.device,
+                   count: int = WATCHED_COUNT) -> torch.Tensor | None:
+    """The first ``count`` readable images of ``paths`` in the model range, or None."""
+    if not paths:
+        return None
+    loaded = load_images(list(paths)[:count], preprocess_config, progress=False)
+    if not loaded.paths:
+        return None
+    return uint8_to_model(loaded.images).to(device)  # (N, 1, S, S)
+
+
+def _to_image_range(probability: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, h, w) probabilities -> (N, 1, S, S) in [-1, 1], bilinearly upsampled."""
+    grown = F.interpolate(probability[:, None], size=(size, size), mode="bilinear",
+                          align_corners=False)
+    return grown * 2 - 1
+
+
+@torch.no_grad()
+def lesion_panel(discriminator: Discriminator, images: torch.Tensor,
+                 lung_prior: torch.Tensor) -> torch.Tensor:
+    """Grid, one row per image: input | opacity found | opacities pasted | found there.
+
+    The pasted opacities are drawn from a fixed seed, so rows compare across epochs.
+    """
+    size = images.shape[-1]
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    pasted, _ = paste_opacities(images, lung_prior, generator=generator)
+    found = torch.sigmoid(discriminator.lesion_logits(discriminator.features(images)).float())
+    found_pasted = torch.sigmoid(
+        discriminator.lesion_logits(discriminator.features(pasted)).float())
+    columns = [images, _to_image_range(found, size), pasted, _to_image_range(found_pasted, size)]
+    rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu()  # (N * 4, 1, S, S)
+    return make_grid(rows, nrow=4, normalize=True, value_range=(-1, 1))
+
+
+@torch.no_grad()
+def reconstruction_panel(generator: Generator, encoder: Encoder, images: torch.Tensor
+                         ) -> torch.Tensor:
+    """Grid, one row per image: input | G(E(x)) | |x - G(E(x))| (0 black, 2 white)."""
+    reconstruction = generator(encoder(images)).float()
+    residual = (images - reconstruction).abs() - 1  # [0, 2] shown as [-1, 1]
+    rows = torch.stack([images, reconstruction, residual], dim=1).flatten(0, 1).cpu()
+    return make_grid(rows, nrow=3, normalize=True, value_range=(-1, 1))

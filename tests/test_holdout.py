@@ -1,0 +1,63 @@
+"""Held-out normals are split by patient, so no held-out film has a sibling in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.train import TrainConfig, patient_id, split_holdout, train_gan
+from tests.conftest import TINY_CONFIG, write_images
+
+PATTERN = TrainConfig().holdout_patient_pattern
+
+
+def kermany_like_names() -> list[Path]:
+    """40 patients with 1-3 films each, named as in the Kermany collection."""
+    names = []
+    for patient in range(40):
+        for film in range(1 + patient % 3):
+            prefix = "NORMAL2-" if patient % 2 else ""
+            names.append(Path(f"{prefix}IM-{patient:04d}-{film + 1:04d}.jpeg"))
+    names += [Path(f"person{p}_bacteria_{p * 3 + k}.jpeg") for p in range(10) for k in range(2)]
+    return sorted(names)
+
+
+def test_patient_ids_of_kermany_names():
+    assert patient_id(Path("IM-0123-0001.jpeg"), PATTERN) == "IM-0123"
+    assert patient_id(Path("NORMAL2-IM-0123-0002.jpeg"), PATTERN) == "NORMAL2-IM-0123"
+    assert patient_id(Path("person12_virus_40.jpeg"), PATTERN) == "person12"
+    assert patient_id(Path("scan.png"), PATTERN) is None
+    assert patient_id(Path("IM-0123-0001.jpeg"), "") is None
+
+
+def test_no_patient_on_both_sides():
+    paths = kermany_like_names()
+    for seed in range(5):
+        train, holdout, by_patient = split_holdout(paths, 0.2, seed, PATTERN)
+        assert sorted(train + holdout) == paths and by_patient == len(holdout)
+        assert len(holdout) >= round(0.2 * len(paths))
+        train_ids = {patient_id(p, PATTERN) for p in train}
+        assert not {patient_id(p, PATTERN) for p in holdout} & train_ids
+
+
+def test_image_split_without_ids_and_leak_it_prevents():
+    paths = kermany_like_names()
+    train, holdout, by_patient = split_holdout(paths, 0.2, 0, "")  # the old image split
+    assert by_patient == 0 and len(holdout) == round(0.2 * len(paths))
+    train_ids = {patient_id(p, PATTERN) for p in train}
+    assert {patient_id(p, PATTERN) for p in holdout} & train_ids  # siblings leak
+
+
+def test_checkpoint_says_how_the_holdout_was_split(tmp_path):
+    folder = tmp_path / "normal"
+    for path in write_images(folder, 24, seed=5):
+        path.rename(folder / f"IM-{int(path.stem[-3:]) // 2:04d}-0001{path.stem[-1]}.png")
+    run = tmp_path / "run"
+    train_gan(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "holdout_fraction": 0.25}), folder,
+              run, progress=False, log=lambda *a: None)
+    state = load_checkpoint(run)
+    held = [Path(p) for p in state["holdout_paths"]]
+    assert state["holdout_by_patient"] == len(held) >= 6
+    trained = [p for p in folder.iterdir() if p not in set(held)]
+    assert len(trained) + len(held) == 24
+    assert not {patient_id(p, PATTERN) for p in trained} & {patient_id(p, PATTERN) for p in held}

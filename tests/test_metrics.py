@@ -1,0 +1,95 @@
+"""Evaluation metrics against answers worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly.evaluate import (
+    EvaluationError,
+    binary_metrics,
+    bootstrap_auroc_ci,
+    choose_threshold,
+    pick_threshold,
+)
+
+# 4 normals, 4 anomalous; by hand at threshold 0.5 (flag score >= 0.5):
+# normals 0.1 0.4 0.6 0.2 -> one FP (0.6), TN 3; anomalous 0.8 0.5 0.3 0.9 -> FN 1 (0.3), TP 3
+LABELS = [0, 0, 0, 0, 1, 1, 1, 1]
+SCORES = [0.1, 0.4, 0.6, 0.2, 0.8, 0.5, 0.3, 0.9]
+
+
+def test_confusion_matrix_and_metrics_by_hand():
+    metrics = binary_metrics(LABELS, SCORES, 0.5)
+    assert metrics["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert metrics["accuracy"] == pytest.approx(6 / 8)
+    assert metrics["precision"] == pytest.approx(3 / 4)
+    assert metrics["recall"] == pytest.approx(3 / 4)
+    assert metrics["specificity"] == pytest.approx(3 / 4)
+    assert metrics["f1"] == pytest.approx(3 / 4)
+    lenient = binary_metrics(LABELS, SCORES, 0.3)  # flags 0.4, 0.6 and every anomalous
+    assert lenient["confusion_matrix"] == [[2, 2], [0, 4]]
+    assert lenient["precision"] == pytest.approx(4 / 6) and lenient["recall"] == 1.0
+    assert lenient["f1"] == pytest.approx(2 * (4 / 6) / (4 / 6 + 1))
+
+
+def test_nothing_flagged_gives_zero_not_nan():
+    metrics = binary_metrics([0, 1], [0.1, 0.2], 1.0)
+    assert metrics["confusion_matrix"] == [[1, 0], [1, 0]]
+    assert metrics["precision"] == 0.0 and metrics["f1"] == 0.0 and metrics["specificity"] == 1.0
+
+
+def test_youden_and_f1_thresholds_on_a_small_table():
+    # J by threshold: 0.9: 1/4; 0.8: 2/4; 0.6: 2/4 - 1/4; 0.5: 3/4 - 1/4; 0.4: 3/4 - 2/4;
+    # 0.3: 1 - 2/4. Best J = 1/2, reached at 0.8, 0.5 and 0.3: the highest, 0.8, wins.
+    assert pick_threshold(LABELS, SCORES, "youden") == pytest.approx(0.8)
+    # F1: 0.8 -> 2/3; 0.5 -> 3/4; 0.3 -> 4/5 (TP 4, FP 2); 0.2 -> 8/11; 0.1 -> 2/3.
+    assert pick_threshold(LABELS, SCORES, "f1") == pytest.approx(0.3)
+
+
+def test_ties_count_as_one_threshold():
+    labels = [0, 0, 1, 1]
+    scores = [0.2, 0.5, 0.5, 0.9]  # tied normal and anomalous at 0.5
+    # thresholds 0.9: J = 1/2; 0.5: J = 1 - 1/2 = 1/2; the higher one wins
+    assert pick_threshold(labels, scores) == pytest.approx(0.9)
+    assert binary_metrics(labels, scores, 0.5)["confusion_matrix"] == [[1, 1], [0, 2]]
+
+
+def test_no_better_than_chance_flags_nothing():
+    labels = [0, 0, 1, 1]
+    inverted = [0.9, 0.8, 0.2, 0.1]  # every J <= 0
+    threshold = pick_threshold(labels, inverted)
+    assert threshold > max(inverted)
+    assert binary_metrics(labels, inverted, threshold)["confusion_matrix"] == [[2, 0], [2, 0]]
+
+
+def test_one_class_missing_is_refused():
+    with pytest.raises(EvaluationError, match="both classes"):
+        pick_threshold([0, 0, 0], [0.1, 0.2, 0.3])
+
+
+def test_bootstrap_ci_brackets_the_auroc_and_is_seeded():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    scores = rng.normal(labels * 1.0, 1.0)
+    low, high = bootstrap_auroc_ci(labels, scores, resamples=300, seed=3)
+    from sklearn.metrics import roc_auc_score
+    value = roc_auc_score(labels, scores)
+    assert low < value < high and 0.05 < high - low < 0.35
+    assert (low, high) == bootstrap_auroc_ci(labels, scores, resamples=300, seed=3)
+    perfect = bootstrap_auroc_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], resamples=50)
+    assert perfect == (1.0, 1.0)  # stratified: every resample keeps both classes
+
+
+def test_choose_threshold_sources():
+    assert choose_threshold(LABELS, SCORES) == (pytest.approx(0.8), "val")
+    normals = [0.0, 0.1, 0.2, 0.3, 0.4]
+    threshold, source = choose_threshold([0] * 5, normals, quantile=0.5)
+    assert (threshold, source) == (pytest.approx(0.2), "normal-val-quantile")
+    threshold, source = choose_threshold(normal_scores=normals, quantile=1.0)
+    assert (threshold, source) == (pytest.approx(0.4), "normal-val-quantile")
+    with pytest.raises(EvaluationError):  # anomalous-only validation sets nothing
+        choose_threshold([1, 1], [0.5, 0.6], normal_scores=None)
+    with pytest.raises(EvaluationError):
+        choose_threshold(test_labels=LABELS, test_scores=SCORES)
+    assert choose_threshold(test_labels=LABELS, test_scores=SCORES, allow_test=True)[1] == "test"
