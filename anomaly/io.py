@@ -76,25 +76,47 @@ def _looks_like_dicom(path: Path, data: bytes) -> bool:
     return path.suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM"
 
 
-def _check_header_size(path: Path) -> None:
-    """Refuse decompression bombs by reading only the header's width and height."""
+def check_pixel_count(path: str | os.PathLike, width: int, height: int, frames: int = 1
+                      ) -> None:
+    """The one size rule, applied by every reader before any pixel is decoded.
+
+    Raises:
+        ImageReadError: ``width * height * frames`` exceeds :data:`MAX_PIXELS`.
+    """
+    if width * height * frames > MAX_PIXELS:
+        shape = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ImageReadError(
+            path, f"declares {shape} pixels, more than the limit of {MAX_PIXELS}")
+
+
+def _header_size(path: Path, data: bytes) -> tuple[int, int]:
+    """Width and height from the file's header alone, by Pillow's format parsers.
+
+    The parsers are called directly, so Pillow's own decompression-bomb check (whose
+    limits differ from ours) does not run first: :func:`check_pixel_count` decides.
+
+    Raises:
+        ImageReadError: no parser recognises the header.
+    """
+    import io
+
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except Image.DecompressionBombError:
-        raise ImageReadError(path, "declares an image larger than the pixel limit") from None
-    except Exception:  # PIL cannot parse it: let OpenCV have its say
-        return
-    if width * height > MAX_PIXELS:
-        raise ImageReadError(
-            path, f"declares {width}x{height} pixels, more than the limit of {MAX_PIXELS}"
-        )
+    Image.init()
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        try:
+            if accept is not None and not accept(data[:16]):
+                continue
+            with factory(io.BytesIO(data), str(path)) as image:
+                return image.size
+        except Exception:  # not this format, or a broken header: try the next parser
+            continue
+    raise ImageReadError(path, "is not a readable image (corrupt, truncated or unknown format)")
 
 
 def _decode_raster(path: Path, data: bytes) -> np.ndarray:
-    _check_header_size(path)
+    check_pixel_count(path, *_header_size(path, data))
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
@@ -132,8 +154,7 @@ def _decode_dicom(path: Path) -> np.ndarray:
     try:
         dataset = pydicom.dcmread(path)
         rows, cols = int(dataset.Rows), int(dataset.Columns)
-        if rows * cols > MAX_PIXELS:
-            raise ImageReadError(path, f"declares {cols}x{rows} pixels, more than the limit")
+        check_pixel_count(path, cols, rows, int(dataset.get("NumberOfFrames", 1) or 1))
         pixels = dataset.pixel_array
     except ImageReadError:
         raise

@@ -128,3 +128,30 @@ def test_tiny_image_is_refused(tmp_path):
     cv2.imwrite(str(path), np.zeros((1, 1), np.uint8))
     with pytest.raises(ImageReadError, match="1x1"):
         read_image(path)
+
+
+def test_our_pixel_limit_refuses_before_pillow_would(tmp_path):
+    """120 MP: over our 100 MP rule, under Pillow's own bomb error (about 179 MP)."""
+    from tests.test_robustness import png_header_only
+
+    path = tmp_path / "big.png"
+    path.write_bytes(png_header_only(12000, 10000))
+    with pytest.raises(ImageReadError, match="12000x10000 pixels, more than the limit of 100000000"):
+        read_image(path)
+
+
+def test_header_that_no_parser_knows_is_refused_not_decoded(tmp_path):
+    path = tmp_path / "odd.png"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        read_image(path)
+
+
+def test_many_frame_dicom_counts_every_frame(tmp_path):
+    path = tmp_path / "frames.dcm"
+    write_dicom(path, np.zeros((40, 48), np.uint16))
+    dataset = pydicom.dcmread(path)
+    dataset.Rows, dataset.Columns, dataset.NumberOfFrames = 5000, 5000, 5  # 125 MP in all
+    dataset.save_as(path)
+    with pytest.raises(ImageReadError, match="5000x5000 x 5 frames pixels, more than the limit"):
+        read_image(path)
