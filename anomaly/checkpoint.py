@@ -7,6 +7,7 @@ epoch, fitted score statistics). Loading never unpickles code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -49,6 +50,15 @@ def resolve_checkpoint_path(model: str | os.PathLike) -> Path:
     if not model.is_file():
         raise CheckpointError(f"{display_path(model)}: no checkpoint there")
     return model
+
+
+def checkpoint_digest(model: str | os.PathLike) -> str:
+    """SHA-256 of a checkpoint file's bytes (first 16 hex digits): which weights, exactly."""
+    digest = hashlib.sha256()
+    with open(resolve_checkpoint_path(model), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(model: str | os.PathLike, expected_format: str = FORMAT) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from anomaly.checkpoint import CheckpointError, load_checkpoint
+from anomaly.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from anomaly.data import iter_preprocessed_batches, uint8_to_model
 from anomaly.density import flip_embedding, mahalanobis
 from anomaly.device import autocast, resolve_device
@@ -203,6 +203,7 @@ class Scorer:
         self.normal_components = normal_components
         self.holdout_paths = [Path(p) for p in holdout_paths]
         self.feature_density = feature_density
+        self.checkpoint_id: str | None = None  # set by from_checkpoint
         self.latent_dim = generator.arch.latent_dim
 
     @classmethod
@@ -252,12 +253,19 @@ class Scorer:
                 default: the best the checkpoint supports.
             **options: ``iterations``, ``lr``, ``lam``, ``batch_size``, ``device``, ``seed``.
         """
-        return cls.from_state(load_checkpoint(model), mode=mode, **options)
+        scorer = cls.from_state(load_checkpoint(model), mode=mode, **options)
+        scorer.checkpoint_id = checkpoint_digest(model)
+        return scorer
 
     def settings(self) -> dict:
         """The settings that change the components (stored beside fitted statistics)."""
         return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
                 "lam": self.lam, "seed": self.seed}
+
+    def output_settings(self) -> dict:
+        """Everything that makes a row of scores: the checkpoint (by content digest, when
+        loaded from a file), the score kind and :meth:`settings`."""
+        return {"checkpoint": self.checkpoint_id, "score": self.score, **self.settings()}
 
     def available_holdout(self) -> list[Path]:
         """The held-out normal images that can still be found on disk."""

@@ -1,12 +1,15 @@
 """Score many files into a CSV and heatmaps, writing each batch as it is scored.
 
 A run killed midway keeps every row written so far; ``resume=True`` skips the files
-already in the CSV, so rows are never duplicated.
+already in the CSV, so rows are never duplicated. Beside the CSV, ``OUT.settings.json``
+records what made its rows (checkpoint, mode, score, iterations, ...): a resume with other
+settings is refused rather than mixing two kinds of score in one file.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +30,51 @@ def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
         return {row["path"] for row in csv.DictReader(handle) if row.get("score")}
 
 
+class ResumeMismatch(ValueError):
+    """A CSV to resume was written with other settings; the message says which."""
+
+
+def settings_path(csv_path: str | os.PathLike) -> Path:
+    """Where the settings that made a scores CSV are recorded."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.name + ".settings.json")
+
+
+def check_resume_settings(csv_path: str | os.PathLike, settings: dict) -> None:
+    """Refuse to resume a CSV made with other settings (or with none recorded).
+
+    Raises:
+        ResumeMismatch: the recorded settings differ, or are missing, for a non-empty CSV.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return
+    try:
+        recorded = json.loads(settings_path(csv_path).read_text())
+    except (OSError, ValueError):
+        raise ResumeMismatch(f"{display_path(csv_path)}: cannot resume, the settings that "
+                             "made it are not recorded; write to a new --out") from None
+    differ = [f"{key} {recorded.get(key)!r} there, {value!r} now"
+              for key, value in settings.items() if recorded.get(key) != value]
+    if differ:
+        raise ResumeMismatch(f"{display_path(csv_path)}: cannot resume with other settings ("
+                             + "; ".join(differ) + "); write to a new --out")
+
+
+def write_settings(csv_path: str | os.PathLike, settings: dict) -> None:
+    """Record the settings of a new scores CSV (atomically)."""
+    target = settings_path(csv_path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, target)
+
+
+def heatmap_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """A unique PNG name for every image of a job, the same in every process."""
+    used: set[str] = set()
+    return {path: heatmap_name(path, used) for path in paths}
+
+
 def heatmap_name(path: Path, used: set[str]) -> str:
     """A PNG name for an image's heatmap, unique within one run."""
     stem = display_path(path.stem).replace(os.sep, "_") or "image"
@@ -42,7 +90,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 out_csv: str | os.PathLike | None = None,
                 heatmap_dir: str | os.PathLike | None = None, resume: bool = False,
                 on_row: Callable[..., None] | None = None,
-                progress: bool = True) -> ScoreResult:
+                progress: bool = True, names: dict[Path, str] | None = None,
+                record_settings: bool = True) -> ScoreResult:
     """Score files, streaming rows to ``out_csv`` and heatmaps to ``heatmap_dir``.
 
     Args:
@@ -54,15 +103,25 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         resume: keep an existing CSV and skip the paths it already holds.
         on_row: called with (path, score, *components) for each image.
         progress: show a progress bar.
+        names: heatmap file name of each path (default: :func:`heatmap_names` of
+            ``paths``, so a resumed job names its heatmaps as the first one did).
+        record_settings: check the settings of a CSV to resume and record those of a
+            new one (off for the shards of a sharded job, which checks once for all).
 
     Returns:
         The scores of the files scored in this call, and the files skipped.
+
+    Raises:
+        ResumeMismatch: ``resume`` on a CSV made with other settings.
     """
     paths = [Path(p) for p in paths]
+    names = heatmap_names(paths) if names is None else names
     handle = writer = None
     if out_csv is not None:
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
+        if resume and record_settings:
+            check_resume_settings(out_csv, scorer.output_settings())
         done = read_scored_paths(out_csv) if resume else set()
         paths = [p for p in paths if str(p) not in done]
         append = resume and out_csv.exists() and out_csv.stat().st_size > 0
@@ -71,7 +130,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         writer = csv.writer(handle)
         if not append:
             writer.writerow(CSV_HEADER)
-    used_names: set[str] = set()
+            if record_settings:
+                write_settings(out_csv, scorer.output_settings())
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
         for i, path in enumerate(batch_paths):
@@ -82,7 +142,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             if heatmap_dir is not None:
                 reconstruction = None if scores.reconstructions is None \
                     else scores.reconstructions[i, 0].numpy()
-                write_heatmap(Path(heatmap_dir) / heatmap_name(path, used_names),
+                write_heatmap(Path(heatmap_dir) / names[path],
                               scores.inputs[i, 0].numpy(), reconstruction,
                               heat=scores.heatmaps[i].numpy())
             if on_row is not None:
@@ -103,9 +163,13 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
                         resume: bool = False, on_row=None, progress: bool = True) -> ScoreResult:
     """Score files across the processes of a ``torchrun`` job into one CSV.
 
-    Rank r scores every world_size-th file into ``OUT.rankR``; rank 0 then merges the
-    shards into ``out_csv`` (appending to it with ``resume``) and removes them. In a
-    single process this is :func:`score_files`.
+    Rank r scores every world_size-th file still to do into ``OUT.rankR``; rank 0 then
+    merges the shards into ``out_csv`` and removes them. With ``resume``, rank 0 first
+    merges every shard a killed job left behind, whatever its number of processes, so
+    no row is lost or scored twice. In a single process this is :func:`score_files`.
+
+    Raises:
+        ResumeMismatch: ``resume`` on a CSV made with other settings.
     """
     from anomaly import distributed
 
@@ -113,23 +177,35 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
     if dist.world_size == 1:
         return score_files(scorer, paths, out_csv, heatmap_dir, resume, on_row, progress)
     out_csv = Path(out_csv)
-    done = read_scored_paths(out_csv) if resume else set()
-    todo = [Path(p) for p in paths if str(p) not in done]
+    paths = [Path(p) for p in paths]
+    if resume:
+        check_resume_settings(out_csv, scorer.output_settings())
+    dist.barrier()
+    if dist.is_main:
+        leftovers = sorted(out_csv.parent.glob(f"{out_csv.name}.rank*")) if resume else []
+        merge_shards(out_csv, leftovers, append=resume)  # a new CSV: just the header
+        write_settings(out_csv, scorer.output_settings())
+    dist.barrier()
+    done = read_scored_paths(out_csv)
+    todo = [p for p in paths if str(p) not in done]
     shard = out_csv.with_name(f"{out_csv.name}.rank{dist.rank}")
     result = score_files(scorer, todo[dist.rank :: dist.world_size], shard, heatmap_dir,
-                         resume=resume, on_row=on_row, progress=progress and dist.is_main)
+                         on_row=on_row, progress=progress and dist.is_main,
+                         names=heatmap_names(paths), record_settings=False)
     dist.barrier()
     if dist.is_main:
         merge_shards(out_csv, [out_csv.with_name(f"{out_csv.name}.rank{r}")
-                               for r in range(dist.world_size)], append=resume)
+                               for r in range(dist.world_size)], append=True)
     dist.barrier()
     dist.teardown()
     return result
 
 
 def merge_shards(out_csv: Path, shards: list[Path], append: bool) -> None:
-    """Concatenate shard CSVs (same header) into ``out_csv`` and delete the shards."""
+    """Append shard CSVs (same header) to ``out_csv``, skipping paths it already holds,
+    and delete the shards. Without ``append`` the CSV is started anew."""
     append = append and out_csv.exists() and out_csv.stat().st_size > 0
+    done = read_scored_paths(out_csv) if append else set()
     with open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
               errors="surrogateescape") as handle:
         writer = csv.writer(handle)
@@ -141,5 +217,10 @@ def merge_shards(out_csv: Path, shards: list[Path], append: bool) -> None:
             with open(shard, newline="", encoding="utf-8", errors="surrogateescape") as part:
                 rows = csv.reader(part)
                 next(rows, None)
-                writer.writerows(rows)
+                for row in rows:  # a row cut short by a kill is left out
+                    if len(row) == len(CSV_HEADER) and row[0] not in done:
+                        writer.writerow(row)
+                        done.add(row[0])
+            handle.flush()
+            os.fsync(handle.fileno())
             shard.unlink()

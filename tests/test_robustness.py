@@ -147,10 +147,17 @@ def test_killed_scoring_keeps_rows_and_resume_completes(trained_run, normal_dir,
     process.wait()
     kept = list(csv.DictReader(open(out)))
     assert 2 <= len(kept) < 24
-    finish = run_cli([*args, "--resume", "--iterations", 1])
-    finish.communicate(timeout=120)
+    other = run_cli([*args, "--resume", "--iterations", 1])  # other settings: refused
+    _, stderr = other.communicate(timeout=120)
+    assert other.returncode != 0
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "iterations 400 there, 1 now" in errors[0]
+    assert len(list(csv.DictReader(open(out)))) == len(kept)  # nothing appended
+    finish = run_cli([*args, "--resume"])
+    finish.communicate(timeout=300)
     rows = [r["path"] for r in csv.DictReader(open(out))]
     assert len(rows) == len(set(rows)) == 24
+    assert [r["path"] for r in kept] == rows[: len(kept)]  # the rows first written are kept
 
 
 def test_sharded_scoring_under_torchrun(trained_run, normal_dir, tmp_path):
@@ -165,3 +172,32 @@ def test_sharded_scoring_under_torchrun(trained_run, normal_dir, tmp_path):
     rows = [r["path"] for r in csv.DictReader(open(out))]
     assert len(rows) == len(set(rows)) == 24
     assert not list(tmp_path.glob("scores.csv.rank*"))
+
+
+def test_sharded_resume_with_fewer_processes_and_same_names(trained_run, normal_dir, tmp_path):
+    """A 3-process job was killed, leaving shards; 2 processes resume it. Two folders
+    hold files of the same names, so heatmap names must be unique across ranks."""
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+        for path in find_images(normal_dir)[:5]:
+            (images / sub / path.name).write_bytes(path.read_bytes())
+    paths = find_images(images)
+    out = tmp_path / "scores.csv"
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder", device="cpu")
+    score_files(scorer, paths[:2], out, progress=False)  # rows merged before the kill
+    for rank, part in enumerate([paths[2:4], paths[4:5], paths[1:2]]):  # a duplicate too
+        score_files(scorer, part, out.with_name(f"scores.csv.rank{rank}"), progress=False,
+                    record_settings=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", "29535", "-m", "cli.anomaly_cli", "score", "--model",
+               str(trained_run), "--dir", str(images), "--out", str(out), "--mode", "encoder",
+               "--heatmaps", str(tmp_path / "heat"), "--resume", "--no-progress",
+               "--device", "cpu"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r["path"] for r in csv.DictReader(open(out))]
+    assert sorted(rows) == sorted(map(str, paths))  # each once: nothing lost or repeated
+    assert not list(tmp_path.glob("scores.csv.rank*"))
+    assert len(list((tmp_path / "heat").iterdir())) == len(paths) - 5  # 5 scored before
