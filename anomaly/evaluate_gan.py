@@ -9,6 +9,7 @@ import numpy as np
 
 from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
+from anomaly.fidelity import reconstruction_fidelity
 from anomaly.io import display_path
 from anomaly.score import Scorer
 
@@ -58,7 +59,8 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     """Score ``data_dir`` (and ``val_dir``), pick the threshold, write the report.
 
     Without ``val_dir`` the threshold is the ``quantile`` of the scores of the normal
-    images the GAN held out from training.
+    images the GAN held out from training. In modes that reconstruct, the report also
+    holds the reconstruction fidelity on those held-out normals (:mod:`anomaly.fidelity`).
 
     Args:
         model: run directory or checkpoint.
@@ -93,7 +95,9 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
     report.update(mode=scorer.mode, score=scorer.score, iterations=scorer.iterations,
                   lam=scorer.lam,
-                  val_auroc=_val_auroc(val_labels, val_scores))
+                  val_auroc=_val_auroc(val_labels, val_scores),
+                  fidelity_heldout_normals=reconstruction_fidelity(
+                      scorer, scorer.available_holdout()))
     write_report(out_dir, report, paths, labels, scores,
                  title=f"GAN ({scorer.mode}, {scorer.score})")
     return report

@@ -1,0 +1,44 @@
+"""Reconstruction fidelity on held-out normals, and its place in the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.data import find_images
+from anomaly.evaluate_gan import evaluate_gan
+from anomaly.fidelity import batch_fidelity, reconstruction_fidelity
+from anomaly.score import BatchScores, Scorer
+
+
+def scores_of(inputs: torch.Tensor, reconstructions: torch.Tensor | None) -> BatchScores:
+    nan = np.full(len(inputs), np.nan)
+    return BatchScores(nan, nan, nan, nan, nan, nan, nan, nan, inputs=inputs,
+                       reconstructions=reconstructions, heatmaps=inputs[:, 0])
+
+
+def test_perfect_and_inverted_reconstructions():
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    mae, ssim = batch_fidelity(scores_of(images, images.clone()))
+    assert mae == [0.0, 0.0] and ssim == pytest.approx([1.0, 1.0])
+    blank = torch.zeros_like(images)  # a flat "average chest": no structure of x at all
+    mae, ssim = batch_fidelity(scores_of(images, blank))
+    np.testing.assert_allclose(mae, images.abs().flatten(1).mean(1).double().numpy(), rtol=1e-6)
+    assert max(ssim) < 0.05
+    with pytest.raises(ValueError):
+        batch_fidelity(scores_of(images, None))
+
+
+def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, tmp_path):
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder")
+    fidelity = reconstruction_fidelity(scorer, find_images(normal_dir)[:5])
+    assert fidelity["n"] == 5 and 0 < fidelity["mae"] < 2 and -1 < fidelity["ssim"] < 1
+    assert reconstruction_fidelity(Scorer.from_checkpoint(trained_run, mode="encoder"), []) \
+        is None
+    evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=labelled_dir,
+                 progress=False, log=lambda *a: None, mode="encoder")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "fidelity_heldout_normals" in report  # None: this tiny run holds nothing out
