@@ -33,6 +33,28 @@ class DistContext:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """Average the gradients of ``module`` over all ranks (no-op in one process).
+
+        For a module whose several entry points (``features``, heads) are called
+        directly, which DistributedDataParallel cannot follow.
+        """
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.flatten() for g in grads])
+        torch_dist.all_reduce(flat)
+        flat /= self.world_size
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(part.view_as(grad))
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm statistics) to every rank, as DDP does."""
+        if self.world_size == 1:
+            return
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer, src=0)
+
     def shard_batches(self, order: torch.Tensor, batch_size: int,
                       drop_last: bool = True) -> list[torch.Tensor]:
         """This rank's batches of a global shuffled order; every rank gets as many.

@@ -19,8 +19,8 @@ from anomaly.lungs import smooth
 
 
 def paste_opacities(images: torch.Tensor, lung_prior: torch.Tensor, max_count: int = 3,
-                    strength: tuple[float, float] = (0.15, 0.6),
-                    radius: tuple[float, float] = (0.05, 0.18),
+                    strength: tuple[float, float] = (0.3, 0.8),
+                    radius: tuple[float, float] = (0.08, 0.25),
                     generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend 1 to ``max_count`` smooth, textured opacities into each image's lungs.
@@ -75,6 +75,7 @@ def paste_opacities(images: torch.Tensor, lung_prior: torch.Tensor, max_count: i
     return pasted.clamp(-1, 1), masks
 
 
-def lesion_targets(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Per-cell targets (B, h, w) in [0, 1]: the strongest opacity in each cell."""
-    return F.adaptive_max_pool2d(masks, grid).squeeze(1)
+def lesion_targets(masks: torch.Tensor, grid: tuple[int, int], present: float = 0.2
+                   ) -> torch.Tensor:
+    """Per-cell targets (B, h, w) of 0/1: does a cell hold an opacity (mask > ``present``)?"""
+    return (F.adaptive_max_pool2d(masks, grid).squeeze(1) > present).float()

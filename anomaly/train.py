@@ -42,10 +42,15 @@ from anomaly.preprocess import PreprocessConfig
 
 @dataclass
 class TrainConfig:
-    """Everything ``anomaly train-gan`` needs; YAML keys are these field names."""
+    """Everything ``anomaly train-gan`` needs; YAML keys are these field names.
+
+    The defaults are the recommended settings, the same as ``configs/chest_xray.yaml``:
+    a DCGAN at 128 px whose discriminator also learns to find synthetic opacities
+    (README, "Results").
+    """
 
     # preprocessing (stored in the checkpoint, reused by scoring)
-    image_size: int = 64
+    image_size: int = 128
     clahe: bool = True
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
@@ -53,23 +58,23 @@ class TrainConfig:
     resize: str = "squash"
     # architecture
     latent_dim: int = 100
-    generator_width: int = 64
-    discriminator_width: int = 64
+    generator_width: int = 32
+    discriminator_width: int = 32
     max_channels: int = 512
     spectral_norm: bool = False
     # GAN optimisation
-    epochs: int = 25
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    label_smoothing: float = 0.0
-    flip: bool = False
+    label_smoothing: float = 0.1
+    flip: bool = True
     # DiffAugment: brightness, contrast, translation of D's real and fake inputs
-    diff_augment: bool = False
+    diff_augment: bool = True
     # synthetic opacities (anomaly.lesions): D also learns to find them in half of each
-    # real batch, with this weight on its loss; 0 turns the task off
-    lesion_weight: float = 0.0
+    # real batch, with this weight on its loss; 0 turns the task off (a plain DCGAN)
+    lesion_weight: float = 1.0
     # False trains only D's lesion task, no generator (an ablation: the critic alone)
     adversarial: bool = True
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
@@ -276,12 +281,9 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     elif resume:
         log(f"no checkpoint at {display_path(last)}; starting a new run")
     lesions = config.lesion_weight > 0
-    if dist.world_size > 1 and lesions:
-        raise ValueError("the synthetic-opacity task (lesion_weight > 0) trains in one "
-                         "process only; run without torchrun or set lesion_weight: 0")
-    if dist.world_size > 1:
-        generator, discriminator = dist.wrap(generator), dist.wrap(discriminator)
-    d_net = _unwrap(discriminator)  # its features/heads, for the lesion task
+    # G is wrapped in DistributedDataParallel; D's features and heads are called one by
+    # one, which DDP cannot follow, so its gradients are averaged by hand (step (1))
+    generator = dist.wrap(generator)
     lung_prior_device = lung_prior.to(device)
     watched = watched_images(holdout, config.preprocess_config(), device) \
         if dist.is_main and lesions else None
@@ -324,16 +326,16 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             # (1) Update D: maximise log D(x) + log(1 - D(G(z))), and find the opacities
             optimizer_d.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                features = d_net.features(seen if pasted is None else torch.cat([pasted, seen]))
+                features = discriminator.features(seen if pasted is None else torch.cat([pasted, seen]))
                 features_real = features[len(features) - len(seen):]
                 loss_d = torch.zeros((), device=device)
                 if lesions:  # per 4x4 cell: is there an opacity? (clean films: nowhere)
-                    lesion_logits = d_net.lesion_logits(features).float()  # (B, 4, 4)
+                    lesion_logits = discriminator.lesion_logits(features).float()  # (B, 4, 4)
                     targets = torch.cat([lesion_targets(masks, lesion_logits.shape[1:]),
                                          torch.zeros_like(lesion_logits[len(pasted):])])
                     loss_lesion = F.binary_cross_entropy_with_logits(lesion_logits, targets)
                     loss_d = loss_d + config.lesion_weight * loss_lesion
-                logits_real = d_net.logits(features_real).float()
+                logits_real = discriminator.logits(features_real).float()
                 if config.adversarial:
                     noise = torch.randn(len(seen), arch.latent_dim, device=device)
                     fake = generator(noise)
@@ -343,8 +345,10 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                         + F.binary_cross_entropy_with_logits(
                             logits_fake, torch.zeros_like(logits_fake))
             scaler_d.scale(loss_d).backward()
+            dist.average_gradients(discriminator)
             scaler_d.step(optimizer_d)
             scaler_d.update()
+            dist.broadcast_buffers(discriminator)
 
             # (2) Update G: maximise log D(G(z))
             if config.adversarial:

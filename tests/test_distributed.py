@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from anomaly.checkpoint import load_checkpoint
@@ -22,11 +23,15 @@ def torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-def test_two_process_training_writes_one_checkpoint_with_identical_replicas(tmp_path, normal_dir):
+@pytest.mark.parametrize("lesion_weight", ["1.0", "0.0"])  # the default, a plain DCGAN
+def test_two_process_training_writes_one_checkpoint_with_identical_replicas(
+        tmp_path, normal_dir, lesion_weight):
     run = tmp_path / "ddp"
-    done = torchrun(29533, "cli.anomaly_cli", "train-gan",
+    port = 29533 if lesion_weight == "1.0" else 29536
+    done = torchrun(port, "cli.anomaly_cli", "train-gan",
                     "--data", str(normal_dir), "--out", str(run), "--image-size", "32",
-                    "--epochs", "2", "--batch-size", "4", "--no-progress", "--device", "cpu")
+                    "--epochs", "2", "--batch-size", "4", "--lesion-weight", lesion_weight,
+                    "--no-progress", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "weights identical on all 2 ranks" in done.stdout
     assert done.stdout.count("epoch 2/2") == 1  # only rank 0 logs

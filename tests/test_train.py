@@ -98,3 +98,13 @@ def test_cpu_bf16_trains_with_finite_weights(tmp_path, normal_dir):
     state = load_checkpoint(tmp_path / "bf16")
     assert all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
     assert state["generator"]["net.0.weight"].dtype == torch.float32  # weights stay float32
+
+
+def test_builtin_defaults_are_the_recommended_config():
+    """`anomaly train-gan` without --config trains the model of configs/chest_xray.yaml."""
+    from pathlib import Path
+
+    recommended = load_config(TrainConfig, Path(__file__).parents[1] / "configs" /
+                              "chest_xray.yaml")
+    assert recommended == TrainConfig()
+    assert recommended.architecture().lesion_head
