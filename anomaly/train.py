@@ -75,8 +75,9 @@ class TrainConfig:
     # synthetic opacities (anomaly.lesions): D also learns to find them in half of each
     # real batch, with this weight on its loss; 0 turns the task off (a plain DCGAN)
     lesion_weight: float = 1.0
-    # False trains only D's lesion task, no generator (an ablation: the critic alone)
-    adversarial: bool = True
+    # weight of D's real/fake loss beside the lesion task; 0 trains no generator at all
+    # (the critic alone)
+    adversarial_weight: float = 1.0
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
     encoder_epochs: int = 0
     encoder_lr: float = 1e-4
@@ -108,8 +109,8 @@ class TrainConfig:
                                lesion_head=self.lesion_weight > 0)
 
     def __post_init__(self) -> None:
-        if not self.adversarial and self.lesion_weight <= 0:
-            raise ValueError("adversarial: false needs lesion_weight > 0 (nothing to train)")
+        if self.adversarial_weight <= 0 and self.lesion_weight <= 0:
+            raise ValueError("adversarial_weight: 0 needs lesion_weight > 0 (nothing to train)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -208,7 +209,7 @@ def build_state(config: TrainConfig, generator: Generator, discriminator: Discri
         "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
         "data_dir": str(Path(data_dir).resolve()),
         "lung_prior": lung_prior.cpu(),
-        "generator_trained": config.adversarial,
+        "generator_trained": config.adversarial_weight > 0,
     }
 
 
@@ -281,6 +282,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     elif resume:
         log(f"no checkpoint at {display_path(last)}; starting a new run")
     lesions = config.lesion_weight > 0
+    adversarial = config.adversarial_weight > 0
     # G is wrapped in DistributedDataParallel; D's features and heads are called one by
     # one, which DDP cannot follow, so its gradients are averaged by hand (step (1))
     generator = dist.wrap(generator)
@@ -336,14 +338,15 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                     loss_lesion = F.binary_cross_entropy_with_logits(lesion_logits, targets)
                     loss_d = loss_d + config.lesion_weight * loss_lesion
                 logits_real = discriminator.logits(features_real).float()
-                if config.adversarial:
+                if adversarial:
                     noise = torch.randn(len(seen), arch.latent_dim, device=device)
                     fake = generator(noise)
                     logits_fake = discriminator(as_seen_by_d(fake.detach())).float()
-                    loss_d = loss_d + F.binary_cross_entropy_with_logits(
-                        logits_real, torch.full_like(logits_real, real_target)) \
+                    loss_d = loss_d + config.adversarial_weight * (
+                        F.binary_cross_entropy_with_logits(
+                            logits_real, torch.full_like(logits_real, real_target))
                         + F.binary_cross_entropy_with_logits(
-                            logits_fake, torch.zeros_like(logits_fake))
+                            logits_fake, torch.zeros_like(logits_fake)))
             scaler_d.scale(loss_d).backward()
             dist.average_gradients(discriminator)
             scaler_d.step(optimizer_d)
@@ -351,7 +354,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             dist.broadcast_buffers(discriminator)
 
             # (2) Update G: maximise log D(G(z))
-            if config.adversarial:
+            if adversarial:
                 optimizer_g.zero_grad(set_to_none=True)
                 with autocast(device, use_amp):
                     logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
@@ -367,14 +370,14 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                     f"G {loss_g.item():.4g}); the last good checkpoint is {display_path(last)}; "
                     "try a lower --lr or spectral_norm: true")
             d_real = torch.sigmoid(logits_real).mean().item()
-            d_fake = torch.sigmoid(logits_fake).mean().item() if config.adversarial else 0.0
+            d_fake = torch.sigmoid(logits_fake).mean().item() if adversarial else 0.0
             bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
                             d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
             if writer is not None:
                 writer.add_scalar("loss/discriminator", loss_d.item(), step)
                 if lesions:
                     writer.add_scalar("loss/lesion", loss_lesion.item(), step)
-                if config.adversarial:
+                if adversarial:
                     writer.add_scalar("loss/generator", loss_g.item(), step)
                     writer.add_scalar("D(x)", d_real, step)
                     writer.add_scalar("D(G(z))", d_fake, step)
@@ -385,7 +388,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             g.eval()
             d.eval()
             with torch.no_grad():
-                if config.adversarial:
+                if adversarial:
                     samples = g(fixed_noise.to(device)).float().cpu()
                     writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
                                                           value_range=(-1, 1)), epoch + 1)

@@ -75,7 +75,7 @@ def test_density_distance_grows_away_from_normals():
 
 def test_adversarial_off_needs_the_lesion_task():
     with pytest.raises(ConfigError, match="lesion_weight"):
-        from_dict(TrainConfig, {"adversarial": False, "lesion_weight": 0.0})
+        from_dict(TrainConfig, {"adversarial_weight": 0.0, "lesion_weight": 0.0})
 
 
 def test_lesion_run_checkpoint_and_tensorboard(lesion_run):
@@ -118,7 +118,7 @@ def test_density_is_mirror_invariant(lesion_run, normal_dir):
 
 def test_lesion_head_finds_opacities_it_was_taught(tmp_path, normal_dir):
     """A few more epochs at a high rate: pasted opacities score higher than the clean films."""
-    config = TrainConfig(**{**LESION_CONFIG, "epochs": 25, "lr": 2e-3, "adversarial": False,
+    config = TrainConfig(**{**LESION_CONFIG, "epochs": 25, "lr": 2e-3, "adversarial_weight": 0.0,
                             "holdout_fraction": 0.0})
     train_gan(config, normal_dir, tmp_path / "run", **QUIET)
     state = load_checkpoint(tmp_path / "run")
