@@ -61,6 +61,16 @@ class LabelledFolder:
     class_names: list[str]
     class_index: list[int]
     normal_class: str = "NORMAL"
+    empty_classes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: every class with its image count and role, and empty folders."""
+        parts = [f"{name} {self.class_index.count(i)} "
+                 f"({'normal' if name == self.normal_class else 'anomalous'})"
+                 for i, name in enumerate(self.class_names)]
+        empty = (f"; empty folders ignored: {', '.join(self.empty_classes)}"
+                 if self.empty_classes else "")
+        return "classes: " + ", ".join(parts) + empty
 
     @property
     def binary_labels(self) -> np.ndarray:
@@ -79,11 +89,12 @@ def scan_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL"
     if not folder.is_dir():
         raise DataError(f"{display_path(folder)}: folder does not exist")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    paths, index, names = [], [], []
+    paths, index, names, empty = [], [], [], []
     for class_dir in class_dirs:
         try:
             found = find_images(class_dir)
         except DataError:
+            empty.append(class_dir.name)
             continue
         names.append(class_dir.name)
         paths.extend(found)
@@ -95,7 +106,7 @@ def scan_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL"
             f"{display_path(folder)}: no '{normal_class}' class folder (found: {', '.join(names)});"
             " use --normal-class to name the normal class"
         )
-    return LabelledFolder(paths, names, index, normal_class)
+    return LabelledFolder(paths, names, index, normal_class, empty)
 
 
 def load_preprocessed(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:

@@ -155,12 +155,15 @@ def build_report(model: str, labels: Sequence[int], scores: Sequence[float], thr
 
 def write_scores_csv(path: str | os.PathLike, paths: Sequence, labels: Sequence[int],
                      scores: Sequence[float]) -> None:
-    """Write ``path,label,score`` rows."""
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    """Write ``path,label,score`` rows (through a temporary file, renamed when complete)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "score"])
         for p, label, score in zip(paths, labels, scores):
             writer.writerow([str(p), int(label), f"{float(score):.8g}"])
+    os.replace(tmp, path)
 
 
 def read_scores_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ def limit_per_class(folder: LabelledFolder, max_images: int | None) -> LabelledF
         if counts[index] <= max_images:
             kept.append((path, index))
     return LabelledFolder([p for p, _ in kept], folder.class_names, [i for _, i in kept],
-                          folder.normal_class)
+                          folder.normal_class, folder.empty_classes)
 
 
 def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True, log=print
@@ -83,6 +83,7 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     log(f"scoring with mode {scorer.mode}, score {scorer.score} ({scorer.iterations} "
         f"iterations, lambda {scorer.lam})")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
+    log(f"{display_path(data_dir)}: {test.summary()}")
     paths, labels, scores = score_labelled(scorer, test, progress, log)
     val_labels = val_scores = normal_scores = None
     if val_dir is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -11,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def save_figure_atomically(fig, path: str | os.PathLike) -> None:
+    """Save a figure as PNG through a temporary file, so a crash leaves no half a PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
 
 
 def plot_roc(curves: Sequence[tuple[str, Sequence[int], Sequence[float], float]],
@@ -25,7 +34,7 @@ def plot_roc(curves: Sequence[tuple[str, Sequence[int], Sequence[float], float]]
            xlim=(0, 1), ylim=(0, 1.01), title="ROC")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomically(fig, path)
     plt.close(fig)
 
 
@@ -41,7 +50,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], path: str | os.PathLike, tit
            yticklabels=["normal", "anomalous"], xlabel="predicted", ylabel="true",
            title=title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomically(fig, path)
     plt.close(fig)
 
 
@@ -57,5 +66,5 @@ def plot_histogram(labels: Sequence[int], scores: Sequence[float], threshold: fl
     ax.set(xlabel="anomaly score", ylabel="images", title=title or "scores by class")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure_atomically(fig, path)
     plt.close(fig)

@@ -23,6 +23,20 @@ from anomaly.io import display_path
 from classify.predict import Classifier, Predictions, resolve_classifier_checkpoint
 
 
+def fit_validation_images(classifier: Classifier, log=print) -> LabelledFolder | None:
+    """The validation images ``classify fit`` chose the model on, those still on disk."""
+    folder = classifier.validation
+    if folder is None or not folder.paths:
+        return None
+    kept = [(p, i) for p, i in zip(folder.paths, folder.class_index) if p.exists()]
+    if not kept:
+        return None
+    log(f"no --val: the threshold comes from the {len(kept)} validation images of "
+        "classify fit (recorded in the checkpoint)")
+    return LabelledFolder([p for p, _ in kept], folder.class_names, [i for _, i in kept],
+                          folder.normal_class)
+
+
 def predict_labelled(classifier: Classifier, folder: LabelledFolder, progress: bool = True,
                      log=print) -> tuple[Predictions, np.ndarray, list[str]]:
     """Predict a labelled folder: (predictions, binary labels, class name of each image)."""
@@ -130,11 +144,16 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
         raise DataError(f"--normal-class {normal_class} differs from the model's normal class "
                         f"{classifier.normal_class}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
+    log(f"{display_path(data_dir)}: {test.summary()}")
     predictions, labels, true_names = predict_labelled(classifier, test, progress, log)
     scores = classifier.anomaly_scores(predictions.probabilities)
     val_labels = val_scores = None
+    val = None
     if val_dir is not None:
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
+    elif not threshold_on_test:
+        val = fit_validation_images(classifier, log)
+    if val is not None:
         val_predictions, val_labels, _ = predict_labelled(classifier, val, progress, log)
         val_scores = classifier.anomaly_scores(val_predictions.probabilities)
     threshold, source = choose_threshold(val_labels, val_scores, None, labels, scores,

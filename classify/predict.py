@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
-from anomaly.data import iter_preprocessed_batches, uint8_to_model
+from anomaly.data import LabelledFolder, iter_preprocessed_batches, uint8_to_model
 from anomaly.device import resolve_device
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
@@ -73,6 +73,7 @@ class Classifier:
         self.normal_index = self.class_names.index(normal_class)
         self.preprocess = preprocess
         self.batch_size = batch_size
+        self.validation: LabelledFolder | None = None  # fit's validation images, if known
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
@@ -91,8 +92,12 @@ class Classifier:
                                   float(state["dropout"]), weights=None)
             model.load_state_dict(state["state_dict"])
             preprocess = PreprocessConfig(**state["preprocess"])
-            return cls(model, state["class_names"], state["normal_class"], preprocess,
-                       resolve_device(device), batch_size)
+            classifier = cls(model, state["class_names"], state["normal_class"], preprocess,
+                             resolve_device(device), batch_size)
+            classifier.validation = LabelledFolder(
+                [Path(p) for p in state.get("val_paths", [])], classifier.class_names,
+                list(state.get("val_class_index", [])), classifier.normal_class)
+            return classifier
         except (KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"{display_path(checkpoint)}: incomplete or inconsistent "
                                   f"classifier checkpoint ({type(err).__name__})") from None

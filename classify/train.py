@@ -177,8 +177,11 @@ def build_model(config: FitConfig, num_classes: int, log=print) -> ClassifierNet
 
 
 def build_checkpoint(model: ClassifierNet, config: FitConfig, class_names: list[str],
-                     weights: list[float], epoch: int, stage: int, metrics: dict) -> dict:
-    """A self-describing checkpoint: everything to rebuild the model with weights_only."""
+                     weights: list[float], epoch: int, stage: int, metrics: dict,
+                     validation: LabelledImages | None = None) -> dict:
+    """A self-describing checkpoint: everything to rebuild the model with weights_only,
+    and the validation images (paths and classes) that chose it, so that ``evaluate``
+    can pick its threshold on them when no ``--val`` is given."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -194,6 +197,8 @@ def build_checkpoint(model: ClassifierNet, config: FitConfig, class_names: list[
         "stage": stage,
         "metrics": dict(metrics),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "val_paths": [str(p) for p in validation.paths] if validation else [],
+        "val_class_index": validation.labels.tolist() if validation else [],
     }
 
 
@@ -321,7 +326,7 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
 
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
         state = build_checkpoint(model, config, class_names, loss_weights.tolist(), run.epoch,
-                                 stage, metrics)
+                                 stage, metrics, val)
         improved = val_loss < run.best_loss
         if improved:
             run.best_loss, run.best_state = val_loss, state["state_dict"]

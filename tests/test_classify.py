@@ -142,16 +142,31 @@ def test_evaluate_then_predict_with_cam(binary_run, binary_data, tmp_path):
         assert overlay is not None and overlay.shape == (256, 256, 3)
 
 
-def test_threshold_on_test_without_val(binary_run, binary_data, tmp_path):
+def test_without_val_the_fits_validation_images_set_the_threshold(binary_run, binary_data,
+                                                                   tmp_path):
     run_dir, _ = binary_run
-    args = ["evaluate", "--model", str(run_dir / "checkpoints" / "last.pt"), "--data",
-            str(binary_data["test"]), "--out", str(tmp_path), "--resamples", "20",
-            "--no-progress"]
-    refused = CliRunner().invoke(main, args)
+    last = run_dir / "checkpoints" / "last.pt"
+    args = ["evaluate", "--data", str(binary_data["test"]), "--resamples", "20", "--no-progress"]
+    explicit = CliRunner().invoke(main, [*args, "--model", str(last), "--out",
+                                         str(tmp_path / "a"), "--val", str(binary_data["val"])])
+    implicit = CliRunner().invoke(main, [*args, "--model", str(last), "--out",
+                                         str(tmp_path / "b")])
+    assert explicit.exit_code == 0 and implicit.exit_code == 0, implicit.output
+    assert "validation images of classify fit" in implicit.output
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert b["threshold_source"] == "val" and b["threshold"] == pytest.approx(a["threshold"])
+
+    state = torch.load(last, weights_only=True)  # the fit's validation images are gone
+    state["val_paths"] = [str(tmp_path / "gone" / Path(p).name) for p in state["val_paths"]]
+    moved = tmp_path / "moved.pt"
+    torch.save(state, moved)
+    refused = CliRunner().invoke(main, [*args, "--model", str(moved), "--out",
+                                        str(tmp_path / "c")])
     assert refused.exit_code == 1 and "--threshold-on-test" in refused.output
-    result = CliRunner().invoke(main, [*args, "--threshold-on-test"])
+    result = CliRunner().invoke(main, [*args, "--model", str(moved), "--out",
+                                       str(tmp_path / "d"), "--threshold-on-test"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "report.json").read_text())["threshold_source"] == "test"
+    assert json.loads((tmp_path / "d" / "report.json").read_text())["threshold_source"] == "test"
 
 
 def test_weights_path_freezes_base_then_fine_tunes_layer4(binary_data, tmp_path):

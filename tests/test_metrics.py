@@ -93,3 +93,36 @@ def test_choose_threshold_sources():
     with pytest.raises(EvaluationError):
         choose_threshold(test_labels=LABELS, test_scores=SCORES)
     assert choose_threshold(test_labels=LABELS, test_scores=SCORES, allow_test=True)[1] == "test"
+
+
+def test_labelled_folder_summary_names_every_class_and_empty_folders(tmp_path):
+    from anomaly.data import scan_labelled_folder
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "NORMAL", 3, seed=0)
+    write_images(tmp_path / "PNEUMONIA", 2, seed=1)
+    write_images(tmp_path / "stray", 1, seed=2)
+    (tmp_path / "COVID").mkdir()
+    folder = scan_labelled_folder(tmp_path)
+    assert folder.summary() == ("classes: NORMAL 3 (normal), PNEUMONIA 2 (anomalous), "
+                                "stray 1 (anomalous); empty folders ignored: COVID")
+
+
+def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from anomaly.evaluate import build_report, write_report
+
+    report = build_report("anomaly", LABELS, SCORES, 0.5, "val", resamples=20)
+    write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, SCORES)
+    before = {name: (tmp_path / name).read_bytes() for name in ("roc.png", "scores.csv")}
+
+    def crash(self, path, **kwargs):
+        open(path, "wb").write(b"half a PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash)
+    with pytest.raises(OSError):
+        write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, [0.0] * 8)
+    assert (tmp_path / "roc.png").read_bytes() == before["roc.png"]
+    assert (tmp_path / "scores.csv").read_bytes() != b""
