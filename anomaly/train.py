@@ -26,6 +26,7 @@ from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
+from anomaly.errors import TrainingDiverged
 from anomaly.io import display_path
 from anomaly.lesions import lesion_targets, paste_opacities
 from anomaly.lungs import lung_field_prior
@@ -111,10 +112,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.adversarial_weight <= 0 and self.lesion_weight <= 0:
             raise ValueError("adversarial_weight: 0 needs lesion_weight > 0 (nothing to train)")
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
@@ -466,6 +463,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     encoder.apply(init_dcgan_weights)
     optimizer = torch.optim.Adam(encoder.parameters(), lr, (0.5, 0.999))
     writer = SummaryWriter(str(run_dir / "encoder"))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and torch_device.type == "cuda")
     watched = watched_images(state.get("holdout_paths", []), config.preprocess_config(),
                              torch_device)
     order_rng = torch.Generator().manual_seed(config.seed + 3)
@@ -491,8 +489,9 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
                 loss_features = F.mse_loss(discriminator.features(reconstruction).float(),
                                            discriminator.features(real).float())
                 loss = loss_image + kappa * loss_features
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # float16 on CUDA needs the scaler
+            scaler.step(optimizer)
+            scaler.update()
 
             if not math.isfinite(loss.item()):
                 raise TrainingDiverged(f"encoder loss became non-finite at epoch {epoch + 1}")

@@ -37,10 +37,10 @@ from anomaly.data import (
     uint8_to_model,
 )
 from anomaly.device import autocast, resolve_device
+from anomaly.errors import TrainingDiverged
 from anomaly.evaluate_gan import limit_per_class
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
-from anomaly.train import TrainingDiverged
 from classify import CHECKPOINT_FORMAT as FORMAT
 from classify import CHECKPOINT_FORMAT_VERSION as FORMAT_VERSION
 from classify.augment import AugmentConfig, augment_batch
@@ -162,10 +162,31 @@ def load_labelled(folder: LabelledFolder, class_names: list[str], config: FitCon
     return LabelledImages(loaded.images, labels, loaded.paths)
 
 
+def check_input_size(model: ClassifierNet, image_size: int) -> None:
+    """Fail fast, in one line, when the backbone cannot take images of this size.
+
+    Raises:
+        ValueError: a forward pass on one image of ``image_size`` fails (inception_v3,
+            for one, needs at least 75 px).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, image_size, image_size))
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise ValueError(f"--image-size {image_size} is too small for {model.backbone_name} "
+                         f"({reason}); use a larger --image-size") from None
+    finally:
+        model.train(was_training)
+
+
 def build_model(config: FitConfig, num_classes: int, log=print) -> ClassifierNet:
     """The network with its starting weights; the base is frozen when pretrained."""
     weights = config.pretrained_weights()
     model = ClassifierNet(config.backbone, num_classes, config.dropout, weights)
+    check_input_size(model, config.image_size)
     if weights is None:
         log("warning: --weights none: random initialisation, so the whole network is trained "
             "from scratch (ImageNet or local weights usually do much better)")

@@ -10,8 +10,8 @@ import click
 from anomaly.checkpoint import CheckpointError
 from anomaly.config import ConfigError
 from anomaly.data import DataError
+from anomaly.errors import TrainingDiverged
 from anomaly.io import ImageReadError
-from anomaly.train import TrainingDiverged
 
 USER_ERRORS = (CheckpointError, ConfigError, DataError, ImageReadError, TrainingDiverged,
                ValueError, FileNotFoundError, PermissionError)

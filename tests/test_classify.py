@@ -300,3 +300,25 @@ def test_augment_batch_keeps_shape_and_range():
     assert not torch.equal(out, images)
     still = augment_batch(images, AugmentConfig(False, 0.0, 0.0, 0.0, 0.0))
     assert torch.allclose(still, images, atol=1e-5)
+
+
+def test_too_small_for_inception_is_one_line(binary_data, tmp_path):
+    result = CliRunner().invoke(main, [
+        "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
+        "--out", str(tmp_path / "run"), "--weights", "none", "--backbone", "inception_v3",
+        "--image-size", "64", "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--image-size 64 is too small for inception_v3" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_classifier_does_not_import_the_gan_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, classify.train, cli.classify_cli; "
+            "print('anomaly.train' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], check=True)
+    assert done.stdout.strip() == "False"

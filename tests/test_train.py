@@ -108,3 +108,21 @@ def test_builtin_defaults_are_the_recommended_config():
                               "chest_xray.yaml")
     assert recommended == TrainConfig()
     assert recommended.architecture().lesion_head
+
+
+def test_encoder_backward_goes_through_the_grad_scaler(trained_run, normal_dir, monkeypatch):
+    """float16 autocast on CUDA needs a scaler: the encoder loop must use one (disabled,
+    so a no-op, on the CPU)."""
+    import anomaly.train as train_module
+    from anomaly.train import train_encoder
+
+    calls = []
+
+    class RecordingScaler(torch.amp.GradScaler):
+        def scale(self, outputs):
+            calls.append("scale")
+            return super().scale(outputs)
+
+    monkeypatch.setattr(train_module.torch.amp, "GradScaler", RecordingScaler)
+    train_encoder(trained_run, 1, data_dir=normal_dir, **QUIET)
+    assert calls and set(calls) == {"scale"}
