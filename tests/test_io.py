@@ -155,3 +155,30 @@ def test_many_frame_dicom_counts_every_frame(tmp_path):
     dataset.save_as(path)
     with pytest.raises(ImageReadError, match="5000x5000 x 5 frames pixels, more than the limit"):
         read_image(path)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless"])
+def test_compressed_dicom_decodes_like_the_uncompressed_file(tmp_path, syntax):
+    """Hospital exports: each compressed transfer syntax pydicom can also write."""
+    import pydicom.uid
+
+    plain, packed = tmp_path / "plain.dcm", tmp_path / "packed.dcm"
+    write_dicom(plain, (GRADIENT * 4000).astype(np.uint16))
+    dataset = pydicom.dcmread(plain)
+    dataset.compress(getattr(pydicom.uid, syntax))
+    dataset.save_as(packed)
+    assert pydicom.dcmread(packed).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    np.testing.assert_array_equal(read_image(packed), read_image(plain))
+
+
+def test_multi_frame_dicom_uses_the_first_frame(tmp_path):
+    path = tmp_path / "frames.dcm"
+    first = (GRADIENT * 4000).astype(np.uint16)
+    write_dicom(path, first)
+    dataset = pydicom.dcmread(path)
+    frames = np.stack([first, first[:, ::-1]])  # the second frame is mirrored
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = frames.tobytes()
+    dataset.save_as(path)
+    image = read_image(path)
+    assert image.shape == (40, 48) and image[:, 0].mean() < image[:, -1].mean()  # frame 0
