@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -259,6 +260,7 @@ class RunState:
     epoch: int = 0
     best_loss: float = math.inf
     best_state: dict = field(default_factory=dict)
+    on_epoch: Callable[[int, dict], None] | None = None  # (epoch, metrics), e.g. a pruner
 
     @property
     def best_path(self) -> Path:
@@ -358,6 +360,8 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
             epochs_without_improvement += 1
         if dist.is_main:
             save_checkpoint(state, run.last_path)
+        if run.on_epoch is not None:
+            run.on_epoch(run.epoch, metrics)  # may stop the run by raising
         log(f"epoch {run.epoch} (stage {stage}): train loss {train_loss:.4f}, val loss "
             f"{val_loss:.4f}, val accuracy {val_accuracy:.3f}, lr {lr_now:.2g}"
             f"{' (best so far)' if improved else ''}")
@@ -371,7 +375,8 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
 
 
 def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLike,
-        run_dir: str | os.PathLike, progress: bool = True, log=print) -> Path:
+        run_dir: str | os.PathLike, progress: bool = True, log=print,
+        on_epoch: Callable[[int, dict], None] | None = None) -> Path:
     """Train the classifier and keep the checkpoint with the best validation loss.
 
     Args:
@@ -383,6 +388,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
             TensorBoard event files.
         progress: show progress bars.
         log: where messages go (rank 0 only under torchrun).
+        on_epoch: called after every epoch with (epoch, metrics such as ``val_loss``);
+            what it raises stops the run (``classify tune`` prunes weak trials this way).
 
     Returns:
         Path of the best checkpoint (``run_dir/checkpoints/best.pt``).
@@ -421,7 +428,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
     loss_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
-    run = RunState(run_dir, SummaryWriter(str(run_dir)) if dist.is_main else None)
+    run = RunState(run_dir, SummaryWriter(str(run_dir)) if dist.is_main else None,
+                   on_epoch=on_epoch)
     try:
         train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
                     class_names, run, device, dist, progress, log)

@@ -17,29 +17,42 @@ def main() -> None:
     """Supervised chest X-ray classifier (ResNet50 baseline)."""
 
 
+def fit_options(command):
+    """The training settings of ``fit``; ``tune`` takes them as fixed for every trial."""
+    options = [
+        click.option("--data", "data_dir", required=True, type=click.Path(),
+                     help="Labelled training folder (one sub-folder per class)."),
+        click.option("--val", "val_dir", required=True, type=click.Path(),
+                     help="Labelled validation folder (early stopping, best checkpoint)."),
+        click.option("--config", "config_file", type=click.Path(),
+                     help="YAML config (configs/classify_resnet50.yaml)."),
+        click.option("--weights",
+                     help="imagenet (default), none (random init) or a state-dict file."),
+        click.option("--backbone", help="torchvision classifier: resnet50 (default), "
+                                        "densenet169, vgg16, efficientnet_b0, inception_v3 ..."),
+        click.option("--epochs", type=int, help="Stage 1: the new head on the frozen base."),
+        click.option("--fine-tune-epochs", type=int,
+                     help="Stage 2: also the last block, lower lr."),
+        click.option("--image-size", type=int),
+        click.option("--batch-size", type=int),
+        click.option("--lr", type=float),
+        click.option("--fine-tune-lr", type=float),
+        click.option("--normal-class", help="Name of the normal class folder (default NORMAL)."),
+        click.option("--max-images", type=int, help="At most N images per class (a quick try)."),
+        click.option("--cache-dir", type=click.Path(),
+                     help="Keep preprocessed images on disk here."),
+        click.option("--seed", type=int),
+        device_option,
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("fit")
-@click.option("--data", "data_dir", required=True, type=click.Path(),
-              help="Labelled training folder (one sub-folder per class).")
-@click.option("--val", "val_dir", required=True, type=click.Path(),
-              help="Labelled validation folder (early stopping, best checkpoint).")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
-@click.option("--config", "config_file", type=click.Path(),
-              help="YAML config (configs/classify_resnet50.yaml).")
-@click.option("--weights", help="imagenet (default), none (random init) or a state-dict file.")
-@click.option("--backbone", help="torchvision classifier: resnet50 (default), densenet169, "
-                                 "vgg16, efficientnet_b0, inception_v3 ...")
-@click.option("--epochs", type=int, help="Stage 1: the new head on the frozen base.")
-@click.option("--fine-tune-epochs", type=int, help="Stage 2: also the last block, lower lr.")
-@click.option("--image-size", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--fine-tune-lr", type=float)
-@click.option("--normal-class", help="Name of the normal class folder (default NORMAL).")
-@click.option("--max-images", type=int, help="At most N images per class (a quick try).")
-@click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
-@click.option("--seed", type=int)
-@device_option
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@fit_options
 @user_errors_as_messages
 def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **overrides):
     """Train the classifier; the best checkpoint (validation loss) is checkpoints/best.pt."""
@@ -50,6 +63,38 @@ def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **override
     best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo)
     if distributed.is_main():
         click.echo(f"checkpoint: {display_path(best)}")
+
+
+@main.command("tune")
+@click.option("--out", "study_dir", required=True, type=click.Path(),
+              help="Study folder: study.db, one run per trial, best.yaml, trials.csv, plots.")
+@click.option("--space", "space_file", type=click.Path(),
+              help="YAML search space (configs/classify_tune_space.yaml; default: learning "
+                   "rate, dropout, batch size, rotation, fine-tune epochs).")
+@click.option("--trials", type=int, help="Trials to run in this call.")
+@click.option("--timeout", type=float, help="Seconds after which no new trial starts.")
+@click.option("--objective", type=click.Choice(["val-loss", "val-auroc"]), default="val-loss",
+              show_default=True, help="Measured on --val only, never on test data.")
+@click.option("--storage", help="Database URL shared by several processes or machines "
+                                "(default: sqlite in --out).")
+@click.option("--study-name", default="classify", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the study; finished trials are kept.")
+@fit_options
+@user_errors_as_messages
+def tune_command(data_dir, val_dir, study_dir, config_file, space_file, trials, timeout,
+                 objective, storage, study_name, resume, no_progress, **overrides):
+    """Search classify fit's settings with Optuna (TPE sampler, median pruner)."""
+    from anomaly.config import load_config
+    from classify.train import FitConfig
+    from classify.tune import load_space, tune
+
+    base = load_config(FitConfig, config_file, overrides)
+    space = load_space(space_file)  # refused in one line before any training
+    if trials is None and timeout is None:
+        raise click.UsageError("give --trials N, --timeout SECONDS or both")
+    tune(data_dir, val_dir, study_dir, base, space, trials=trials, timeout=timeout,
+         objective=objective, storage=storage, study_name=study_name, resume=resume,
+         progress=not no_progress, log=click.echo)
 
 
 @main.command("evaluate")
