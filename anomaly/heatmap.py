@@ -61,9 +61,10 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray | None,
 
 
 def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray | None,
-                  display_size: int = 256, heat: np.ndarray | None = None) -> None:
-    """Write the three-panel heatmap of one image as PNG."""
-    write_png(path, heatmap_panel(image, reconstruction, display_size, heat=heat))
+                  display_size: int = 256, heat: np.ndarray | None = None,
+                  scale: float | None = None) -> None:
+    """Write the heatmap panel of one image as PNG (see :func:`heatmap_panel`)."""
+    write_png(path, heatmap_panel(image, reconstruction, display_size, scale, heat))
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -392,6 +392,12 @@ class Scorer:
                            reconstructions=reconstruction.cpu(),
                            heatmaps=self._heatmaps(images, reconstruction, lesion_map).cpu())
 
+    @property
+    def heatmap_scale(self) -> float | None:
+        """Heat value shown as full red: 1 for the opacity head's probabilities, so a
+        normal film stays cool; None (each image's own maximum) for residual maps."""
+        return 1.0 if self.score in ("density", "lesion") else None
+
     def _heatmaps(self, images: torch.Tensor, reconstruction: torch.Tensor | None,
                   lesion_map: torch.Tensor) -> torch.Tensor:
         """What this scorer's score looks at, per pixel, (B, S, S)."""

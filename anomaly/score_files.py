@@ -144,7 +144,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                     else scores.reconstructions[i, 0].numpy()
                 write_heatmap(Path(heatmap_dir) / names[path],
                               scores.inputs[i, 0].numpy(), reconstruction,
-                              heat=scores.heatmaps[i].numpy())
+                              heat=scores.heatmaps[i].numpy(), scale=scorer.heatmap_scale)
             if on_row is not None:
                 on_row(*row)
         if handle is not None:

@@ -155,3 +155,18 @@ def test_cli_choices_match_the_library():
 
     assert anomaly_cli.MODES == list(score.MODES)
     assert anomaly_cli.SCORES == list(score.SCORES)
+
+
+def test_opacity_maps_are_drawn_on_an_absolute_scale(lesion_run, trained_run):
+    """Probabilities: a normal film with a faint map stays cool instead of being
+    stretched to full red; residual maps keep each image's own range."""
+    from anomaly.heatmap import heatmap_panel
+
+    assert Scorer.from_checkpoint(lesion_run).heatmap_scale == 1.0
+    assert Scorer.from_checkpoint(trained_run, score="lung-opacity").heatmap_scale is None
+    image = np.zeros((32, 32), np.float32)
+    faint = np.full((32, 32), 0.05, np.float32)
+    absolute = heatmap_panel(image, None, 64, scale=1.0, heat=faint)
+    stretched = heatmap_panel(image, None, 64, heat=faint)
+    red = 2  # BGR
+    assert absolute[:, 64:, red].mean() < stretched[:, 64:, red].mean()
