@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from anomaly.augment import diff_augment, translate
@@ -31,7 +32,21 @@ def test_off_is_identity_and_gradients_flow():
     assert images.grad is not None and images.grad.abs().sum() > 0
 
 
-def test_training_with_diff_augment(tmp_path, normal_dir):
-    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "diff_augment": True})
+@pytest.mark.parametrize("enabled", [True, False])
+def test_training_augments_what_d_sees_only_when_asked(tmp_path, normal_dir, monkeypatch,
+                                                        enabled):
+    import anomaly.train as train_module
+
+    seen = []
+
+    def recording(images):
+        seen.append(images.shape[0])
+        return diff_augment(images)
+
+    monkeypatch.setattr(train_module, "diff_augment", recording)
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "diff_augment": enabled})
     train_gan(config, normal_dir, tmp_path / "run", progress=False, log=lambda *a: None)
-    assert load_checkpoint(tmp_path / "run")["train_config"]["diff_augment"] is True
+    assert load_checkpoint(tmp_path / "run")["train_config"]["diff_augment"] is enabled
+    steps = 24 // TINY_CONFIG["batch_size"]
+    # per step: the real batch, the fakes for D and the fakes for G
+    assert len(seen) == (3 * steps if enabled else 0)

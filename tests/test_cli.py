@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from anomaly.evaluate import read_scores_csv
+from anomaly.data import scan_labelled_folder
+from anomaly.evaluate import pick_threshold, read_scores_csv
+from anomaly.score import Scorer
 from cli.anomaly_cli import main
 
 
@@ -16,6 +20,11 @@ def run(*args):
 
 
 def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
+    from tests.conftest import write_images
+
+    val_dir = tmp_path / "val"  # a validation folder of its own, not the test folder
+    write_images(val_dir / "NORMAL", 6, seed=12)
+    write_images(val_dir / "PNEUMONIA", 6, seed=13, blob=True)
     run_dir = tmp_path / "run"
     result = run("train-gan", "--data", normal_dir, "--out", run_dir, "--image-size", 32,
                  "--epochs", 1, "--batch-size", 8, "--encoder-epochs", 1, "--no-progress")
@@ -29,13 +38,21 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
     assert str(image) in result.output
 
     report_dir = tmp_path / "report"
-    result = run("evaluate", "--model", run_dir, "--data", labelled_dir, "--val", labelled_dir,
+    result = run("evaluate", "--model", run_dir, "--data", labelled_dir, "--val", val_dir,
                  "--out", report_dir, "--resamples", 50, "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
-    _, labels, scores = read_scores_csv(report_dir / "scores.csv")
-    assert report["auroc"] == roc_auc_score(labels, scores)
+    # recomputed independently: score both folders with the library, not from the report
+    scorer = Scorer.from_checkpoint(run_dir)
+    test, val = scan_labelled_folder(labelled_dir), scan_labelled_folder(val_dir)
+    test_scores = scorer.score_paths(test.paths, progress=False).score
+    val_scores = scorer.score_paths(val.paths, progress=False).score
+    assert report["auroc"] == pytest.approx(roc_auc_score(test.binary_labels, test_scores))
     assert report["threshold_source"] == "val"
+    assert report["threshold"] == pytest.approx(pick_threshold(val.binary_labels, val_scores))
+    assert report["threshold"] != pytest.approx(pick_threshold(test.binary_labels, test_scores))
+    _, labels, scores = read_scores_csv(report_dir / "scores.csv")
+    np.testing.assert_allclose(scores, test_scores, rtol=1e-6)
     for name in ("roc.png", "confusion.png", "histogram.png"):
         assert (report_dir / name).exists()
 

@@ -104,8 +104,17 @@ def test_fuzz_mutated_png(tmp_path, normal_dir, offset, patch):
     mutated = original[:offset] + patch + original[offset + len(patch):]
     path = tmp_path / "mutated.png"
     path.write_bytes(mutated)
+    try:  # either a clean image or our one-line error naming the file, nothing else
+        image = read_image(path)
+    except ImageReadError as err:
+        assert str(err).startswith(str(path)) and "\n" not in str(err)
+        expected_paths, expected_failures = 0, 1
+    else:
+        assert image.ndim == 2 and image.dtype == np.float32 and np.isfinite(image).all()
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        expected_paths, expected_failures = 1, 0
     loaded = load_images([path], PreprocessConfig(image_size=32))
-    assert len(loaded.paths) + len(loaded.failures) == 1
+    assert (len(loaded.paths), len(loaded.failures)) == (expected_paths, expected_failures)
 
 
 def run_cli(args, **kwargs):
