@@ -21,13 +21,20 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
                          generator_width=16, discriminator_width=16, encoder_epochs=1)
     train_gan(config, REAL_DATA / "train" / "NORMAL", tmp_path / "run", progress=False,
               log=lambda *a: None)
-    scorer = Scorer.from_checkpoint(tmp_path / "run", mode="search", iterations=5)
+    default = Scorer.from_checkpoint(tmp_path / "run")
+    assert (default.mode, default.score) == ("discriminator", "density")
+    scorer = Scorer.from_checkpoint(tmp_path / "run", mode="search", iterations=5,
+                                    score="lung-opacity")
     images = find_images(REAL_DATA / "test_dev" / "PNEUMONIA")[:2]
     result = scorer.score_paths(images, progress=False)
-    assert len(result.paths) == 2 and all(r > 0 for r in result.residual)
-    assert scorer.score == "lung-opacity" and np.isfinite(result.score).all()
+    assert len(result.paths) == 2 and np.isfinite(result.score).all()
+    np.testing.assert_allclose(result.score, result.opacity)
+    batch = scorer.score_tensor(scorer.score_arrays([np.zeros((8, 8))]).inputs)  # a blank film
+    residual = (batch.inputs - batch.reconstructions).abs().flatten(1).mean(1).numpy()
+    np.testing.assert_allclose(batch.residual, residual, rtol=1e-5)  # what "residual" means
     report = evaluate_gan(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
                           val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
                           log=lambda *a: None)
     assert report["n"] == 8 and report["threshold_source"] == "val"
+    assert report["mode"] == "discriminator" and report["score"] == "density"
     assert json.loads((tmp_path / "report" / "report.json").read_text())["n_anomalous"] == 4

@@ -51,11 +51,21 @@ def test_default_mode_is_encoder_when_trained(trained_run):
 
 
 def test_score_arrays_uses_checkpoint_preprocessing(trained_run):
+    import dataclasses
+
+    from anomaly.preprocess import preprocess
+
     scorer = Scorer.from_checkpoint(trained_run, mode="encoder")
-    raw = np.random.default_rng(0).random((50, 70)).astype(np.float32)
+    assert scorer.preprocess_config.clahe and scorer.preprocess_config.image_size == 32
+    y, x = np.mgrid[0:50, 0:70] / 70.0
+    raw = (0.3 + 0.4 * x + 0.05 * np.sin(40 * y)).astype(np.float32)  # low contrast
     scores = scorer.score_arrays([raw, raw])
     assert scores.inputs.shape == (2, 1, 32, 32)
     assert scores.score[0] == pytest.approx(scores.score[1])
+    expected = preprocess(raw, scorer.preprocess_config)  # CLAHE at the checkpoint's size
+    np.testing.assert_allclose(scores.inputs[0, 0].numpy(), expected, atol=1e-6)
+    without_clahe = preprocess(raw, dataclasses.replace(scorer.preprocess_config, clahe=False))
+    assert np.abs(scores.inputs[0, 0].numpy() - without_clahe).max() > 0.05
 
 
 def test_folder_with_corrupt_file(trained_run, normal_dir, tmp_path):
