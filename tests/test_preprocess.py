@@ -13,10 +13,17 @@ def low_contrast_image() -> np.ndarray:
     return (0.45 + 0.1 * rng.random((100, 80))).astype(np.float32)
 
 
-def test_output_shape_and_range():
+def test_output_shape_range_and_values():
     out = preprocess(low_contrast_image(), PreprocessConfig(image_size=32))
     assert out.shape == (32, 32) and out.dtype == np.float32
     assert out.min() >= -1.0 and out.max() <= 1.0
+    # without CLAHE the mapping is exact: [0, 1] -> [-1, 1], left-to-right order kept
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    plain = preprocess(ramp, PreprocessConfig(image_size=32, clahe=False))
+    assert plain[:, 0].max() < -0.9 and plain[:, -1].min() > 0.9
+    assert (np.diff(plain, axis=1) > 0).all()  # strictly increasing along every row
+    flat = preprocess(np.full((40, 40), 0.75, np.float32), PreprocessConfig(32, clahe=False))
+    np.testing.assert_allclose(flat, 0.5, atol=1 / 127.5)
 
 
 def test_clahe_on_raises_contrast_and_off_keeps_it():
