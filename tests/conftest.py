@@ -37,7 +37,8 @@ def write_images(folder: Path, count: int, seed: int, blob: bool = False, size: 
 
 # the classic DCGAN (no synthetic-opacity task); tests of the lesion task turn it on
 TINY_CONFIG = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
-                   batch_size=8, epochs=2, holdout_fraction=0.0, seed=0, lesion_weight=0.0)
+                   batch_size=8, epochs=2, holdout_fraction=0.0, seed=0, lesion_weight=0.0,
+                   adversarial_weight=1.0)
 
 
 @pytest.fixture(scope="session")

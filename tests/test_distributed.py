@@ -23,7 +23,7 @@ def torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-@pytest.mark.parametrize("lesion_weight", ["1.0", "0.0"])  # the default, a plain DCGAN
+@pytest.mark.parametrize("lesion_weight", ["1.0", "0.0"])  # the opacity task in a GAN; plain
 def test_two_process_training_writes_one_checkpoint_with_identical_replicas(
         tmp_path, normal_dir, lesion_weight):
     run = tmp_path / "ddp"
@@ -31,7 +31,7 @@ def test_two_process_training_writes_one_checkpoint_with_identical_replicas(
     done = torchrun(port, "cli.anomaly_cli", "train-gan",
                     "--data", str(normal_dir), "--out", str(run), "--image-size", "32",
                     "--epochs", "2", "--batch-size", "4", "--lesion-weight", lesion_weight,
-                    "--no-progress", "--device", "cpu")
+                    "--adversarial-weight", "1.0", "--no-progress", "--device", "cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "weights identical on all 2 ranks" in done.stdout
     assert done.stdout.count("epoch 2/2") == 1  # only rank 0 logs

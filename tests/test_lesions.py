@@ -23,7 +23,7 @@ from anomaly.train import TrainConfig, train_gan
 from tests.conftest import TINY_CONFIG
 
 QUIET = dict(progress=False, log=lambda *a: None)
-LESION_CONFIG = {**TINY_CONFIG, "lesion_weight": 1.0, "holdout_fraction": 0.25}
+LESION_CONFIG = {**TINY_CONFIG, "lesion_weight": 1.0, "holdout_fraction": 0.25}  # and a GAN
 
 
 @pytest.fixture(scope="module")
