@@ -170,3 +170,21 @@ def test_opacity_maps_are_drawn_on_an_absolute_scale(lesion_run, trained_run):
     stretched = heatmap_panel(image, None, 64, heat=faint)
     red = 2  # BGR
     assert absolute[:, 64:, red].mean() < stretched[:, 64:, red].mean()
+
+
+def test_critic_probes_example_prints_every_component(lesion_run, labelled_dir, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import critic_probes
+    finally:
+        sys.path.pop(0)
+    critic_probes.main(["--model", str(lesion_run), "--data", str(labelled_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[1].rstrip(" |"))
+            for line in lines[2:]}
+    assert set(rows) == {"density", "lesion", "brightness", "z(lesion)+z(brightness)",
+                         "z(density)+z(brightness)", "z(density)+z(lesion)"}
+    assert rows["brightness"] > 0.5  # the synthetic "pneumonia" films carry a bright blob

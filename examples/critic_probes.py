@@ -1,0 +1,69 @@
+"""AUROC of the discriminator's components and of simple label-free combinations.
+
+How the README's probe lines for the opacity critic were measured: one pass of the
+discriminator (mode ``discriminator``) over each labelled folder; ``z(a)+z(b)`` sums two
+components, each standardised by its mean and standard deviation on the run's held-out
+normal training images (no label sets a weight).
+
+    python examples/critic_probes.py --model RUN \
+        --data ../shared/data/chest_xray/val --data ../shared/data/chest_xray/test_dev
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.data import scan_labelled_folder
+from anomaly.evaluate import auroc
+from anomaly.score import Scorer
+
+PAIRS = [("lesion", "brightness"), ("density", "brightness"), ("density", "lesion")]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run directory or checkpoint")
+    parser.add_argument("--data", action="append", required=True,
+                        help="labelled folder (repeatable): one AUROC column each")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    state = load_checkpoint(args.model)
+    scorer = Scorer.from_state(state, mode="discriminator", score="density", device="cpu")
+    normals = scorer.score_paths([Path(p) for p in state["holdout_paths"]], progress=False)
+
+    def standardised(result, name: str) -> np.ndarray:
+        reference = np.asarray(getattr(normals, name))
+        return (np.asarray(getattr(result, name)) - reference.mean()) / reference.std()
+
+    columns = {}
+    for folder_path in args.data:
+        folder = scan_labelled_folder(folder_path)
+        result = scorer.score_paths(folder.paths, progress=False)
+        label_of = dict(zip(folder.paths, folder.binary_labels))
+        labels = np.array([label_of[p] for p in result.paths])
+        values = {name: np.asarray(getattr(result, name))
+                  for name in ("density", "lesion", "brightness")}
+        for a, b in PAIRS:
+            values[f"z({a})+z({b})"] = standardised(result, a) + standardised(result, b)
+        columns[Path(folder_path).name] = {k: auroc(labels, v) for k, v in values.items()}
+    names = list(next(iter(columns.values())))
+    print("| component | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
