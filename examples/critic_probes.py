@@ -58,6 +58,13 @@ def main(argv=None) -> None:
         for a, b in PAIRS:
             values[f"z({a})+z({b})"] = standardised(result, a) + standardised(result, b)
         columns[Path(folder_path).name] = {k: auroc(labels, v) for k, v in values.items()}
+        density = np.asarray(result.density)
+        print(f"{Path(folder_path).name}: density of normal films "
+              f"{density[labels == 0].mean():.1f} ± {density[labels == 0].std():.1f}, of "
+              f"anomalous films {density[labels == 1].mean():.1f} ± "
+              f"{density[labels == 1].std():.1f}")
+    print(f"held-out normal training films: density {np.mean(normals.density):.1f} ± "
+          f"{np.std(normals.density):.1f}")
     names = list(next(iter(columns.values())))
     print("| component | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))

@@ -183,8 +183,10 @@ def test_critic_probes_example_prints_every_component(lesion_run, labelled_dir, 
         sys.path.pop(0)
     critic_probes.main(["--model", str(lesion_run), "--data", str(labelled_dir)])
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{labelled_dir.name}: density of normal films")
+    assert lines[1].startswith("held-out normal training films: density")
     rows = {line.split(" | ")[0].lstrip("| "): float(line.split(" | ")[1].rstrip(" |"))
-            for line in lines[2:]}
+            for line in lines[4:]}
     assert set(rows) == {"density", "lesion", "brightness", "z(lesion)+z(brightness)",
                          "z(density)+z(brightness)", "z(density)+z(lesion)"}
     assert rows["brightness"] > 0.5  # the synthetic "pneumonia" films carry a bright blob
