@@ -60,8 +60,8 @@ class TrainConfig:
     resize: str = "squash"
     # architecture
     latent_dim: int = 100
-    generator_width: int = 64
-    discriminator_width: int = 64
+    generator_width: int = 32
+    discriminator_width: int = 32
     max_channels: int = 512
     spectral_norm: bool = False
     # GAN optimisation
