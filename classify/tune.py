@@ -124,6 +124,19 @@ def load_space(path: str | os.PathLike | None) -> list[Parameter]:
     return parse_space(space, display_path(path))
 
 
+def base_values(base: FitConfig, space: list[Parameter]) -> dict:
+    """The base config's value of every searched setting inside its range (a value
+    outside the range or the choices is left for the sampler to draw)."""
+    values = {}
+    for parameter in space:
+        value = getattr(base, parameter.name)
+        inside = (value in parameter.choices if parameter.choices is not None
+                  else parameter.low <= value <= parameter.high)
+        if inside:
+            values[parameter.name] = value
+    return values
+
+
 def trial_config(base: FitConfig, values: dict) -> FitConfig:
     """The base config with a trial's values, checked like any config file."""
     return from_dict(FitConfig, {**dataclasses.asdict(base), **values}, "trial")
@@ -187,6 +200,8 @@ def tune(data_dir: str | os.PathLike, val_dir: str | os.PathLike,
     study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(study_dir, storage, study_name, resume, base.seed)
+    if not study.trials:  # trial 0 is the hand-written config, the figure to beat
+        study.enqueue_trial(base_values(base, space), skip_if_exists=True)
     log("fixed settings:\n" + format_config(base))
     log("searching: " + ", ".join(
         f"{p.name} in {p.choices}" if p.choices else

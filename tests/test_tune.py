@@ -73,6 +73,8 @@ def test_study_writes_best_config_trials_and_plots_then_resumes(folders, tmp_pat
     assert 1e-4 <= best.lr <= 1e-2 and 0.1 <= best.dropout <= 0.5
     rows = list(csv.DictReader(open(study / "trials.csv")))
     assert [r["trial"] for r in rows] == ["0", "1"] and {"lr", "dropout", "val-loss"} <= set(rows[0])
+    defaults = FitConfig()  # trial 0 is the hand-written config (here: the defaults)
+    assert float(rows[0]["lr"]) == defaults.lr and float(rows[0]["dropout"]) == defaults.dropout
     assert (study / "history.png").stat().st_size > 0
     assert (study / "importances.png").stat().st_size > 0
 
