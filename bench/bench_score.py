@@ -4,7 +4,8 @@ Scores the same preprocessed images with
   (a) reference: one image at a time, 500 Adam steps on z, D features of x recomputed
       every step (the way public AnoGAN implementations do it), timed on a few images;
   (b) Scorer mode ``search`` (batched, features of x computed once);
-  (c) Scorer mode ``encoder`` and (d) ``encoder-search`` when the checkpoint has an encoder.
+  (c) Scorer mode ``encoder`` and (d) ``encoder-search`` when the checkpoint has an encoder;
+  (e) Scorer mode ``discriminator`` (the density score) when it has a fitted density.
 Prints seconds/image, images/second and speed-up against (a), FLOPs per image for one
 G, D.features and E forward pass, the measured matmul rate and the fraction of it each
 mode achieves. Preprocessing (file reading, CLAHE) is done once beforehand and not timed.
@@ -87,6 +88,8 @@ def mode_flops(mode: str, iterations: int, g: int, f: int, e: int) -> int:
         return iterations * (step + f) + final + f  # f(x) recomputed every step
     if mode == "search":
         return f + iterations * step + final
+    if mode == "discriminator":
+        return 2 * f  # the image and its mirror image
     return f + e + iterations * step + final  # encoder, encoder-search
 
 
@@ -163,14 +166,17 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     state = load_checkpoint(args.model)
-    modes = available_modes(state)
+    # search is timed even where the generator was never trained (the same work)
+    modes = list(dict.fromkeys([*available_modes(state), "search"]))
     options = dict(device=str(device), batch_size=args.batch_size, amp=not args.no_amp)
-    iterations = {"search": args.iterations, "encoder": 0,
+    iterations = {"discriminator": 0, "search": args.iterations, "encoder": 0,
                   "encoder-search": args.encoder_search_iterations}
-    # every score kind computes the same four components, so the kind does not change the
-    # time; "anogan" is the one the reference computes, and it needs no calibration
-    scorers = {mode: Scorer.from_state(state, mode=mode, score="anogan",
-                                       iterations=iterations[mode], **options)
+    # every score kind of a mode computes the same components, so the kind does not change
+    # the time; "anogan" is the one the reference computes, and it needs no calibration;
+    # the discriminator mode has no reconstruction, so it is timed with its density
+    scorers = {mode: Scorer.from_state(
+                   state, mode=mode, score="density" if mode == "discriminator" else "anogan",
+                   iterations=iterations[mode], **options)
                for mode in modes}
     search = scorers["search"]
     images, distinct = load_inputs(args.data, args.images, search)
@@ -232,7 +238,7 @@ def main(argv=None) -> None:
 
     # (b)-(d) the toolkit's Scorer, batched
     check = None
-    for mode in ("search", "encoder", "encoder-search"):
+    for mode in ("discriminator", "search", "encoder", "encoder-search"):
         if mode not in scorers:
             continue
         scorer = scorers[mode]

@@ -47,12 +47,12 @@ def test_bench_score(tiny_run, tmp_path):
     assert "GFLOP/s" in out
     assert ("| method | iterations | images | seconds/image | images/second | "
             "speed-up vs reference |") in out
-    for method in ("reference", "search", "encoder", "encoder-search"):
+    for method in ("reference", "discriminator", "search", "encoder", "encoder-search"):
         assert f"\n| {method} |" in out
     assert "Profile: mode encoder" in out and "Profile: mode search" in out
     figures = json.loads((tmp_path / "score.json").read_text())
     assert [r["method"] for r in figures["results"]] == [
-        "reference", "search", "encoder", "encoder-search"]
+        "reference", "discriminator", "search", "encoder", "encoder-search"]
     assert figures["reference_vs_search_max_abs_diff"] < 1e-4  # same computation, batched
 
 
