@@ -185,9 +185,12 @@ class Scorer:
             raise CheckpointError("the lesion score needs a discriminator trained with "
                                   "lesion_weight > 0")
         self.device = resolve_device(device)
-        self.generator = generator.to(self.device).eval().requires_grad_(False)
-        self.discriminator = discriminator.to(self.device).eval().requires_grad_(False)
-        self.encoder = encoder.to(self.device).eval().requires_grad_(False) if encoder else None
+        # channels-last weights: oneDNN's and cuDNN's faster convolutions (1.4-1.6x for D
+        # on this project's CPU; bench/README.md)
+        fast = dict(device=self.device, memory_format=torch.channels_last)
+        self.generator = generator.to(**fast).eval().requires_grad_(False)
+        self.discriminator = discriminator.to(**fast).eval().requires_grad_(False)
+        self.encoder = encoder.to(**fast).eval().requires_grad_(False) if encoder else None
         self.preprocess_config = preprocess_config
         self.mode = mode
         self.iterations = DEFAULT_ITERATIONS[mode] if iterations is None else iterations
