@@ -226,8 +226,9 @@ def tune(data_dir: str | os.PathLike, val_dir: str | os.PathLike,
     def announce(study, trial) -> None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         state = trial.state.name.lower()
+        last = " last reported" if trial.state == optuna.trial.TrialState.PRUNED else ""
         value = ("" if trial.value is None
-                 else f" {objective} {_objective_value(trial.value, objective):.4f}")
+                 else f"{last} {objective} {_objective_value(trial.value, objective):.4f}")
         best = ""
         if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
             best = (f" [best: trial {study.best_trial.number}, "
