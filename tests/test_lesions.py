@@ -190,3 +190,20 @@ def test_critic_probes_example_prints_every_component(lesion_run, labelled_dir, 
     assert set(rows) == {"density", "lesion", "brightness", "z(lesion)+z(brightness)",
                          "z(density)+z(brightness)", "z(density)+z(lesion)"}
     assert rows["brightness"] > 0.5  # the synthetic "pneumonia" films carry a bright blob
+
+
+def test_cell_density_probe_runs_on_a_tiny_run(lesion_run, labelled_dir, normal_dir, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import cell_density_probe
+    finally:
+        sys.path.pop(0)
+    cell_density_probe.main(["--model", str(lesion_run), "--data", str(labelled_dir),
+                             "--train", str(normal_dir), "--lung-share", "0.0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "16 of 16 cells inside the lung prior"
+    value = float(lines[1].rsplit(" ", 1)[1])
+    assert lines[1].startswith(f"{labelled_dir.name}: cell density AUROC") and 0 <= value <= 1
