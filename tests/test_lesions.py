@@ -207,3 +207,20 @@ def test_cell_density_probe_runs_on_a_tiny_run(lesion_run, labelled_dir, normal_
     assert lines[0] == "16 of 16 cells inside the lung prior"
     value = float(lines[1].rsplit(" ", 1)[1])
     assert lines[1].startswith(f"{labelled_dir.name}: cell density AUROC") and 0 <= value <= 1
+
+
+def test_seed_ensemble_probe_averages_standardised_runs(lesion_run, labelled_dir, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import seed_ensemble
+    finally:
+        sys.path.pop(0)
+    seed_ensemble.main(["--model", str(lesion_run), "--model", str(lesion_run),
+                        "--data", str(labelled_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    single = float(lines[0].rsplit(" ", 1)[1])
+    assert lines[2].startswith(f"{labelled_dir.name}: average of 2 runs: AUROC")
+    assert float(lines[2].rsplit(" ", 1)[1]) == pytest.approx(single)  # a run with itself
