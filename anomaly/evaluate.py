@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -175,13 +175,22 @@ def read_scores_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.
 
 
 def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
-                 labels: Sequence[int], scores: Sequence[float], title: str = "") -> Path:
-    """Write report.json, scores.csv, roc.png, confusion.png and histogram.png.
+                 labels: Sequence[int], scores: Sequence[float], title: str = "",
+                 panels: Callable[[list[Path]], dict[Path, np.ndarray]] | None = None,
+                 heat_note: str = "", gallery_size: int = 6) -> Path:
+    """Write report.json, scores.csv, roc.png, confusion.png, histogram.png and report.html.
+
+    Args:
+        panels: draws the error gallery's images: given paths, a uint8 image per path
+            it could draw (heatmap or Grad-CAM panel); None leaves the pictures out.
+        heat_note: what the panels show, printed above the gallery.
+        gallery_size: images per gallery row (false positives, false negatives).
 
     Returns:
         Path of report.json.
     """
     from anomaly.plots import plot_confusion, plot_histogram, plot_roc
+    from anomaly.report_html import GalleryImage, pick_gallery, render_report_html, write_html
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,16 +202,33 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
     tmp = report_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, report_path)
+
+    worst_normal, mildest_anomalous = pick_gallery(labels, scores, gallery_size)
+    chosen = worst_normal + mildest_anomalous
+    pictures = panels([Path(paths[i]) for i in chosen]) if panels and chosen else {}
+    gallery = [GalleryImage(str(paths[i]), int(labels[i]), float(scores[i]),
+                            bool(scores[i] >= report["threshold"]), pictures.get(Path(paths[i])))
+               for i in chosen]
+    figures = {"ROC": out_dir / "roc.png", "scores by class": out_dir / "histogram.png",
+               "confusion matrix": out_dir / "confusion.png"}
+    page = render_report_html(report, figures, gallery[: len(worst_normal)],
+                              gallery[len(worst_normal):], title or report["model"], heat_note)
+    write_html(out_dir / "report.html", page)
     return report_path
 
 
 def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:
-    """Put several report folders side by side: a Markdown table and one ROC plot.
+    """Put several report folders side by side: a Markdown table, one ROC plot with a
+    curve per report, and ``report.html`` with both and each report's histogram.
+
+    The table says whether the reports scored the same images (class folder and file
+    name of each row of their scores.csv).
 
     Returns:
         The Markdown table (also written to ``out_dir/comparison.md``).
     """
     from anomaly.plots import plot_roc
+    from anomaly.report_html import render_comparison_html, write_html
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,23 +236,35 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     lines = ["| report | model | n | AUROC (95% CI) | threshold from | "
              + " | ".join(columns[1:]) + " |",
              "|---|---|---|---|---|" + "---|" * (len(columns) - 1)]
-    curves = []
+    curves, reports, histograms, image_sets = [], [], [], []
     for report_dir in report_dirs:
         report_dir = Path(report_dir)
         try:
             report = json.loads((report_dir / "report.json").read_text())
         except (OSError, ValueError) as err:
             raise EvaluationError(f"{report_dir}: no readable report.json ({err})") from None
+        name = report_dir.name
+        reports.append((name, report))
         low, high = report["auroc_ci95"]
         lines.append(
-            f"| {report_dir.name} | {report['model']} | {report['n']} | "
+            f"| {name} | {report['model']} | {report['n']} | "
             f"{report['auroc']:.3f} ({low:.3f}-{high:.3f}) | {report['threshold_source']} | "
             + " | ".join(f"{report[c]:.3f}" for c in columns[1:]) + " |")
         if (report_dir / "scores.csv").exists():
-            _, labels, scores = read_scores_csv(report_dir / "scores.csv")
-            curves.append((report_dir.name, labels, scores, report["auroc"]))
+            paths, labels, scores = read_scores_csv(report_dir / "scores.csv")
+            curves.append((name, labels, scores, report["auroc"]))
+            image_sets.append(frozenset(Path(p).parts[-2:] for p in paths))  # class/file
+        if (report_dir / "histogram.png").exists():
+            histograms.append((name, report_dir / "histogram.png"))
+    if len(image_sets) == len(reports) > 1:
+        same = all(images == image_sets[0] for images in image_sets)
+        lines.append("")
+        lines.append("The reports scored the same images." if same else
+                     "The reports scored different images: compare their figures with care.")
     table = "\n".join(lines) + "\n"
     (out_dir / "comparison.md").write_text(table)
     if curves:
         plot_roc(curves, out_dir / "roc.png")
+    write_html(out_dir / "report.html", render_comparison_html(
+        reports, out_dir / "roc.png" if curves else None, histograms))
     return table

@@ -10,6 +10,7 @@ import numpy as np
 from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.fidelity import reconstruction_fidelity
+from anomaly.heatmap import heatmap_panel
 from anomaly.io import display_path
 from anomaly.score import Scorer
 
@@ -65,8 +66,8 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     Args:
         model: run directory or checkpoint.
         data_dir: labelled test folder (one sub-folder per class).
-        out_dir: report folder (report.json, scores.csv, roc.png, confusion.png,
-            histogram.png).
+        out_dir: report folder (report.json, report.html with the error gallery,
+            scores.csv, roc.png, confusion.png, histogram.png).
         val_dir: labelled validation folder, or a folder of normal images only.
         threshold_metric: ``youden`` or ``f1`` (labelled validation).
         quantile: normal-score quantile (normal-only validation).
@@ -100,8 +101,38 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
                   fidelity_heldout_normals=reconstruction_fidelity(
                       scorer, scorer.available_holdout()))
     write_report(out_dir, report, paths, labels, scores,
-                 title=f"GAN ({scorer.mode}, {scorer.score})")
+                 title=f"GAN ({scorer.mode}, {scorer.score})",
+                 panels=lambda chosen: heatmap_panels(scorer, chosen),
+                 heat_note=HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
     return report
+
+
+HEAT_NOTES = {
+    "density": "Left: the preprocessed input. Right: where the critic finds opacity "
+               "(its opacity head, full red = probability 1).",
+    "lung-brightness": "Left: the preprocessed input. Right: the brightness the score "
+                       "averages inside the lung prior.",
+    "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
+}
+HEAT_NOTES["lesion"] = HEAT_NOTES["density"]
+
+
+def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192
+                   ) -> dict[Path, np.ndarray]:
+    """Score ``paths`` again and draw each one's heatmap panel (input, G(z) when the
+    mode reconstructs, heat over the input), as for ``anomaly score --heatmaps``."""
+    panels = {}
+
+    def draw(batch_paths: list[Path], scores) -> None:
+        for i, path in enumerate(batch_paths):
+            reconstruction = (None if scores.reconstructions is None
+                              else scores.reconstructions[i, 0].numpy())
+            panels[path] = heatmap_panel(scores.inputs[i, 0].numpy(), reconstruction,
+                                         display_size, scorer.heatmap_scale,
+                                         scores.heatmaps[i].numpy())
+
+    scorer.score_paths(paths, progress=False, on_batch=draw)
+    return panels
 
 
 def heldout_normal_scores(scorer: Scorer, log=print) -> list[float] | None:

@@ -118,8 +118,9 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
     Args:
         model: run directory (its ``checkpoints/best.pt``) or checkpoint file.
         data_dir: labelled test folder (one sub-folder per class).
-        out_dir: report folder: report.json, scores.csv, probabilities.csv, roc.png,
-            confusion.png, histogram.png (and per_class.txt with more than two classes).
+        out_dir: report folder: report.json, report.html, scores.csv, probabilities.csv,
+            roc.png, confusion.png, histogram.png (and per_class.txt with more than two
+            classes).
         val_dir: labelled validation folder (Youden/F1 threshold), or a folder of
             normal images only (``quantile`` of their scores).
         normal_class: the normal class folder name (default: the model's).
@@ -174,5 +175,8 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
     write_probabilities_csv(out_dir / "probabilities.csv", predictions, true_names,
                             classifier.class_names)
     write_report(out_dir, report, predictions.paths, labels, scores,
-                 title=f"classifier ({classifier.model.backbone_name})")
+                 title=f"classifier ({classifier.model.backbone_name})",
+                 panels=lambda chosen: classifier.cam_images(chosen, display_size=192)[1],
+                 heat_note="Grad-CAM of the predicted class on the last convolutional "
+                           "block, over the preprocessed input (full red = this image's peak).")
     return report

@@ -8,16 +8,12 @@ scaled to [0, 1].
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly.heatmap import write_png
 from anomaly.preprocess import to_display
 
 
@@ -98,8 +94,3 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, display_size: int = 256,
     colour = cv2.applyColorMap(heat8.astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), 1.0 - alpha, colour, alpha, 0)
 
-
-def write_cam_overlay(path: str | os.PathLike, image: np.ndarray, cam: np.ndarray,
-                      display_size: int = 256) -> Path:
-    """Write :func:`cam_overlay` as a PNG; returns the path."""
-    return write_png(path, cam_overlay(image, cam, display_size))

@@ -16,10 +16,11 @@ import torch
 from anomaly.checkpoint import CheckpointError, load_checkpoint
 from anomaly.data import LabelledFolder, iter_preprocessed_batches, uint8_to_model
 from anomaly.device import resolve_device
+from anomaly.heatmap import write_png
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
 from classify import CHECKPOINT_FORMAT
-from classify.gradcam import GradCAM, write_cam_overlay
+from classify.gradcam import GradCAM, cam_overlay
 from classify.models import ClassifierNet
 
 
@@ -138,20 +139,18 @@ class Classifier:
         """Binary anomaly score: ``1 - P(normal)``."""
         return 1.0 - probabilities[:, self.normal_index]
 
-    def write_cams(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   display_size: int = 256) -> tuple[Predictions, list[Path]]:
-        """Predict and write a Grad-CAM overlay PNG per readable file, for its predicted class.
+    def cam_images(self, paths: Sequence[str | os.PathLike], display_size: int = 256
+                   ) -> tuple[Predictions, dict[Path, np.ndarray]]:
+        """Predict and draw a Grad-CAM overlay per readable file, for its predicted class.
 
         The map explains the end of the last convolutional block (``layer4`` for ResNets).
-        Files are named ``<stem>_cam.png`` (``<stem>_cam_2.png`` ... when stems repeat).
 
         Returns:
-            The predictions and the written PNG paths (same order).
+            The predictions and a uint8 BGR overlay per path predicted.
         """
-        out_dir = Path(out_dir)
         cam = GradCAM(self.model, self.model.cam_layer)
         result = Predictions([], np.zeros((0, len(self.class_names)), np.float32))
-        parts, written, used = [result.probabilities], [], set()
+        parts, overlays = [result.probabilities], {}
         for good, images, failures in self.iter_batches(paths):
             result.failures.extend(failures)
             if not good:
@@ -161,11 +160,26 @@ class Classifier:
             result.paths.extend(good)
             parts.append(probabilities.cpu().numpy())
             for path, image, heat in zip(good, batch.cpu().numpy()[:, 0], maps):
-                name, copy = f"{path.stem}_cam.png", 1
-                while name in used:
-                    copy += 1
-                    name = f"{path.stem}_cam_{copy}.png"
-                used.add(name)
-                written.append(write_cam_overlay(out_dir / name, image, heat, display_size))
+                overlays[path] = cam_overlay(image, heat, display_size)
         result.probabilities = np.concatenate(parts)
+        return result, overlays
+
+    def write_cams(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   display_size: int = 256) -> tuple[Predictions, list[Path]]:
+        """Predict and write a Grad-CAM overlay PNG per readable file (:meth:`cam_images`).
+
+        Files are named ``<stem>_cam.png`` (``<stem>_cam_2.png`` ... when stems repeat).
+
+        Returns:
+            The predictions and the written PNG paths (same order).
+        """
+        result, overlays = self.cam_images(paths, display_size)
+        written, used = [], set()
+        for path in result.paths:
+            name, copy = f"{path.stem}_cam.png", 1
+            while name in used:
+                copy += 1
+                name = f"{path.stem}_cam_{copy}.png"
+            used.add(name)
+            written.append(write_png(Path(out_dir) / name, overlays[path]))
         return result, written

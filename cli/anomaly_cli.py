@@ -183,10 +183,10 @@ def print_report(report: dict, out_dir) -> None:
 @main.command("compare")
 @click.argument("report_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(),
-              help="Folder for comparison.md and roc.png.")
+              help="Folder for comparison.md, roc.png and report.html.")
 @user_errors_as_messages
 def compare_command(report_dirs, out_dir):
-    """Put several report folders side by side (Markdown table and one ROC plot)."""
+    """Put several report folders side by side (Markdown table, one ROC plot, one page)."""
     from anomaly.evaluate import compare_reports
 
     click.echo(compare_reports(report_dirs, out_dir), nl=False)

@@ -20,6 +20,7 @@ from classify.models import ClassifierNet
 from classify.predict import Classifier
 from classify.train import FitConfig, class_weights, fit
 from cli.classify_cli import main
+from tests.report_page import check_page_against_report, decoded_images
 
 REPORT_KEYS = {"model", "n", "n_normal", "n_anomalous", "auroc", "auroc_ci95", "threshold",
                "threshold_source", "confusion_matrix", "accuracy", "precision", "recall",
@@ -119,6 +120,10 @@ def test_evaluate_then_predict_with_cam(binary_run, binary_data, tmp_path):
     assert (report["n"], report["n_normal"], report["n_anomalous"]) == (12, 6, 6)
     assert "per_class" not in report  # two classes: the binary report only
     assert (report_dir / "roc.png").exists()
+    page = check_page_against_report(report_dir)  # numbers equal report.json, images decode
+    assert len(page.figures) == 12  # 6 normal films, 6 pneumonias, each with its Grad-CAM
+    cams = decoded_images(page)[3:]
+    assert len(cams) == 12 and all(cam.shape == (192, 192, 3) for cam in cams)
 
     images = [binary_data["test"] / "NORMAL" / "normal_00.png",
               binary_data["test"] / "PNEUMONIA" / "pneumonia_00.png"]

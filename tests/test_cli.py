@@ -13,6 +13,7 @@ from anomaly.data import scan_labelled_folder
 from anomaly.evaluate import pick_threshold, read_scores_csv
 from anomaly.score import Scorer
 from cli.anomaly_cli import main
+from tests.report_page import ReportPage, check_page_against_report, decoded_images
 
 
 def run(*args):
@@ -55,10 +56,15 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
     np.testing.assert_allclose(scores, test_scores, rtol=1e-6)
     for name in ("roc.png", "confusion.png", "histogram.png"):
         assert (report_dir / name).exists()
+    page = check_page_against_report(report_dir)  # numbers equal report.json, images decode
+    gallery = min(6, report["n_normal"]) + min(6, report["n_anomalous"])
+    assert len(page.figures) == gallery and len(decoded_images(page)) == 3 + gallery
 
     result = run("compare", report_dir, report_dir, "--out", tmp_path / "cmp")
     assert result.exit_code == 0 and "| report |" in result.output
     assert (tmp_path / "cmp" / "roc.png").exists()
+    assert "same images" in result.output
+    assert len(decoded_images(ReportPage((tmp_path / "cmp" / "report.html").read_text()))) == 3
 
 
 def test_errors_are_one_line(tmp_path, normal_dir):

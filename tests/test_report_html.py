@@ -1,0 +1,67 @@
+"""report.html: self-contained, its numbers equal report.json, its gallery the right films."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly.evaluate import build_report, compare_reports, write_report
+from anomaly.report_html import pick_gallery
+from tests.report_page import ReportPage, check_page_against_report, decoded_images
+
+
+def test_pick_gallery_orders_both_rows():
+    labels = [0, 0, 0, 1, 1, 1, 0]
+    scores = [0.1, 0.9, 0.5, 0.2, 0.8, 0.05, 0.7]
+    worst_normal, mildest_anomalous = pick_gallery(labels, scores, count=2)
+    assert worst_normal == [1, 6] and mildest_anomalous == [5, 3]
+    assert pick_gallery([0, 0], [0.3, 0.2], count=5) == ([0, 1], [])
+
+
+def test_page_matches_report_and_shows_the_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 10 + [1] * 10)
+    scores = rng.random(20) + labels * 0.5
+    paths = [f"data/{'PNEUMONIA' if y else 'NORMAL'}/img_{i:02d}.png"
+             for i, y in enumerate(labels)]
+    report = build_report("anomaly", labels, scores, threshold=0.9, threshold_source="val",
+                          resamples=50)
+    drawn = []
+
+    def panels(chosen):
+        drawn.extend(chosen)
+        return {p: np.full((24, 48, 3), 40 * k % 255, np.uint8) for k, p in enumerate(chosen)}
+
+    write_report(tmp_path, report, paths, labels, scores, title="test", panels=panels,
+                 gallery_size=3)
+    page = check_page_against_report(tmp_path)
+    assert len(drawn) == 6 and len(decoded_images(page)) == 3 + 6
+    figures = page.figures
+    normals = np.flatnonzero(labels == 0)
+    anomalous = np.flatnonzero(labels == 1)
+    expected = ([paths[i] for i in normals[np.argsort(-scores[normals])][:3]]
+                + [paths[i] for i in anomalous[np.argsort(scores[anomalous])][:3]])
+    assert [f["path"] for f in figures] == expected
+    assert figures[0]["section"] < figures[3]["section"]  # two galleries, in that order
+    for figure in figures:
+        assert figure["score"] == pytest.approx(scores[paths.index(figure["path"])])
+
+
+def test_comparison_page_has_both_reports_and_says_if_images_differ(tmp_path):
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    for name, scores, files in (("a", [0.1, 0.2, 0.6, 0.5, 0.8, 0.9], "abcdef"),
+                                ("b", [0.3, 0.1, 0.2, 0.9, 0.4, 0.7], "abcdef"),
+                                ("c", [0.3, 0.1, 0.2, 0.9, 0.4, 0.7], "abcdeg")):
+        report = build_report(name, labels, scores, 0.5, "val", resamples=20)
+        write_report(tmp_path / name, report, [f"x/{c}.png" for c in files], labels, scores)
+    table = compare_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    assert "same images" in table
+    page = ReportPage((tmp_path / "ab" / "report.html").read_text())
+    reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in "ab"]
+    aurocs = [json.loads(v) for k, v, _ in page.cells if k == "auroc"]
+    assert aurocs == [r["auroc"] for r in reports]
+    assert len(decoded_images(page)) == 1 + 2  # shared ROC, two histograms
+    assert "different images" in compare_reports([tmp_path / "a", tmp_path / "c"],
+                                                 tmp_path / "ac")
