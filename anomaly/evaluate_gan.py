@@ -9,7 +9,7 @@ import numpy as np
 
 from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
-from anomaly.fidelity import reconstruction_fidelity
+from anomaly.fidelity import FidelityCollector, reconstruction_fidelity
 from anomaly.heatmap import heatmap_panel
 from anomaly.io import display_path
 from anomaly.score import Scorer
@@ -86,19 +86,20 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
     paths, labels, scores = score_labelled(scorer, test, progress, log)
+    fidelity = FidelityCollector()  # of the held-out normals, in the pass that scores them
     val_labels = val_scores = normal_scores = None
     if val_dir is not None:
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
         _, val_labels, val_scores = score_labelled(scorer, val, progress, log)
     else:
-        normal_scores = heldout_normal_scores(scorer, log)
+        normal_scores = heldout_normal_scores(scorer, log, on_batch=fidelity)
     threshold, source = choose_threshold(val_labels, val_scores, normal_scores, labels, scores,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
     report.update(mode=scorer.mode, score=scorer.score, iterations=scorer.iterations,
                   lam=scorer.lam,
                   val_auroc=_val_auroc(val_labels, val_scores),
-                  fidelity_heldout_normals=reconstruction_fidelity(
+                  fidelity_heldout_normals=fidelity.summary() or reconstruction_fidelity(
                       scorer, scorer.available_holdout()))
     write_report(out_dir, report, paths, labels, scores,
                  title=f"GAN ({scorer.mode}, {scorer.score})",
@@ -135,8 +136,9 @@ def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192
     return panels
 
 
-def heldout_normal_scores(scorer: Scorer, log=print) -> list[float] | None:
-    """Scores of the normal images held out from GAN training (fitted ones if they match)."""
+def heldout_normal_scores(scorer: Scorer, log=print, on_batch=None) -> list[float] | None:
+    """Scores of the normal images held out from GAN training (fitted ones if they match);
+    ``on_batch`` sees each batch when they have to be scored here."""
     fitted = scorer.fitted_normal_scores()
     if fitted is not None:
         return fitted
@@ -144,7 +146,7 @@ def heldout_normal_scores(scorer: Scorer, log=print) -> list[float] | None:
     if len(holdout) < 2:
         return None
     log(f"scoring {len(holdout)} held-out normal training images for the threshold")
-    scorer.calibrate(holdout)
+    scorer.calibrate(holdout, on_batch=on_batch)
     return scorer.fitted_normal_scores()
 
 

@@ -29,6 +29,29 @@ def batch_fidelity(scores: BatchScores) -> tuple[list[float], list[float]]:
     return mae, ssim
 
 
+class FidelityCollector:
+    """An ``on_batch`` callback for :meth:`Scorer.score_paths` that gathers the fidelity
+    of every batch, so a pass made for another reason (calibration) yields it too."""
+
+    def __init__(self):
+        self.mae: list[float] = []
+        self.ssim: list[float] = []
+
+    def __call__(self, paths, scores: BatchScores) -> None:
+        if scores.reconstructions is None:
+            return
+        batch_mae, batch_ssim = batch_fidelity(scores)
+        self.mae.extend(batch_mae)
+        self.ssim.extend(batch_ssim)
+
+    def summary(self) -> dict[str, float] | None:
+        """``{"mae": ..., "ssim": ..., "n": ...}``, or None before any reconstruction."""
+        if not self.mae:
+            return None
+        return {"mae": float(np.mean(self.mae)), "ssim": float(np.mean(self.ssim)),
+                "n": len(self.mae)}
+
+
 def reconstruction_fidelity(scorer: Scorer, normal_paths: Sequence[str | os.PathLike]
                             ) -> dict[str, float] | None:
     """Mean |x - G(z)| and mean SSIM over normal images, with the scorer's mode.
@@ -39,15 +62,6 @@ def reconstruction_fidelity(scorer: Scorer, normal_paths: Sequence[str | os.Path
     """
     if scorer.mode == "discriminator":
         return None
-    mae: list[float] = []
-    ssim: list[float] = []
-
-    def collect(paths, scores: BatchScores) -> None:
-        batch_mae, batch_ssim = batch_fidelity(scores)
-        mae.extend(batch_mae)
-        ssim.extend(batch_ssim)
-
-    scorer.score_paths(normal_paths, progress=False, on_batch=collect)
-    if not mae:
-        return None
-    return {"mae": float(np.mean(mae)), "ssim": float(np.mean(ssim)), "n": len(mae)}
+    collector = FidelityCollector()
+    scorer.score_paths(normal_paths, progress=False, on_batch=collector)
+    return collector.summary()

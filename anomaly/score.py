@@ -274,11 +274,13 @@ class Scorer:
         """The held-out normal images that can still be found on disk."""
         return [p for p in self.holdout_paths if p.exists()]
 
-    def calibrate(self, normal_paths: Sequence[str | os.PathLike]) -> None:
-        """Score normal images (never trained on) to standardise the ``fused`` score."""
+    def calibrate(self, normal_paths: Sequence[str | os.PathLike],
+                  on_batch: Callable[[list[Path], BatchScores], None] | None = None) -> None:
+        """Score normal images (never trained on) to standardise the ``fused`` score;
+        ``on_batch`` sees each scored batch of that pass (e.g. to measure fidelity)."""
         score, self.score = self.score, "anogan"  # needs no calibration itself
         try:
-            result = self.score_paths(normal_paths, progress=False)
+            result = self.score_paths(normal_paths, progress=False, on_batch=on_batch)
         finally:
             self.score = score
         if len(result.paths) < 2:

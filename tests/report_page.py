@@ -54,7 +54,8 @@ def decoded_images(page: ReportPage) -> list[np.ndarray]:
     """Every inline image, decoded; fails on a link or an undecodable picture."""
     decoded = []
     for alt, src in page.images:
-        assert src.startswith("data:image/png;base64,"), f"{alt}: not inline ({src[:40]})"
+        assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")), (
+            f"{alt}: not inline ({src[:40]})")
         image = cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8),
                              cv2.IMREAD_UNCHANGED)
         assert image is not None and image.size > 0, f"{alt}: does not decode"

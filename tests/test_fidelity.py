@@ -42,3 +42,22 @@ def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, tm
                  progress=False, log=lambda *a: None, mode="encoder")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "fidelity_heldout_normals" in report  # None: this tiny run holds nothing out
+
+
+def test_held_out_normals_are_scored_once_for_threshold_and_fidelity(
+        trained_run, normal_dir, labelled_dir, tmp_path, monkeypatch):
+    holdout = find_images(normal_dir)[:5]
+    monkeypatch.setattr(Scorer, "available_holdout", lambda self: list(holdout))
+    passes = []
+    score_paths = Scorer.score_paths
+
+    def counting(self, paths, *args, **kwargs):
+        passes.append(list(paths))
+        return score_paths(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score_paths", counting)
+    report = evaluate_gan(trained_run, labelled_dir, tmp_path / "r", progress=False,
+                          log=lambda *a: None, mode="encoder", score="anogan")
+    assert report["threshold_source"] == "normal-val-quantile"
+    assert report["fidelity_heldout_normals"]["n"] == 5
+    assert sum(p == holdout for p in passes) == 1  # calibration and fidelity share a pass
