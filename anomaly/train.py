@@ -335,8 +335,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                                          torch.zeros_like(lesion_logits[len(pasted):])])
                     loss_lesion = F.binary_cross_entropy_with_logits(lesion_logits, targets)
                     loss_d = loss_d + config.lesion_weight * loss_lesion
-                logits_real = discriminator.logits(features_real).float()
                 if adversarial:
+                    logits_real = discriminator.logits(features_real).float()
                     noise = torch.randn(len(seen), arch.latent_dim, device=device)
                     fake = generator(noise)
                     logits_fake = discriminator(as_seen_by_d(fake.detach())).float()
@@ -367,10 +367,13 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                     f"loss became non-finite at epoch {epoch + 1} (D {loss_d.item():.4g}, "
                     f"G {loss_g.item():.4g}); the last good checkpoint is {display_path(last)}; "
                     "try a lower --lr or spectral_norm: true")
-            d_real = torch.sigmoid(logits_real).mean().item()
-            d_fake = torch.sigmoid(logits_fake).mean().item() if adversarial else 0.0
-            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
-                            d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
+            if adversarial:
+                d_real = torch.sigmoid(logits_real).mean().item()
+                d_fake = torch.sigmoid(logits_fake).mean().item()
+                bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
+                                d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
+            else:  # the critic alone: no real/fake logits to show
+                bar.set_postfix(loss_lesion=f"{loss_lesion.item():.3f}")
             if writer is not None:
                 writer.add_scalar("loss/discriminator", loss_d.item(), step)
                 if lesions:
@@ -399,7 +402,8 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                                         data_dir, lung_prior),
                             last)
             log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
-                f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
+                + (f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}"
+                   if adversarial else f"opacity loss {loss_lesion.item():.3f}"))
         dist.barrier()
 
     if writer is not None:

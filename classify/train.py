@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -306,6 +307,7 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
 
     for _ in range(epochs):
         run.epoch += 1
+        epoch_start = time.perf_counter()
         model.train()  # BatchNorm layers of frozen parts stay in eval mode
         order = torch.randperm(count, generator=rng)  # the same on every rank
         batches = dist.shard_batches(order, batch_size, drop_last=False)
@@ -363,8 +365,8 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
         if run.on_epoch is not None:
             run.on_epoch(run.epoch, metrics)  # may stop the run by raising
         log(f"epoch {run.epoch} (stage {stage}): train loss {train_loss:.4f}, val loss "
-            f"{val_loss:.4f}, val accuracy {val_accuracy:.3f}, lr {lr_now:.2g}"
-            f"{' (best so far)' if improved else ''}")
+            f"{val_loss:.4f}, val accuracy {val_accuracy:.3f}, lr {lr_now:.2g}, "
+            f"{time.perf_counter() - epoch_start:.0f} s{' (best so far)' if improved else ''}")
         if optimizer.param_groups[0]["lr"] < lr_now:
             log(f"validation loss plateaued: lr lowered to {optimizer.param_groups[0]['lr']:.2g}")
         if config.early_stopping_patience and \
@@ -417,6 +419,7 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
     if len(class_names) < 2:
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
                         f"(found {', '.join(class_names)})")
+    fit_start = time.perf_counter()
     model = build_model(config, len(class_names), log).to(device)  # fails fast on bad weights
     model = model.to(memory_format=torch.channels_last)  # 1.3x faster convolutions on CPU
     progress_here = progress and dist.is_main
@@ -452,5 +455,6 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         log(f"weights identical on all {dist.world_size} ranks")
     dist.barrier()  # rank 0 has written the checkpoints
     dist.teardown()
-    log(f"best validation loss {run.best_loss:.4f}: {display_path(run.best_path)}")
+    log(f"best validation loss {run.best_loss:.4f}: {display_path(run.best_path)} "
+        f"({time.perf_counter() - fit_start:.0f} s from loading the images to the last epoch)")
     return run.best_path

@@ -32,14 +32,27 @@ from anomaly.evaluate import auroc
 from anomaly.score import Scorer
 
 
+def trunk_map(discriminator, x: torch.Tensor, map_size: int) -> torch.Tensor:
+    """The discriminator's activations at the last layer whose map is map_size wide."""
+    kept = None
+    for layer in discriminator.trunk:
+        x = layer(x)
+        if isinstance(layer, torch.nn.LeakyReLU) and x.shape[-1] == map_size:
+            kept = x
+    if kept is None:
+        raise SystemExit(f"the critic has no {map_size}x{map_size} feature map")
+    return kept
+
+
 @torch.no_grad()
-def cell_vectors(discriminator, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def cell_vectors(discriminator, images: torch.Tensor, map_size: int = 4, batch: int = 64
+                 ) -> torch.Tensor:
     """(N, cells, C) L2-normalised cell features, averaged with the mirror image's."""
     out = []
     for i in range(0, len(images), batch):
         x = uint8_to_model(images[i: i + batch])
-        plain = discriminator.features(x)
-        mirrored = discriminator.features(x.flip(-1)).flip(-1)
+        plain = trunk_map(discriminator, x, map_size)
+        mirrored = trunk_map(discriminator, x.flip(-1), map_size).flip(-1)
         cells = F.normalize(plain, dim=1) + F.normalize(mirrored, dim=1)
         out.append(F.normalize(cells, dim=1).flatten(2).transpose(1, 2))  # (B, cells, C)
     return torch.cat(out)
@@ -52,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train", help="the run's normal training folder (default: its own)")
     parser.add_argument("--lung-share", type=float, default=0.3,
                         help="keep cells whose area is at least this much lung prior")
+    parser.add_argument("--map-size", type=int, default=4,
+                        help="feature map to model: 4 (the last, default), 8 or 16")
     args = parser.parse_args(argv)
     state = load_checkpoint(args.model)
     scorer = Scorer.from_state(state, mode="discriminator", score="density", device="cpu")
@@ -59,7 +74,7 @@ def main(argv=None) -> None:
     train_paths = [p for p in find_images(args.train or state["data_dir"]) if str(p) not in held]
     train = cell_vectors(scorer.discriminator,
                          load_images(train_paths, scorer.preprocess_config,
-                                     progress=False).images)
+                                     progress=False).images, args.map_size)
     grid = int(round(train.shape[1] ** 0.5))
     share = F.adaptive_avg_pool2d(state["lung_prior"].float()[None, None], grid).flatten()
     cells = [i for i in range(train.shape[1]) if share[i] >= args.lung_share]
@@ -70,7 +85,7 @@ def main(argv=None) -> None:
         loaded = load_images(folder.paths, scorer.preprocess_config, progress=False)
         label_of = dict(zip(folder.paths, folder.binary_labels))
         labels = np.array([label_of[p] for p in loaded.paths])
-        vectors = cell_vectors(scorer.discriminator, loaded.images)
+        vectors = cell_vectors(scorer.discriminator, loaded.images, args.map_size)
         score = torch.stack([mahalanobis(vectors[:, i], densities[i]) for i in cells]).mean(0)
         print(f"{Path(folder_path).name}: cell density AUROC {auroc(labels, score.numpy()):.3f}")
 
