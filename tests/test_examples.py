@@ -1,0 +1,40 @@
+"""The README's comparison script, end to end on tiny synthetic folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import write_images
+from tests.report_page import ReportPage, decoded_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gan_vs_classifier_script(tmp_path, trained_run):
+    data = tmp_path / "data"
+    for split, count in (("train", 10), ("val", 6), ("test_dev", 6)):
+        write_images(data / split / "NORMAL", count, seed=len(split))
+        write_images(data / split / "PNEUMONIA", count, seed=len(split) + 50, blob=True)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("image_size: 32\nbackbone: resnet18\nweights: none\nepochs: 1\n"
+                      "fine_tune_epochs: 0\nbatch_size: 8\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", "examples/gan_vs_classifier.sh", str(trained_run), str(out),
+                    str(config), str(data)], cwd=ROOT, env=env, check=True,
+                   capture_output=True, text=True)
+    assert int((out / "classifier_train_seconds.txt").read_text()) >= 0
+    gan = json.loads((out / "gan_report" / "report.json").read_text())
+    classifier = json.loads((out / "classifier_report" / "report.json").read_text())
+    assert (gan["model"], classifier["model"]) == ("anomaly", "classify")
+    assert gan["n"] == classifier["n"] == 12
+    table = (out / "comparison" / "comparison.md").read_text()
+    assert "gan_report" in table and "classifier_report" in table and "same images" in table
+    page = ReportPage((out / "comparison" / "report.html").read_text())
+    assert [json.loads(v) for k, v, _ in page.cells if k == "auroc"] == [
+        gan["auroc"], classifier["auroc"]]
+    assert len(decoded_images(page)) == 3
