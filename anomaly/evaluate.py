@@ -48,6 +48,31 @@ def bootstrap_auroc_ci(labels: Sequence[int], scores: Sequence[float], resamples
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
+def paired_auroc_difference(labels: Sequence[int], scores_a: Sequence[float],
+                            scores_b: Sequence[float], resamples: int = 1000, seed: int = 0,
+                            level: float = 0.95) -> tuple[float, float, float]:
+    """AUROC(a) - AUROC(b) on the same images, with a paired percentile bootstrap CI.
+
+    Each resample draws images (stratified by class) and scores both detectors on the
+    same draw, so the interval accounts for the two scores being correlated.
+
+    Returns:
+        (difference, CI low, CI high).
+    """
+    labels = np.asarray(labels)
+    scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    rng = np.random.default_rng(seed)
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    values = np.empty(resamples)
+    for i in range(resamples):
+        idx = np.concatenate([rng.choice(normal, len(normal)), rng.choice(anomalous, len(anomalous))])
+        values[i] = roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx],
+                                                                               scores_b[idx])
+    tail = (1 - level) / 2 * 100
+    return (auroc(labels, scores_a) - auroc(labels, scores_b),
+            float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
 def pick_threshold(labels: Sequence[int], scores: Sequence[float], metric: str = "youden") -> float:
     """Threshold that maximises Youden's J (TPR - FPR) or F1 on labelled data.
 
@@ -236,7 +261,7 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     lines = ["| report | model | n | AUROC (95% CI) | threshold from | "
              + " | ".join(columns[1:]) + " |",
              "|---|---|---|---|---|" + "---|" * (len(columns) - 1)]
-    curves, reports, histograms, image_sets = [], [], [], []
+    curves, reports, histograms, scored = [], [], [], []
     for report_dir in report_dirs:
         report_dir = Path(report_dir)
         try:
@@ -253,18 +278,36 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
         if (report_dir / "scores.csv").exists():
             paths, labels, scores = read_scores_csv(report_dir / "scores.csv")
             curves.append((name, labels, scores, report["auroc"]))
-            image_sets.append(frozenset(Path(p).parts[-2:] for p in paths))  # class/file
+            scored.append({Path(p).parts[-2:]: (label, score)  # class folder/file name
+                           for p, label, score in zip(paths, labels, scores)})
         if (report_dir / "histogram.png").exists():
             histograms.append((name, report_dir / "histogram.png"))
-    if len(image_sets) == len(reports) > 1:
-        same = all(images == image_sets[0] for images in image_sets)
+    differences = []
+    if len(scored) == len(reports) > 1:
+        same = all(rows.keys() == scored[0].keys() for rows in scored)
         lines.append("")
         lines.append("The reports scored the same images." if same else
                      "The reports scored different images: compare their figures with care.")
+        if same:
+            differences = auroc_differences([name for name, _ in reports], scored)
+            lines += [f"AUROC {a} - {b}: {d:+.3f} (paired bootstrap 95% CI {low:+.3f} to "
+                      f"{high:+.3f})" for a, b, d, low, high in differences]
     table = "\n".join(lines) + "\n"
     (out_dir / "comparison.md").write_text(table)
     if curves:
         plot_roc(curves, out_dir / "roc.png")
     write_html(out_dir / "report.html", render_comparison_html(
-        reports, out_dir / "roc.png" if curves else None, histograms))
+        reports, out_dir / "roc.png" if curves else None, histograms, differences))
     return table
+
+
+def auroc_differences(names: Sequence[str], scored: Sequence[dict]
+                      ) -> list[tuple[str, str, float, float, float]]:
+    """(first, other, AUROC difference, CI low, CI high) of the first report against each
+    other one, on their common images (``scored``: image key -> (label, score) each)."""
+    keys = sorted(scored[0])
+    labels = np.array([scored[0][k][0] for k in keys])
+    first = np.array([scored[0][k][1] for k in keys])
+    return [(names[0], name, *paired_auroc_difference(
+                labels, first, np.array([rows[k][1] for k in keys])))
+            for name, rows in zip(names[1:], scored[1:])]

@@ -174,7 +174,9 @@ def render_report_html(report: dict, figures: dict[str, str | os.PathLike],
 
 
 def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | os.PathLike | None,
-                           histograms: Sequence[tuple[str, str | os.PathLike]] = ()) -> str:
+                           histograms: Sequence[tuple[str, str | os.PathLike]] = (),
+                           differences: Sequence[tuple[str, str, float, float, float]] = ()
+                           ) -> str:
     """One page for several reports: their metrics side by side, one ROC plot, and
     each report's score histogram.
 
@@ -182,6 +184,7 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
         reports: (name, report.json dict) pairs, in column order.
         roc_png: the shared ROC figure, or None.
         histograms: (name, histogram PNG) pairs.
+        differences: (report a, report b, AUROC a - b, CI low, CI high) on the same images.
     """
     header = "".join(f'<th data-report="{html.escape(name)}">{html.escape(name)}</th>'
                      for name, _ in reports)
@@ -200,6 +203,14 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
         rows.append(f'<tr><th class="name">{label}</th>{"".join(cells)}</tr>')
     rows.append('<tr><th class="name">threshold from</th>' + "".join(
         f"<td>{html.escape(r['threshold_source'])}</td>" for _, r in reports) + "</tr>")
+    paired = "".join(
+        f"<li>AUROC {html.escape(a)} &minus; {html.escape(b)}: "
+        f'<span data-key="auroc_difference" data-value="{d!r}">{d:+.3f}</span> '
+        f"(paired bootstrap 95% CI {low:+.3f} to {high:+.3f})</li>"
+        for a, b, d, low, high in differences)
+    paired = f"<ul>{paired}</ul>" if paired else (
+        "<p class='note'>No paired AUROC difference: the reports did not score the same "
+        "images.</p>" if len(reports) > 1 else "")
     roc = (f'<h2>ROC</h2><img alt="ROC" src="{png_data_uri(roc_png)}" style="height:28em">'
            if roc_png else "")
     hist = "".join(f'<figure><img alt="{html.escape(name)}" src="{png_data_uri(path)}">'
@@ -212,6 +223,7 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
 <p class="note">Each report's threshold was picked on its own validation data; the
 metrics below are on each report's test images (compare them only on the same images).</p>
 <table><tr><th class="name">report</th>{header}</tr>{"".join(rows)}</table>
+{paired}
 {roc}
 <h2>Scores by class</h2><div class="gallery">{hist}</div>
 </body></html>

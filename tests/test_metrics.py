@@ -126,3 +126,15 @@ def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monke
         write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, [0.0] * 8)
     assert (tmp_path / "roc.png").read_bytes() == before["roc.png"]
     assert (tmp_path / "scores.csv").read_bytes() != b""
+
+
+def test_paired_auroc_difference():
+    from anomaly.evaluate import paired_auroc_difference
+
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    good = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]  # AUROC 1
+    worse = [0.1, 0.2, 0.6, 0.4, 0.5, 0.3, 0.7, 0.8]  # 3 of 16 pairs wrong: 13/16
+    difference, low, high = paired_auroc_difference(labels, good, worse, resamples=200)
+    assert difference == pytest.approx(1 - 13 / 16)
+    assert low <= difference <= high and low >= 0.0  # paired: never worse on any draw
+    assert paired_auroc_difference(labels, good, good, resamples=50) == (0.0, 0.0, 0.0)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from anomaly.evaluate import build_report, compare_reports, write_report
 from anomaly.report_html import pick_gallery
@@ -58,10 +59,13 @@ def test_comparison_page_has_both_reports_and_says_if_images_differ(tmp_path):
         write_report(tmp_path / name, report, [f"x/{c}.png" for c in files], labels, scores)
     table = compare_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
     assert "same images" in table
+    difference = roc_auc_score(labels, [0.1, 0.2, 0.6, 0.5, 0.8, 0.9]) - roc_auc_score(
+        labels, [0.3, 0.1, 0.2, 0.9, 0.4, 0.7])
+    assert f"AUROC a - b: {difference:+.3f} (paired bootstrap 95% CI" in table
     page = ReportPage((tmp_path / "ab" / "report.html").read_text())
     reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in "ab"]
     aurocs = [json.loads(v) for k, v, _ in page.cells if k == "auroc"]
     assert aurocs == [r["auroc"] for r in reports]
     assert len(decoded_images(page)) == 1 + 2  # shared ROC, two histograms
-    assert "different images" in compare_reports([tmp_path / "a", tmp_path / "c"],
-                                                 tmp_path / "ac")
+    other = compare_reports([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
+    assert "different images" in other and "paired" not in other
