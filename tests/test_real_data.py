@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from anomaly.evaluate_gan import evaluate_gan
 from anomaly.score import Scorer
 from anomaly.train import TrainConfig, train_gan
 from tests.conftest import REAL_DATA
+from tests.report_page import check_page_against_report
 
 pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")
 
@@ -38,3 +40,6 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
     assert report["n"] == 8 and report["threshold_source"] == "val"
     assert report["mode"] == "discriminator" and report["score"] == "density"
     assert json.loads((tmp_path / "report" / "report.json").read_text())["n_anomalous"] == 4
+    page = check_page_against_report(tmp_path / "report")
+    assert [Path(f["path"]).parent.name for f in page.figures] == ["NORMAL"] * 4 + [
+        "PNEUMONIA"] * 4  # the gallery: every normal film, then every pneumonia
