@@ -12,7 +12,6 @@ normal training images (no label sets a weight).
 # ruff: noqa: E402
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
+from probe_common import print_auroc_table, probe_arguments
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.data import scan_labelled_folder
@@ -31,14 +30,7 @@ PAIRS = [("lesion", "brightness"), ("density", "brightness"), ("density", "lesio
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="run directory or checkpoint")
-    parser.add_argument("--data", action="append", required=True,
-                        help="labelled folder (repeatable): one AUROC column each")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
     scorer = Scorer.from_state(state, mode="discriminator", score="density", device="cpu")
     normals = scorer.score_paths([Path(p) for p in state["holdout_paths"]], progress=False)
@@ -65,11 +57,7 @@ def main(argv=None) -> None:
               f"{density[labels == 1].std():.1f}")
     print(f"held-out normal training films: density {np.mean(normals.density):.1f} ± "
           f"{np.std(normals.density):.1f}")
-    names = list(next(iter(columns.values())))
-    print("| component | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for name in names:
-        print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
+    print_auroc_table("component", columns)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ same reconstructions G(E(x)), so they differ only in how the residual is summari
 # ruff: noqa: E402
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 
 import numpy as np
 import torch
+from probe_common import print_auroc_table, probe_arguments
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.data import load_images, scan_labelled_folder, uint8_to_model
@@ -59,14 +59,7 @@ def variants(scorer: Scorer, images: torch.Tensor, prior: torch.Tensor) -> dict[
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="run directory or checkpoint")
-    parser.add_argument("--data", action="append", required=True,
-                        help="labelled folder (repeatable): one AUROC column each")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
     scorer = Scorer.from_state(state, mode="encoder", score="anogan", device="cpu")
     prior = scorer.lung_prior.cpu()
@@ -78,11 +71,7 @@ def main(argv=None) -> None:
         labels = np.array([label_of[p] for p in loaded.paths])
         values = variants(scorer, uint8_to_model(loaded.images), prior)
         columns[Path(folder_path).name] = {name: auroc(labels, v) for name, v in values.items()}
-    names = list(next(iter(columns.values())))
-    print("| variant | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for name in names:
-        print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
+    print_auroc_table("variant", columns)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""What the probe scripts share: their command line and their AUROC table."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def probe_arguments(doc: str, argv=None) -> argparse.Namespace:
+    """Parse ``--model RUN --data FOLDER [--data ...] [--threads N]`` (and apply --threads)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run directory or checkpoint")
+    parser.add_argument("--data", action="append", required=True,
+                        help="labelled folder (repeatable): one AUROC column each")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def print_auroc_table(row_title: str, columns: dict[str, dict[str, float]]) -> None:
+    """A Markdown table: one row per name, one AUROC column per labelled folder."""
+    names = list(next(iter(columns.values())))
+    print(f"| {row_title} | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
