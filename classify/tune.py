@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -142,6 +143,25 @@ def trial_config(base: FitConfig, values: dict) -> FitConfig:
     return from_dict(FitConfig, {**dataclasses.asdict(base), **values}, "trial")
 
 
+def connect_storage(url: str, attempts: int = 5):
+    """Optuna's database storage at ``url``.
+
+    Processes started together on a new database race to create its tables; the loser
+    gets "table ... already exists" and simply connects again (the tables are there now).
+    """
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def open_study(study_dir: Path, storage: str | None, name: str, resume: bool, seed: int):
     """Create (or with ``resume``, reopen) the study: TPE sampler, median pruner.
 
@@ -154,8 +174,7 @@ def open_study(study_dir: Path, storage: str | None, name: str, resume: bool, se
     import optuna
 
     url = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    backend = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    backend = connect_storage(url)
     exists = name in [s.study_name for s in optuna.get_all_study_summaries(backend)]
     if exists and not resume:
         raise StudyError(f"study '{name}' already exists in {url}; pass --resume to continue "

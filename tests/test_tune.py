@@ -109,3 +109,29 @@ def test_two_processes_share_one_sqlite_study(folders, tmp_path):
     trials = optuna.load_study(study_name="classify", storage=storage).trials
     assert len(trials) == 2 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     assert len({t.number for t in trials}) == 2
+
+
+def test_storage_creation_race_is_retried(tmp_path, monkeypatch):
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from classify.tune import connect_storage
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def lose_the_race_once(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:  # what the slower of two new processes sees
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lose_the_race_once)
+    storage = connect_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert len(calls) == 2 and isinstance(storage, real)
+    def always_locked(url, **kwargs):
+        raise OperationalError("CREATE TABLE studies", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", always_locked)
+    with pytest.raises(OperationalError):  # a real failure still surfaces
+        connect_storage(f"sqlite:///{tmp_path / 'never.db'}", attempts=2)
