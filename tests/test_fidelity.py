@@ -61,3 +61,7 @@ def test_held_out_normals_are_scored_once_for_threshold_and_fidelity(
     assert report["threshold_source"] == "normal-val-quantile"
     assert report["fidelity_heldout_normals"]["n"] == 5
     assert sum(p == holdout for p in passes) == 1  # calibration and fidelity share a pass
+    page = (tmp_path / "r" / "report.html").read_text()
+    fidelity = report["fidelity_heldout_normals"]
+    assert (f"<b>fidelity_heldout_normals</b>: mae {fidelity['mae']:.4g}, "
+            f"ssim {fidelity['ssim']:.4g}, n 5") in page
