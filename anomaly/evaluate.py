@@ -217,20 +217,17 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
     from anomaly.plots import plot_confusion, plot_histogram, plot_roc
     from anomaly.report_html import GalleryImage, pick_gallery, render_report_html, write_html
 
+    # the gallery first: drawing it runs the network again, and may fail before any file
+    # of this report is replaced
+    worst_normal, mildest_anomalous = pick_gallery(labels, scores, gallery_size)
+    chosen = worst_normal + mildest_anomalous
+    pictures = panels([Path(paths[i]) for i in chosen]) if panels and chosen else {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_scores_csv(out_dir / "scores.csv", paths, labels, scores)
     plot_roc([(title or report["model"], labels, scores, report["auroc"])], out_dir / "roc.png")
     plot_confusion(report["confusion_matrix"], out_dir / "confusion.png", title)
     plot_histogram(labels, scores, report["threshold"], out_dir / "histogram.png", title)
-    report_path = out_dir / "report.json"
-    tmp = report_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, report_path)
-
-    worst_normal, mildest_anomalous = pick_gallery(labels, scores, gallery_size)
-    chosen = worst_normal + mildest_anomalous
-    pictures = panels([Path(paths[i]) for i in chosen]) if panels and chosen else {}
     gallery = [GalleryImage(str(paths[i]), int(labels[i]), float(scores[i]),
                             bool(scores[i] >= report["threshold"]), pictures.get(Path(paths[i])))
                for i in chosen]
@@ -238,7 +235,12 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
                "confusion matrix": out_dir / "confusion.png"}
     page = render_report_html(report, figures, gallery[: len(worst_normal)],
                               gallery[len(worst_normal):], title or report["model"], heat_note)
+    # the page and the JSON are replaced together, last
+    report_path = out_dir / "report.json"
+    tmp = report_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
     write_html(out_dir / "report.html", page)
+    os.replace(tmp, report_path)
     return report_path
 
 
@@ -269,6 +271,8 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
         except (OSError, ValueError) as err:
             raise EvaluationError(f"{report_dir}: no readable report.json ({err})") from None
         name = report_dir.name
+        if name in [n for n, _ in reports]:  # runs/s0/report and runs/s1/report
+            name = f"{report_dir.parent.name}/{report_dir.name}"
         reports.append((name, report))
         low, high = report["auroc_ci95"]
         lines.append(
@@ -284,7 +288,9 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
             histograms.append((name, report_dir / "histogram.png"))
     differences = []
     if len(scored) == len(reports) > 1:
-        same = all(rows.keys() == scored[0].keys() for rows in scored)
+        same = all(len(rows) == report["n"] for rows, (_, report) in zip(scored, reports)) \
+            and all(rows.keys() == scored[0].keys() for rows in scored) \
+            and all(rows[k][0] == scored[0][k][0] for rows in scored for k in rows)
         lines.append("")
         lines.append("The reports scored the same images." if same else
                      "The reports scored different images: compare their figures with care.")

@@ -114,7 +114,10 @@ HEAT_NOTES = {
     "lung-brightness": "Left: the preprocessed input. Right: the brightness the score "
                        "averages inside the lung prior.",
     "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
+    "lung-opacity": "Input, G(z), and where the input is brighter than G(z) inside the lung "
+                    "prior, what the score averages (full red = this image's largest).",
 }
+HEAT_NOTES["fused"] = HEAT_NOTES["lung-opacity"]
 HEAT_NOTES["lesion"] = HEAT_NOTES["density"]
 
 

@@ -76,12 +76,23 @@ def jpeg_data_uri(image: np.ndarray, quality: int = 88) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
+def shown(key: str, value: float) -> str:
+    """How a metric is printed: 3 decimals; the threshold to 4 significant digits (a
+    classifier's can be 1e-5)."""
+    return f"{value:.4g}" if key == "threshold" else f"{value:.3f}"
+
+
+def _text(value) -> str:
+    """HTML-escaped text; file names that are not valid UTF-8 keep a replacement mark."""
+    return html.escape(str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
 def _number(key: str, value) -> str:
-    """A table cell showing ``value`` to 3 decimals and carrying it exactly."""
+    """A table cell showing ``value`` (see :func:`shown`) and carrying it exactly."""
     if value is None:
         return f'<td data-key="{key}" data-value="null">-</td>'
     return (f'<td data-key="{key}" data-value="{html.escape(json.dumps(value))}">'
-            f"{float(value):.3f}</td>")
+            f"{shown(key, float(value))}</td>")
 
 
 def _metrics_table(report: dict) -> str:
@@ -136,10 +147,10 @@ def _gallery(title: str, note: str, images: Sequence[GalleryImage]) -> str:
         wrong = image.flagged != bool(image.label)
         verdict = "flagged" if image.flagged else "not flagged"
         figures.append(
-            f'<figure data-path="{html.escape(image.path)}" data-score="{image.score!r}">'
-            + (f'<img alt="{html.escape(Path(image.path).name)}" '
+            f'<figure data-path="{_text(image.path)}" data-score="{image.score!r}">'
+            + (f'<img alt="{_text(Path(image.path).name)}" '
                f'src="{jpeg_data_uri(image.panel)}">' if image.panel is not None else "")
-            + f"<figcaption>{html.escape(Path(image.path).name)}<br>score {image.score:.4g} "
+            + f"<figcaption>{_text(Path(image.path).name)}<br>score {image.score:.4g} "
             f'<span class="{"wrong" if wrong else "right"}">{verdict}'
             f'{" (error)" if wrong else ""}</span></figcaption></figure>')
     return (f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>"
@@ -242,6 +253,9 @@ def write_html(path: str | os.PathLike, page: str) -> Path:
     """Write a page through a temporary file, renamed when complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -147,16 +147,17 @@ def connect_storage(url: str, attempts: int = 5):
     """Optuna's database storage at ``url``.
 
     Processes started together on a new database race to create its tables; the loser
-    gets "table ... already exists" and simply connects again (the tables are there now).
+    gets "table ... already exists" (or a locked or duplicate version stamp) and simply
+    connects again (the tables are there now).
     """
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import SQLAlchemyError
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except OperationalError:
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))

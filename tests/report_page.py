@@ -80,12 +80,13 @@ def check_page_against_report(report_dir) -> ReportPage:
     keys = {key for key, _, _ in page.cells}
     assert {"auroc", "auroc_ci95.0", "auroc_ci95.1", "accuracy", "precision", "recall",
             "specificity", "f1", "threshold", "n", "confusion_matrix.1.1"} <= keys
-    for key, exact, shown in page.cells:
+    for key, exact, shown_text in page.cells:
         expected = report_value(report, key)
         assert json.loads(exact) == expected, key
         if isinstance(expected, float):
-            assert shown == f"{expected:.3f}", key
+            digits = f"{expected:.4g}" if key == "threshold" else f"{expected:.3f}"
+            assert shown_text == digits, key
         else:
-            assert shown == str(expected), key
+            assert shown_text == str(expected), key
     assert len(decoded_images(page)) >= 3  # ROC, histogram, confusion matrix at least
     return page

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from anomaly.evaluate import build_report, compare_reports, write_report
+from anomaly.evaluate import build_report, compare_reports, read_scores_csv, write_report
 from anomaly.report_html import pick_gallery
 from tests.report_page import ReportPage, check_page_against_report, decoded_images
 
@@ -69,3 +69,36 @@ def test_comparison_page_has_both_reports_and_says_if_images_differ(tmp_path):
     assert len(decoded_images(page)) == 1 + 2  # shared ROC, two histograms
     other = compare_reports([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
     assert "different images" in other and "paired" not in other
+
+
+def test_page_survives_odd_file_names_and_keeps_json_and_page_together(tmp_path):
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.2, 0.7, 0.4, 0.9])
+    odd = "data/NORMAL/caf\udce9 <b>&.png"  # a Latin-1 byte on disk, and HTML characters
+    paths = [odd, "data/NORMAL/b.png", "data/PNEUMONIA/c.png", "data/PNEUMONIA/d.png"]
+    report = build_report("anomaly", labels, scores, 1.5e-5, "val", resamples=20)
+    write_report(tmp_path, report, paths, labels, scores,
+                 panels=lambda chosen: {p: np.zeros((8, 16), np.uint8) for p in chosen})
+    page = check_page_against_report(tmp_path)  # the threshold is shown as 1.5e-05
+    assert "caf\ufffd &lt;b&gt;&amp;.png" in (tmp_path / "report.html").read_text()
+    assert not list(tmp_path.glob(".*.tmp")) and len(page.figures) == 4
+
+    def broken(chosen):
+        raise RuntimeError("the network failed while drawing the gallery")
+
+    newer = build_report("anomaly", labels, scores[::-1].copy(), 0.5, "val", resamples=20)
+    with pytest.raises(RuntimeError):
+        write_report(tmp_path, newer, paths, labels, scores[::-1].copy(), panels=broken)
+    assert json.loads((tmp_path / "report.json").read_text())["threshold"] == 1.5e-5
+    check_page_against_report(tmp_path)  # the old page still matches the old JSON
+    np.testing.assert_allclose(read_scores_csv(tmp_path / "scores.csv")[2], scores)
+
+
+def test_comparison_needs_the_same_labels_too(tmp_path):
+    scores = [0.1, 0.2, 0.6, 0.5, 0.8, 0.9]
+    for name, labels in (("a", [0, 0, 0, 1, 1, 1]), ("b", [0, 0, 1, 0, 1, 1])):
+        report = build_report(name, labels, scores, 0.5, "val", resamples=20)
+        write_report(tmp_path / "x" / name, report, [f"x/{c}.png" for c in "abcdef"],
+                     labels, scores)
+    assert "different images" in compare_reports([tmp_path / "x" / "a", tmp_path / "x" / "b"],
+                                                 tmp_path / "ab")
