@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -30,22 +30,29 @@ def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def bootstrap_auroc_ci(labels: Sequence[int], scores: Sequence[float], resamples: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the AUROC.
-
-    Resamples images with replacement (stratified by class, so every resample holds
-    both classes), seeded for reproducibility.
-    """
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+def stratified_resamples(labels: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Index arrays of bootstrap resamples drawn with replacement within each class (so
+    every resample holds both classes), seeded for reproducibility."""
     rng = np.random.default_rng(seed)
     normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    values = np.empty(resamples)
-    for i in range(resamples):
-        idx = np.concatenate([rng.choice(normal, len(normal)), rng.choice(anomalous, len(anomalous))])
-        values[i] = roc_auc_score(labels[idx], scores[idx])
+    for _ in range(resamples):
+        yield np.concatenate([rng.choice(normal, len(normal)),
+                              rng.choice(anomalous, len(anomalous))])
+
+
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap values."""
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_auroc_ci(labels: Sequence[int], scores: Sequence[float], resamples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the AUROC (stratified resamples)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    values = [roc_auc_score(labels[idx], scores[idx])
+              for idx in stratified_resamples(labels, resamples, seed)]
+    return percentile_interval(np.array(values), level)
 
 
 def paired_auroc_difference(labels: Sequence[int], scores_a: Sequence[float],
@@ -61,16 +68,10 @@ def paired_auroc_difference(labels: Sequence[int], scores_a: Sequence[float],
     """
     labels = np.asarray(labels)
     scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
-    rng = np.random.default_rng(seed)
-    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    values = np.empty(resamples)
-    for i in range(resamples):
-        idx = np.concatenate([rng.choice(normal, len(normal)), rng.choice(anomalous, len(anomalous))])
-        values[i] = roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx],
-                                                                               scores_b[idx])
-    tail = (1 - level) / 2 * 100
+    values = [roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx], scores_b[idx])
+              for idx in stratified_resamples(labels, resamples, seed)]
     return (auroc(labels, scores_a) - auroc(labels, scores_b),
-            float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            *percentile_interval(np.array(values), level))
 
 
 def pick_threshold(labels: Sequence[int], scores: Sequence[float], metric: str = "youden") -> float:
