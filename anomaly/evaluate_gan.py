@@ -10,7 +10,6 @@ import numpy as np
 from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.fidelity import FidelityCollector, reconstruction_fidelity
-from anomaly.heatmap import heatmap_panel
 from anomaly.io import display_path
 from anomaly.score import Scorer
 
@@ -129,11 +128,7 @@ def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192
 
     def draw(batch_paths: list[Path], scores) -> None:
         for i, path in enumerate(batch_paths):
-            reconstruction = (None if scores.reconstructions is None
-                              else scores.reconstructions[i, 0].numpy())
-            panels[path] = heatmap_panel(scores.inputs[i, 0].numpy(), reconstruction,
-                                         display_size, scorer.heatmap_scale,
-                                         scores.heatmaps[i].numpy())
+            panels[path] = scorer.heatmap_panel(scores, i, display_size)
 
     scorer.score_paths(paths, progress=False, on_batch=draw)
     return panels

@@ -60,13 +60,6 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray | None,
     return np.concatenate([gray, recon, overlay], axis=1)
 
 
-def write_heatmap(path: str | os.PathLike, image: np.ndarray, reconstruction: np.ndarray | None,
-                  display_size: int = 256, heat: np.ndarray | None = None,
-                  scale: float | None = None) -> None:
-    """Write the heatmap panel of one image as PNG (see :func:`heatmap_panel`)."""
-    write_png(path, heatmap_panel(image, reconstruction, display_size, scale, heat))
-
-
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write a uint8 grayscale or BGR image as PNG, creating folders; returns the path."""
     path = Path(path)

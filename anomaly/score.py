@@ -48,6 +48,7 @@ from anomaly.checkpoint import CheckpointError, checkpoint_digest, load_checkpoi
 from anomaly.data import iter_preprocessed_batches, uint8_to_model
 from anomaly.density import flip_embedding, mahalanobis
 from anomaly.device import autocast, resolve_device
+from anomaly.heatmap import heatmap_panel
 from anomaly.lungs import geometric_lung_prior, lung_brightness, lung_opacity, opacity_map
 from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
 from anomaly.preprocess import PreprocessConfig, preprocess
@@ -402,6 +403,15 @@ class Scorer:
         """Heat value shown as full red: 1 for the opacity head's probabilities, so a
         normal film stays cool; None (each image's own maximum) for residual maps."""
         return 1.0 if self.score in ("density", "lesion") else None
+
+    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256
+                      ) -> np.ndarray:
+        """The heatmap panel of image ``index`` of a scored batch: input, G(z) when the
+        mode reconstructs, and the heat over the input (:func:`anomaly.heatmap.heatmap_panel`)."""
+        reconstruction = (None if scores.reconstructions is None
+                          else scores.reconstructions[index, 0].numpy())
+        return heatmap_panel(scores.inputs[index, 0].numpy(), reconstruction, display_size,
+                             self.heatmap_scale, scores.heatmaps[index].numpy())
 
     def _heatmaps(self, images: torch.Tensor, reconstruction: torch.Tensor | None,
                   lesion_map: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from anomaly.heatmap import write_heatmap
+from anomaly.heatmap import write_png
 from anomaly.io import display_path
 from anomaly.score import COMPONENTS, BatchScores, Scorer, ScoreResult
 
@@ -140,11 +140,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             if writer is not None:
                 writer.writerow([row[0], *(f"{v:.6f}" for v in values)])
             if heatmap_dir is not None:
-                reconstruction = None if scores.reconstructions is None \
-                    else scores.reconstructions[i, 0].numpy()
-                write_heatmap(Path(heatmap_dir) / names[path],
-                              scores.inputs[i, 0].numpy(), reconstruction,
-                              heat=scores.heatmaps[i].numpy(), scale=scorer.heatmap_scale)
+                write_png(Path(heatmap_dir) / names[path], scorer.heatmap_panel(scores, i))
             if on_row is not None:
                 on_row(*row)
         if handle is not None:
