@@ -15,6 +15,8 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from anomaly.atomic import write_text_atomically
+
 T = TypeVar("T")
 
 
@@ -91,9 +93,7 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     """Write a config dataclass as YAML (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomically(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def format_config(config: Any) -> str:

@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from anomaly.atomic import write_text_atomically
+
 
 class EvaluationError(ValueError):
     """Scores and labels cannot be evaluated as asked; the message says why."""
@@ -216,7 +218,7 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
         Path of report.json.
     """
     from anomaly.plots import plot_confusion, plot_histogram, plot_roc
-    from anomaly.report_html import GalleryImage, pick_gallery, render_report_html, write_html
+    from anomaly.report_html import GalleryImage, pick_gallery, render_report_html
 
     # the gallery first: drawing it runs the network again, and may fail before any file
     # of this report is replaced
@@ -237,12 +239,8 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
     page = render_report_html(report, figures, gallery[: len(worst_normal)],
                               gallery[len(worst_normal):], title or report["model"], heat_note)
     # the page and the JSON are replaced together, last
-    report_path = out_dir / "report.json"
-    tmp = report_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    write_html(out_dir / "report.html", page)
-    os.replace(tmp, report_path)
-    return report_path
+    write_text_atomically(out_dir / "report.html", page)
+    return write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
 
 
 def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:
@@ -256,7 +254,7 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
         The Markdown table (also written to ``out_dir/comparison.md``).
     """
     from anomaly.plots import plot_roc
-    from anomaly.report_html import render_comparison_html, write_html
+    from anomaly.report_html import render_comparison_html
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +301,7 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     (out_dir / "comparison.md").write_text(table)
     if curves:
         plot_roc(curves, out_dir / "roc.png")
-    write_html(out_dir / "report.html", render_comparison_html(
+    write_text_atomically(out_dir / "report.html", render_comparison_html(
         reports, out_dir / "roc.png" if curves else None, histograms, differences))
     return table
 

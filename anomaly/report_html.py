@@ -248,14 +248,3 @@ metrics below are on each report's test images (compare them only on the same im
 </body></html>
 """
 
-
-def write_html(path: str | os.PathLike, page: str) -> Path:
-    """Write a page through a temporary file, renamed when complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

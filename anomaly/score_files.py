@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from anomaly.atomic import write_text_atomically
 from anomaly.heatmap import write_png
 from anomaly.io import display_path
 from anomaly.score import COMPONENTS, BatchScores, Scorer, ScoreResult
@@ -63,10 +64,7 @@ def check_resume_settings(csv_path: str | os.PathLike, settings: dict) -> None:
 
 def write_settings(csv_path: str | os.PathLike, settings: dict) -> None:
     """Record the settings of a new scores CSV (atomically)."""
-    target = settings_path(csv_path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_text_atomically(settings_path(csv_path), json.dumps(settings, indent=2) + "\n")
 
 
 def heatmap_names(paths: Sequence[Path]) -> dict[Path, str]:
