@@ -121,21 +121,21 @@ def _metrics_table(report: dict) -> str:
 
 def _settings_list(report: dict) -> str:
     """The report's other keys (mode, score, backbone, val AUROC, fidelity ...)."""
-    shown = {}
+    listed = {}
     for key, value in report.items():
         if key in {k for k, _ in METRICS} | {"auroc_ci95", "confusion_matrix", "n", "n_normal",
                                              "n_anomalous", "threshold_source"}:
             continue
         if isinstance(value, float):
-            shown[key] = f"{value:.4g}"
+            listed[key] = f"{value:.4g}"
         elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            shown[key] = ", ".join(f"{k} {v:.4g}" for k, v in value.items())  # e.g. fidelity
+            listed[key] = ", ".join(f"{k} {v:.4g}" for k, v in value.items())  # e.g. fidelity
         elif not isinstance(value, (dict, list)):
-            shown[key] = str(value)
-    if not shown:
+            listed[key] = str(value)
+    if not listed:
         return ""
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
-                    for k, v in shown.items())
+                    for k, v in listed.items())
     return f"<ul class='note'>{items}</ul>"
 
 

@@ -420,8 +420,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
                         f"(found {', '.join(class_names)})")
     fit_start = time.perf_counter()
-    model = build_model(config, len(class_names), log).to(device)  # fails fast on bad weights
-    model = model.to(memory_format=torch.channels_last)  # 1.3x faster convolutions on CPU
+    # fails fast on bad weights; channels-last: 1.3x faster convolutions on CPU
+    model = build_model(config, len(class_names), log).to(device, memory_format=torch.channels_last)
     progress_here = progress and dist.is_main
     train = load_labelled(train_folder, class_names, config, "training", progress_here, log)
     val = load_labelled(val_folder, class_names, config, "validation", progress_here, log)
