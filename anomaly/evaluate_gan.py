@@ -80,8 +80,7 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
         The report dict (also written to ``out_dir/report.json``).
     """
     scorer = Scorer.from_checkpoint(model, **scorer_options)
-    log(f"scoring with mode {scorer.mode}, score {scorer.score} ({scorer.iterations} "
-        f"iterations, lambda {scorer.lam})")
+    log(f"scoring with {describe_scorer(scorer)}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
     paths, labels, scores = score_labelled(scorer, test, progress, log)
@@ -103,10 +102,21 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     write_report(out_dir, report, paths, labels, scores,
                  title=f"GAN ({scorer.mode}, {scorer.score})",
                  panels=lambda chosen: heatmap_panels(scorer, chosen),
-                 heat_note=HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
+                 heat_note=CRITIC_HEAT_NOTE if scorer.mode == "critic" else
+                 HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
     return report
 
 
+def describe_scorer(scorer: Scorer) -> str:
+    """One line: mode, score and, where the mode searches, its steps and lambda."""
+    search = (f", {scorer.iterations} iterations, lambda {scorer.lam}"
+              if scorer.reconstructs else "")
+    return f"mode {scorer.mode}, score {scorer.score}{search}, device {scorer.device}"
+
+
+CRITIC_HEAT_NOTE = ("Left: the preprocessed input. Right: where the critic's features push "
+                    "the film away from the normal films (Grad-CAM of the density on its "
+                    "16 x 16 map; full red = the 99th percentile over training normals).")
 HEAT_NOTES = {
     "density": "Left: the preprocessed input. Right: where the critic finds opacity "
                "(its opacity head, full red = probability 1).",
@@ -118,6 +128,7 @@ HEAT_NOTES = {
 }
 HEAT_NOTES["fused"] = HEAT_NOTES["lung-opacity"]
 HEAT_NOTES["lesion"] = HEAT_NOTES["density"]
+HEAT_NOTES["logit"] = CRITIC_HEAT_NOTE
 
 
 def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192
@@ -130,7 +141,7 @@ def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192
         for i, path in enumerate(batch_paths):
             panels[path] = scorer.heatmap_panel(scores, i, display_size)
 
-    scorer.score_paths(paths, progress=False, on_batch=draw)
+    scorer.score_paths(paths, progress=False, on_batch=draw, heatmaps=True)
     return panels
 
 

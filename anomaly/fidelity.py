@@ -60,7 +60,7 @@ def reconstruction_fidelity(scorer: Scorer, normal_paths: Sequence[str | os.Path
         ``{"mae": ..., "ssim": ..., "n": ...}``, or None when the mode makes no
         reconstruction or no image could be read.
     """
-    if scorer.mode == "discriminator":
+    if not scorer.reconstructs:
         return None
     collector = FidelityCollector()
     scorer.score_paths(normal_paths, progress=False, on_batch=collector)

@@ -17,9 +17,12 @@ from typing import Callable, Sequence
 from anomaly.atomic import write_text_atomically
 from anomaly.heatmap import write_png
 from anomaly.io import display_path
-from anomaly.score import COMPONENTS, BatchScores, Scorer, ScoreResult
+from anomaly.score import BatchScores, Scorer, ScoreResult
 
-CSV_HEADER = ["path", "score", *COMPONENTS]
+
+def csv_header(scorer: Scorer) -> list[str]:
+    """A scores CSV's header: ``path,score`` and then the scorer's components."""
+    return ["path", "score", *scorer.component_names]
 
 
 def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
@@ -95,8 +98,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
     Args:
         scorer: a loaded scorer.
         paths: image files.
-        out_csv: CSV with header ``path,score`` and then every component (see
-            ``anomaly.score.COMPONENTS``), flushed per batch.
+        out_csv: CSV with header ``path,score`` and then the scorer's components
+            (:func:`csv_header`), flushed per batch.
         heatmap_dir: folder for one three-panel PNG per image.
         resume: keep an existing CSV and skip the paths it already holds.
         on_row: called with (path, score, *components) for each image.
@@ -127,13 +130,14 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                       errors="surrogateescape")
         writer = csv.writer(handle)
         if not append:
-            writer.writerow(CSV_HEADER)
+            writer.writerow(csv_header(scorer))
             if record_settings:
                 write_settings(out_csv, scorer.output_settings())
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
         for i, path in enumerate(batch_paths):
-            values = [float(getattr(scores, name)[i]) for name in ("score", *COMPONENTS)]
+            values = [float(scores.score[i]),
+                      *(float(scores.components[name][i]) for name in scorer.component_names)]
             row = (str(path), *values)
             if writer is not None:
                 writer.writerow([row[0], *(f"{v:.6f}" for v in values)])
@@ -146,7 +150,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             os.fsync(handle.fileno())
 
     try:
-        return scorer.score_paths(paths, progress=progress, on_batch=write_batch)
+        return scorer.score_paths(paths, progress=progress, on_batch=write_batch,
+                                  heatmaps=heatmap_dir is not None)
     finally:
         if handle is not None:
             handle.close()
@@ -177,7 +182,7 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
     dist.barrier()
     if dist.is_main:
         leftovers = sorted(out_csv.parent.glob(f"{out_csv.name}.rank*")) if resume else []
-        merge_shards(out_csv, leftovers, append=resume)  # a new CSV: just the header
+        merge_shards(out_csv, leftovers, csv_header(scorer), append=resume)  # new: the header
         write_settings(out_csv, scorer.output_settings())
     dist.barrier()
     done = read_scored_paths(out_csv)
@@ -189,22 +194,22 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
     dist.barrier()
     if dist.is_main:
         merge_shards(out_csv, [out_csv.with_name(f"{out_csv.name}.rank{r}")
-                               for r in range(dist.world_size)], append=True)
+                               for r in range(dist.world_size)], csv_header(scorer), append=True)
     dist.barrier()
     dist.teardown()
     return result
 
 
-def merge_shards(out_csv: Path, shards: list[Path], append: bool) -> None:
-    """Append shard CSVs (same header) to ``out_csv``, skipping paths it already holds,
-    and delete the shards. Without ``append`` the CSV is started anew."""
+def merge_shards(out_csv: Path, shards: list[Path], header: list[str], append: bool) -> None:
+    """Append shard CSVs (with ``header``) to ``out_csv``, skipping paths it already
+    holds, and delete the shards. Without ``append`` the CSV is started anew."""
     append = append and out_csv.exists() and out_csv.stat().st_size > 0
     done = read_scored_paths(out_csv) if append else set()
     with open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
               errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         if not append:
-            writer.writerow(CSV_HEADER)
+            writer.writerow(header)
         for shard in shards:
             if not shard.exists():
                 continue
@@ -212,7 +217,7 @@ def merge_shards(out_csv: Path, shards: list[Path], append: bool) -> None:
                 rows = csv.reader(part)
                 next(rows, None)
                 for row in rows:  # a row cut short by a kill is left out
-                    if len(row) == len(CSV_HEADER) and row[0] not in done:
+                    if len(row) == len(header) and row[0] not in done:
                         writer.writerow(row)
                         done.add(row[0])
             handle.flush()

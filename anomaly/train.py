@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,12 +21,19 @@ from tqdm import tqdm
 
 from anomaly import distributed
 from anomaly.augment import diff_augment
-from anomaly.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from anomaly.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from anomaly.config import format_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
 from anomaly.errors import TrainingDiverged
+from anomaly.families.critic.train import CriticConfig, train_critic
 from anomaly.io import display_path
 from anomaly.lesions import lesion_targets, paste_opacities
 from anomaly.lungs import lung_field_prior
@@ -46,9 +53,10 @@ class TrainConfig:
     """Everything ``anomaly train-gan`` needs; YAML keys are these field names.
 
     The defaults are the recommended settings, the same as ``configs/chest_xray.yaml``:
-    the DCGAN discriminator at 128 px taught to find synthetic opacities, with the
-    adversarial game off (it made the features worse; README, "Results"). A plain DCGAN:
-    ``lesion_weight: 0`` and ``adversarial_weight: 1`` (``configs/dcgan64.yaml``).
+    first the opacity critic at 128 px (``critic_*``; it scores by default), then a plain
+    DCGAN at the same size with its f-AnoGAN encoder (``epochs``, ``encoder_epochs``), for
+    latent search and reconstruction scores. ``critic_epochs: 0`` trains the DCGAN alone
+    (``configs/dcgan64.yaml``), ``epochs: 0`` the critic alone.
     """
 
     # preprocessing (stored in the checkpoint, reused by scoring)
@@ -63,9 +71,17 @@ class TrainConfig:
     generator_width: int = 32
     discriminator_width: int = 32
     max_channels: int = 512
-    spectral_norm: bool = False
-    # GAN optimisation
-    epochs: int = 30
+    spectral_norm: bool = True
+    # the opacity critic (anomaly.families.critic), trained first: the default scorer
+    critic_epochs: int = 30
+    critic_batch_size: int = 32
+    critic_lr: float = 2e-3  # peak of the one-cycle schedule (AdamW)
+    critic_weight_decay: float = 1e-4
+    critic_width: int = 32
+    critic_gamma_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    critic_shift_fraction: float = 1 / 16
+    # GAN optimisation (epochs: 0 trains no DCGAN)
+    epochs: int = 25
     batch_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.5
@@ -73,15 +89,15 @@ class TrainConfig:
     label_smoothing: float = 0.1
     flip: bool = True
     # DiffAugment: brightness, contrast, translation of D's real and fake inputs
-    diff_augment: bool = False
+    diff_augment: bool = True
     # synthetic opacities (anomaly.lesions): D also learns to find them in half of each
     # real batch, with this weight on its loss; 0 turns the task off (a plain DCGAN)
-    lesion_weight: float = 1.0
+    lesion_weight: float = 0.0
     # weight of D's real/fake loss beside the lesion task; 0 trains no generator at all
     # (the critic alone)
-    adversarial_weight: float = 0.0
+    adversarial_weight: float = 1.0
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
-    encoder_epochs: int = 0
+    encoder_epochs: int = 10
     encoder_lr: float = 1e-4
     encoder_kappa: float = 1.0
     # held-out normal images for fitting score statistics (never trained on), split by
@@ -110,9 +126,21 @@ class TrainConfig:
                                self.discriminator_width, self.max_channels, self.spectral_norm,
                                lesion_head=self.lesion_weight > 0)
 
+    def critic_config(self) -> CriticConfig:
+        """The critic's part of this config."""
+        return CriticConfig(self.critic_epochs, self.critic_batch_size, self.critic_lr,
+                            self.critic_weight_decay, self.critic_width,
+                            tuple(self.critic_gamma_range), self.critic_shift_fraction,
+                            self.seed)
+
     def __post_init__(self) -> None:
-        if self.adversarial_weight <= 0 and self.lesion_weight <= 0:
+        if self.epochs > 0 and self.adversarial_weight <= 0 and self.lesion_weight <= 0:
             raise ValueError("adversarial_weight: 0 needs lesion_weight > 0 (nothing to train)")
+        if self.epochs <= 0 and self.critic_epochs <= 0:
+            raise ValueError("epochs: 0 and critic_epochs: 0 train nothing")
+        if len(self.critic_gamma_range) != 2 or not 0 < self.critic_gamma_range[0] <= \
+                self.critic_gamma_range[1]:
+            raise ValueError("critic_gamma_range must be [low, high] with 0 < low <= high")
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
@@ -184,17 +212,31 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
     return loaded, holdout_paths, by_patient
 
 
-def build_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
-                optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
-                order_rng: torch.Generator, holdout: list[Path], holdout_by_patient: int,
-                data_dir: str | os.PathLike, lung_prior: torch.Tensor) -> dict:
-    """Assemble a self-describing checkpoint dict."""
+def run_state(config: TrainConfig, holdout: list[Path], holdout_by_patient: int,
+              data_dir: str | os.PathLike, lung_prior: torch.Tensor) -> dict:
+    """The part of a checkpoint every family shares: what the run was trained on and how
+    its images are preprocessed. Each family adds its own keys (:func:`family_state` for
+    the DCGAN, ``"critic"`` for the critic) and ``families`` lists those it holds."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": asdict(config.architecture()),
+        "families": [],
         "preprocess": asdict(config.preprocess_config()),
         "train_config": asdict(config),
+        "holdout_paths": [str(p) for p in holdout],
+        "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
+        "data_dir": str(Path(data_dir).resolve()),
+        "lung_prior": lung_prior.cpu(),
+        "generator_trained": False,
+    }
+
+
+def family_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
+                 optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
+                 order_rng: torch.Generator) -> dict:
+    """The DCGAN's part of a checkpoint."""
+    return {
+        "architecture": asdict(config.architecture()),
         "epoch": epoch,
         "generator": generator.state_dict(),
         "discriminator": discriminator.state_dict(),
@@ -203,12 +245,16 @@ def build_state(config: TrainConfig, generator: Generator, discriminator: Discri
         "fixed_noise": fixed_noise.cpu(),
         "torch_rng": torch.get_rng_state(),
         "order_rng": order_rng.get_state(),
-        "holdout_paths": [str(p) for p in holdout],
-        "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
-        "data_dir": str(Path(data_dir).resolve()),
-        "lung_prior": lung_prior.cpu(),
         "generator_trained": config.adversarial_weight > 0,
     }
+
+
+def with_family(state: dict, name: str, part: dict) -> dict:
+    """``state`` with a family's part added (the critic's under its name, the DCGAN's at
+    the top level, where checkpoints of format 1 keep it) and listed in ``families``."""
+    merged = {**state, name: part} if name != "dcgan" else {**state, **part}
+    merged["families"] = sorted(set(state.get("families", [])) | {name})
+    return merged
 
 
 def mixed_precision(config: TrainConfig, device: torch.device) -> bool:
@@ -225,13 +271,17 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
               resume: bool = False, progress: bool = True, log=print) -> Path:
-    """Train a DCGAN on the normal images under ``data_dir``.
+    """Train a run on the normal images under ``data_dir``: the opacity critic
+    (``critic_epochs``), then the DCGAN (``epochs``) and its encoder (``encoder_epochs``).
+
+    Each part starts from its own seed, so the critic does not depend on whether a
+    DCGAN follows it. Afterwards the score statistics of the held-out normals are stored.
 
     Args:
         config: training settings.
         data_dir: folder of normal images (found recursively).
         run_dir: output folder: ``checkpoints/last.pt``, ``config.yaml``, TensorBoard events.
-        resume: continue from ``run_dir``'s last checkpoint.
+        resume: continue from ``run_dir``'s last checkpoint (each part where it stopped).
         progress: show a progress bar.
         log: where messages go (rank 0 only under torchrun).
 
@@ -246,7 +296,6 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     log = log if dist.is_main else (lambda *a, **k: None)
     device = dist.device if dist.world_size > 1 else resolve_device(config.device)
     use_amp = mixed_precision(config, device)
-    torch.manual_seed(config.seed)
     log(f"device: {device}{' with mixed precision' if use_amp else ''}"
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
     log("config:\n" + format_config(config))
@@ -255,6 +304,63 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                                                                   progress)
     images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
     lung_prior = lung_field_prior(loaded.images)  # from the training normals only
+    last = checkpoint_path(run_dir)
+    previous = load_checkpoint(last) if resume and last.exists() else None
+    if resume:
+        log(f"resuming from {display_path(last)}" if previous else
+            f"no checkpoint at {display_path(last)}; starting a new run")
+    state = run_state(config, holdout, holdout_by_patient, data_dir, lung_prior)
+    if previous is not None:  # keep what each family has trained so far
+        state = {**previous, **{k: v for k, v in state.items() if k != "families"}}
+        state["generator_trained"] = previous.get("generator_trained", False)
+    if dist.is_main:
+        save_config(config, run_dir / "config.yaml")
+    writer = SummaryWriter(str(run_dir)) if dist.is_main else None
+    if writer is not None and previous is None:
+        writer.add_image("real", make_grid(uint8_to_model(loaded.images[:64]), nrow=8,
+                                           normalize=True, value_range=(-1, 1)), 0)
+
+    if config.critic_epochs > 0:
+        done = state.get("critic", {})
+        if done.get("density") is None or done.get("epoch", 0) < config.critic_epochs:
+            def save_critic(part: dict) -> None:
+                save_checkpoint(with_family(state, "critic", part), last)
+
+            part = train_critic(config.critic_config(), images, lung_prior, dist, device,
+                                use_amp, save_critic, resume_state=done or None,
+                                writer=writer, progress=progress, log=log)
+            state = with_family(state, "critic", part)
+            if dist.is_main:
+                save_checkpoint(state, last)
+    if config.epochs > 0:
+        state = train_dcgan(config, images, lung_prior, state, last, dist, device, use_amp,
+                            writer, holdout, progress, log)
+    if writer is not None:
+        writer.close()
+    if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
+        raise DataError(f"{display_path(run_dir)}: no epochs were run")
+    if dist.is_main and config.epochs > 0:
+        fit_feature_density(last, images, device, config.batch_size, log=log)
+    if dist.is_main and config.epochs > 0 and config.encoder_epochs > 0 \
+            and config.adversarial_weight > 0:
+        train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
+    elif dist.is_main:
+        fit_score_statistics(last, log=log)
+    dist.barrier()
+    dist.teardown()
+    return last
+
+
+def train_dcgan(config: TrainConfig, images: torch.Tensor, lung_prior: torch.Tensor,
+                state: dict, last: Path, dist, device: torch.device, use_amp: bool,
+                writer, holdout: list[Path], progress: bool = True, log=print) -> dict:
+    """Train the DCGAN (G and D) on the normal films ``images``; return the run's state
+    with the DCGAN's part, which is also saved to ``last`` every epoch.
+
+    Per batch: (1) update D (and, with ``lesion_weight``, its opacity head), (2) update G.
+    Resumes from ``state`` when it holds a DCGAN part.
+    """
+    torch.manual_seed(config.seed)
     arch = config.architecture()
     generator, discriminator = Generator(arch).to(device), Discriminator(arch).to(device)
     generator.apply(init_dcgan_weights)
@@ -266,9 +372,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     fixed_noise = torch.randn(config.sample_count, arch.latent_dim,
                               generator=torch.Generator().manual_seed(config.seed + 1))
     start_epoch = 0
-    last = checkpoint_path(run_dir)
-    if resume and last.exists():
-        state = load_checkpoint(last)
+    if "generator" in state:
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         optimizer_g.load_state_dict(state["optimizer_g"])
@@ -276,9 +380,7 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         torch.set_rng_state(state["torch_rng"])
         order_rng.set_state(state["order_rng"])
         start_epoch = int(state["epoch"])
-        log(f"resuming from {display_path(last)} at epoch {start_epoch}")
-    elif resume:
-        log(f"no checkpoint at {display_path(last)}; starting a new run")
+        log(f"DCGAN: resuming at epoch {start_epoch}")
     lesions = config.lesion_weight > 0
     adversarial = config.adversarial_weight > 0
     # G is wrapped in DistributedDataParallel; D's features and heads are called one by
@@ -287,20 +389,14 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     lung_prior_device = lung_prior.to(device)
     watched = watched_images(holdout, config.preprocess_config(), device) \
         if dist.is_main and lesions else None
-    if dist.is_main:
-        save_config(config, run_dir / "config.yaml")
-    writer = SummaryWriter(str(run_dir)) if dist.is_main else None
     scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
     def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
         return diff_augment(batch) if config.diff_augment else batch
-    count = len(loaded.paths)
+    count = len(images)
     batch_size = min(config.batch_size, count)
     step = start_epoch * max(1, count // (batch_size * dist.world_size))
-    if writer is not None and start_epoch == 0:
-        writer.add_image("real", make_grid(uint8_to_model(loaded.images[:64]), nrow=8,
-                                           normalize=True, value_range=(-1, 1)), 0)
 
     for epoch in range(start_epoch, config.epochs):
         generator.train()
@@ -397,31 +493,18 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
                     writer.add_image("held-out normals: input | opacities pasted | found",
                                      lesion_panel(d, watched, lung_prior_device), epoch + 1)
             writer.flush()
-            save_checkpoint(build_state(config, g, d, optimizer_g, optimizer_d, epoch + 1,
-                                        fixed_noise, order_rng, holdout, holdout_by_patient,
-                                        data_dir, lung_prior),
-                            last)
+            state = with_family(state, "dcgan", family_state(
+                config, g, d, optimizer_g, optimizer_d, epoch + 1, fixed_noise, order_rng))
+            save_checkpoint(state, last)
             log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
                 + (f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}"
                    if adversarial else f"opacity loss {loss_lesion.item():.3f}"))
         dist.barrier()
 
-    if writer is not None:
-        writer.close()
     if dist.world_size > 1:
         dist.check_replicas_identical([_unwrap(generator), _unwrap(discriminator)])
         log(f"weights identical on all {dist.world_size} ranks")
-    if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
-        raise DataError(f"{display_path(run_dir)}: no epochs were run")
-    if dist.is_main:
-        fit_feature_density(last, images, device, batch_size, log=log)
-    if dist.is_main and config.encoder_epochs > 0:
-        train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
-    elif dist.is_main:
-        fit_score_statistics(last, log=log)
-    dist.barrier()
-    dist.teardown()
-    return last
+    return state
 
 
 def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.PathLike | None = None,
@@ -442,6 +525,9 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         Path of the updated checkpoint.
     """
     state = load_checkpoint(model)
+    if "generator" not in state or not state.get("generator_trained", True):
+        raise CheckpointError(f"{display_path(model)}: no trained DCGAN generator to train an "
+                              "encoder for (train-gan with epochs > 0 and adversarial_weight > 0)")
     config = TrainConfig(**state["train_config"])
     lr = lr or config.encoder_lr
     kappa = config.encoder_kappa if kappa is None else kappa
@@ -549,7 +635,8 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     score, and ``anomaly evaluate`` uses the 95% quantile of their scores as the
     threshold when no labelled validation folder is given.
     """
-    from anomaly.score import Scorer, default_mode, default_score
+    from anomaly.families import ONE_PASS_MODES
+    from anomaly.score import Scorer, available_modes, default_mode
 
     path = Path(model)
     path = checkpoint_path(path) if path.is_dir() else path
@@ -557,10 +644,14 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     holdout = [Path(p) for p in state.get("holdout_paths", [])]
     if not holdout:
         return
-    mode = default_mode(state)  # other modes score the held-out images on demand
-    scorer = Scorer.from_state(state, mode=mode, score=default_score(state))
-    result = scorer.score_paths(holdout, progress=False)
-    state["score_stats"] = {mode: {**result.statistics(), **scorer.settings(),
-                                   "components": result.components()}}
+    default = default_mode(state)  # search modes score the held-out images on demand
+    modes = [m for m in available_modes(state) if m in ONE_PASS_MODES or m == default]
+    state["score_stats"] = {}
+    for mode in modes:
+        scorer = Scorer.from_state(state, mode=mode)
+        result = scorer.score_paths(holdout, progress=False)
+        state["score_stats"][mode] = {**result.statistics(), **scorer.settings(),
+                                      "components": result.components()}
     save_checkpoint(state, path)
-    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: {mode}")
+    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
+        f"{', '.join(modes)}")

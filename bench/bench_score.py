@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from anomaly.checkpoint import load_checkpoint
 from anomaly.data import find_images, load_images, uint8_to_model
 from anomaly.device import resolve_device
-from anomaly.score import DEFAULT_ITERATIONS, Scorer, available_modes
+from anomaly.families.dcgan import DEFAULT_ITERATIONS, available_modes
+from anomaly.score import Scorer
 from bench.common import (
     machine_info,
     markdown_table,
@@ -50,11 +51,12 @@ def reference_score(scorer: Scorer, image: torch.Tensor, iterations: int) -> flo
 
     Starts from the same seeded z, learning rate and Adam betas as the Scorer, so its
     result should match mode ``search`` on CPU (float32)."""
-    generator, discriminator, lam = scorer.generator, scorer.discriminator, scorer.lam
+    family = scorer.family
+    generator, discriminator, lam = family.generator, family.discriminator, family.lam
     image = image.to(scorer.device)
-    z = torch.randn(1, scorer.latent_dim, generator=torch.Generator().manual_seed(scorer.seed))
+    z = torch.randn(1, family.latent_dim, generator=torch.Generator().manual_seed(family.seed))
     z = z.to(scorer.device).requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=scorer.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam([z], lr=family.lr, betas=(0.9, 0.999))
     for _ in range(iterations):
         optimizer.zero_grad()
         fake = generator(z)
@@ -166,8 +168,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     state = load_checkpoint(args.model)
-    # search is timed even where the generator was never trained (the same work)
-    modes = list(dict.fromkeys([*available_modes(state), "search"]))
+    modes = available_modes(state)  # the DCGAN's (the critic: bench_critic.py)
+    if "search" not in modes:
+        raise SystemExit(f"{args.model}: no trained DCGAN generator to time the search with")
     options = dict(device=str(device), batch_size=args.batch_size, amp=not args.no_amp)
     iterations = {"discriminator": 0, "search": args.iterations, "encoder": 0,
                   "encoder-search": args.encoder_search_iterations}
@@ -180,13 +183,13 @@ def main(argv=None) -> None:
                for mode in modes}
     search = scorers["search"]
     images, distinct = load_inputs(args.data, args.images, search)
-    arch = search.generator.arch
+    arch = search.family.generator.arch
     info = machine_info(device)
     print("# Scoring benchmark\n")
     print_machine(info)
     print(f"Model: {args.model} ({arch.image_size}x{arch.image_size}, latent {arch.latent_dim}, "
           f"widths G {arch.generator_width} / D {arch.discriminator_width}); modes: "
-          f"{', '.join(modes)}; mixed precision: {search.use_amp}")
+          f"{', '.join(modes)}; mixed precision: {search.family.use_amp}")
     print(f"Images: {len(images)} ({distinct} distinct files from {args.data}), preprocessed "
           f"once and not timed; reference on {args.reference_images}; medians of "
           f"{args.repeats} runs.\n")
@@ -194,9 +197,9 @@ def main(argv=None) -> None:
     # FLOPs of single forward passes, and the machine's matmul rate
     z = torch.zeros(1, arch.latent_dim, device=device)
     x = images[:1].to(device)
-    g = forward_flops(search.generator, z)
-    f = forward_flops(search.discriminator.features, x)
-    e = forward_flops(search.encoder, x) if search.encoder is not None else 0
+    g = forward_flops(search.family.generator, z)
+    f = forward_flops(search.family.discriminator.features, x)
+    e = forward_flops(search.family.encoder, x) if search.family.encoder is not None else 0
     size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak = matmul_gflops(device, size)
     print("## Work per image\n")
@@ -242,9 +245,9 @@ def main(argv=None) -> None:
         if mode not in scorers:
             continue
         scorer = scorers[mode]
-        scorer.iterations, steps = min(2, iterations[mode]), iterations[mode]
+        scorer.family.iterations, steps = min(2, iterations[mode]), iterations[mode]
         scorer.score_tensor(images[: args.batch_size])  # warm-up
-        scorer.iterations = steps
+        scorer.family.iterations = steps
         result: list[np.ndarray] = []
         seconds, times = median_time(lambda s=scorer, r=result: r.append(score_all(s, images)),
                                      device, args.repeats)
@@ -272,7 +275,7 @@ def main(argv=None) -> None:
             if mode in scorers:
                 scorer = scorers[mode]
                 if mode == "search":
-                    scorer.iterations = min(args.iterations, args.profile_iterations)
+                    scorer.family.iterations = min(args.iterations, args.profile_iterations)
                 profile(scorer, images, rows=15)
     if args.json:
         out = {"machine": info, "settings": vars(args), "forward_flops":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -9,12 +10,9 @@ from pathlib import Path
 import click
 
 from anomaly import distributed
+from anomaly.families import MODES, SCORES  # the families' declarations, without torch
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
-
-# the same names as anomaly.score.MODES and SCORES (kept here so --help needs no torch)
-MODES = ["discriminator", "search", "encoder", "encoder-search"]
-SCORES = ["density", "lesion", "lung-opacity", "fused", "anogan", "lung-brightness"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +26,9 @@ def main() -> None:
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config (configs/*.yaml).")
 @click.option("--image-size", type=int, help="Power of two, 32 to 256.")
-@click.option("--epochs", type=int)
+@click.option("--critic-epochs", type=int,
+              help="Epochs of the opacity critic, trained first (0: no critic).")
+@click.option("--epochs", type=int, help="Epochs of the DCGAN, trained next (0: no DCGAN).")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
@@ -42,17 +42,21 @@ def main() -> None:
 @click.option("--seed", type=int)
 @device_option
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/last.pt.")
-@click.option("--dry-run", is_flag=True, help="One epoch on at most 64 images.")
+@click.option("--dry-run", is_flag=True,
+              help="At most one epoch of each part, on at most 64 images.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @user_errors_as_messages
 def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, **overrides):
-    """Train a DCGAN on normal images only."""
+    """Train on normal images only: the opacity critic, then a DCGAN and its encoder."""
     from anomaly.config import load_config
     from anomaly.train import TrainConfig, train_gan
 
-    if dry_run:
-        overrides.update(epochs=1, max_images=min(overrides.get("max_images") or 64, 64))
     config = load_config(TrainConfig, config_file, overrides)
+    if dry_run:  # at most one epoch of each part, on at most 64 images
+        config = dataclasses.replace(
+            config, epochs=min(config.epochs, 1), critic_epochs=min(config.critic_epochs, 1),
+            encoder_epochs=min(config.encoder_epochs, 1),
+            max_images=min(config.max_images or 64, 64))
     last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress)
     if distributed.is_main():
         click.echo(f"checkpoint: {display_path(last)}")
@@ -82,13 +86,15 @@ def scorer_options(command):
     """Scoring options shared by ``score`` and ``evaluate``."""
     options = [
         click.option("--mode", type=click.Choice(MODES),
-                     help="Default: discriminator where D learned synthetic opacities, "
-                          "else encoder when the checkpoint has one, else search (AnoGAN)."),
+                     help="Default: critic where the run has one, else the DCGAN's best "
+                          "(encoder when trained, else search: AnoGAN)."),
         click.option("--score", "score_kind", type=click.Choice(SCORES),
-                     help="How components become the score (default: density where D "
-                          "learned synthetic opacities, else lung-opacity; anogan: residual "
-                          "+ lambda * discrimination; lung-brightness: the no-GAN baseline)."),
-        click.option("--iterations", type=int, help="Latent-search steps (search: 500)."),
+                     help="How components become the score (default: the mode's own; "
+                          "critic: density; DCGAN: lung-opacity; anogan: residual + lambda "
+                          "* discrimination; lung-brightness: the no-GAN baseline)."),
+        click.option("--iterations", type=int,
+                     help="Latent-search steps (search: 500, encoder-search: 20; other "
+                          "modes refuse it)."),
         click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
                      help="Adam learning rate for z."),
         click.option("--lambda", "lam", type=float, default=0.1, show_default=True,
@@ -117,6 +123,7 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
                   search_lr, lam, batch_size, seed, device, resume, max_images, no_progress):
     """Score images: higher = more anomalous. Prints one line per image."""
     from anomaly.data import find_images
+    from anomaly.evaluate_gan import describe_scorer
     from anomaly.score import Scorer
     from anomaly.score_files import score_files, score_files_sharded
 
@@ -128,8 +135,7 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
     scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
                                     lr=search_lr, lam=lam, batch_size=batch_size,
                                     device=device or "auto", seed=seed)
-    click.echo(f"mode: {scorer.mode}, score: {scorer.score}, {scorer.iterations} iterations, "
-               f"lambda {scorer.lam}, device {scorer.device}", err=True)
+    click.echo(describe_scorer(scorer), err=True)
 
     def print_row(path, score, *components):
         tqdm_write(f"{display_path(path)}\t{score:.6f}")

@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     scorer = Scorer.from_state(state, mode="discriminator", score="density", device="cpu")
     held = {str(p) for p in state.get("holdout_paths", [])}
     train_paths = [p for p in find_images(args.train or state["data_dir"]) if str(p) not in held]
-    train = cell_vectors(scorer.discriminator,
+    train = cell_vectors(scorer.family.discriminator,
                          load_images(train_paths, scorer.preprocess_config,
                                      progress=False).images, args.map_size)
     grid = int(round(train.shape[1] ** 0.5))
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
         loaded = load_images(folder.paths, scorer.preprocess_config, progress=False)
         label_of = dict(zip(folder.paths, folder.binary_labels))
         labels = np.array([label_of[p] for p in loaded.paths])
-        vectors = cell_vectors(scorer.discriminator, loaded.images, args.map_size)
+        vectors = cell_vectors(scorer.family.discriminator, loaded.images, args.map_size)
         score = torch.stack([mahalanobis(vectors[:, i], densities[i]) for i in cells]).mean(0)
         print(f"{Path(folder_path).name}: cell density AUROC {auroc(labels, score.numpy()):.3f}")
 

@@ -30,10 +30,10 @@ from anomaly.score import Scorer
 def variants(scorer: Scorer, images: torch.Tensor, prior: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-image values of each variant (higher = more anomalous)."""
     with torch.no_grad():
-        features = scorer.discriminator.features(images)
-        reconstruction = scorer.generator(scorer.encoder(images))
-        critic = -scorer.discriminator.logits(features)
-        discrimination = (features - scorer.discriminator.features(reconstruction)).abs()
+        features = scorer.family.discriminator.features(images)
+        reconstruction = scorer.family.generator(scorer.family.encoder(images))
+        critic = -scorer.family.discriminator.logits(features)
+        discrimination = (features - scorer.family.discriminator.features(reconstruction)).abs()
     residual = images - reconstruction
     geometric = geometric_lung_prior(images.shape[-1])
 

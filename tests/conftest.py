@@ -35,10 +35,16 @@ def write_images(folder: Path, count: int, seed: int, blob: bool = False, size: 
     return paths
 
 
-# the classic DCGAN (no synthetic-opacity task); tests of the lesion task turn it on
+# the classic DCGAN alone (no critic, no synthetic-opacity task); tests of the critic
+# and of the lesion task turn them on
 TINY_CONFIG = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
                    batch_size=8, epochs=2, holdout_fraction=0.0, seed=0, lesion_weight=0.0,
-                   adversarial_weight=1.0)
+                   adversarial_weight=1.0, critic_epochs=0, spectral_norm=False,
+                   diff_augment=False, encoder_epochs=0)
+# the built-in defaults (critic, then DCGAN and encoder), shrunk to run in seconds
+TINY_DEFAULT = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
+                    batch_size=8, epochs=1, encoder_epochs=1, critic_epochs=2,
+                    critic_batch_size=8, critic_width=4, holdout_fraction=0.25, seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +68,17 @@ def trained_run(tmp_path_factory, normal_dir) -> Path:
     from anomaly.train import TrainConfig, train_gan
 
     run = tmp_path_factory.mktemp("run")
-    config = TrainConfig(**TINY_CONFIG, encoder_epochs=1)
+    config = TrainConfig(**{**TINY_CONFIG, "encoder_epochs": 1})
     train_gan(config, normal_dir, run, progress=False, log=lambda *a: None)
+    return run
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, normal_dir) -> Path:
+    """The built-in defaults at toy size: a critic, then a DCGAN with its encoder."""
+    from anomaly.train import TrainConfig, train_gan
+
+    run = tmp_path_factory.mktemp("default_run")
+    train_gan(TrainConfig(**TINY_DEFAULT), normal_dir, run, progress=False,
+              log=lambda *a: None)
     return run

@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("bench")
     write_images(root / "images", 16, seed=5)
-    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1}, encoder_epochs=1)
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "encoder_epochs": 1})
     train_gan(config, root / "images", root / "run", progress=False, log=lambda *a: None)
     return root / "run", root / "images"
 
@@ -92,3 +92,18 @@ def test_score_variants_example_prints_a_row_per_variant(trained_run, labelled_d
     assert len(rows) == 15 and all(0 <= v <= 1 for v in rows.values())
     # the bright blobs of the synthetic "pneumonia" images are what the opacity score sees
     assert rows["max(blur2(x - G(z)), 0), geometric lungs"] > 0.5
+
+
+def test_bench_critic(tmp_path, normal_dir):
+    from anomaly.train import TrainConfig, train_gan
+    from tests.test_critic import CRITIC_ONLY
+
+    run = tmp_path / "critic"
+    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, progress=False, log=lambda *a: None)
+    out = run_script("bench_critic.py", "--model", run, "--data", normal_dir, "--images", 10,
+                     "--batch-size", 4, "--repeats", 1, "--threads", 1,
+                     "--json", tmp_path / "critic.json")
+    assert "mode critic, score density" in out and "files to scores" in out
+    figures = json.loads((tmp_path / "critic.json").read_text())
+    assert [r["images"] for r in figures["results"]] == [10, 10, 10]
+    assert all(r["images_per_second"] > 0 for r in figures["results"])

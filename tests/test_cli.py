@@ -28,7 +28,8 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
     write_images(val_dir / "PNEUMONIA", 6, seed=13, blob=True)
     run_dir = tmp_path / "run"
     result = run("train-gan", "--data", normal_dir, "--out", run_dir, "--image-size", 32,
-                 "--epochs", 1, "--batch-size", 8, "--encoder-epochs", 1, "--no-progress")
+                 "--critic-epochs", 2, "--epochs", 1, "--batch-size", 8, "--encoder-epochs", 1,
+                 "--no-progress")
     assert result.exit_code == 0, result.output
     assert (run_dir / "checkpoints" / "last.pt").exists()
 

@@ -16,7 +16,7 @@ from anomaly.score import BatchScores, Scorer
 
 def scores_of(inputs: torch.Tensor, reconstructions: torch.Tensor | None) -> BatchScores:
     nan = np.full(len(inputs), np.nan)
-    return BatchScores(nan, nan, nan, nan, nan, nan, nan, nan, inputs=inputs,
+    return BatchScores(nan, {"residual": nan}, inputs=inputs,
                        reconstructions=reconstructions, heatmaps=inputs[:, 0])
 
 

@@ -12,7 +12,7 @@ import torch
 from anomaly.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from anomaly.data import find_images
 from anomaly.lungs import central_ellipse, lung_field_prior, lung_opacity, opacity_map
-from anomaly.score import COMPONENTS, Scorer
+from anomaly.score import Scorer
 from anomaly.score_files import score_files
 from anomaly.train import TrainConfig, train_gan
 from tests.conftest import TINY_CONFIG
@@ -70,7 +70,8 @@ def test_checkpoint_stores_prior_and_held_out_components(run_with_holdout):
     state = load_checkpoint(run_with_holdout)
     assert state["lung_prior"].shape == (32, 32) and state["lung_prior"].sum() > 0
     fitted = state["score_stats"]["encoder"]
-    assert set(fitted["components"]) == set(COMPONENTS)
+    assert set(fitted["components"]) == set(Scorer.from_checkpoint(
+        run_with_holdout, mode="encoder").component_names)
     assert all(len(v) == 6 for v in fitted["components"].values())  # 25% of 24 held out
 
 

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data n
 
 def test_train_score_evaluate_on_real_xrays(tmp_path):
     config = TrainConfig(image_size=32, epochs=1, batch_size=16, max_images=48,
-                         generator_width=16, discriminator_width=16, encoder_epochs=1)
+                         generator_width=16, discriminator_width=16, encoder_epochs=1,
+                         critic_epochs=2, critic_width=8, critic_batch_size=16)
     train_gan(config, REAL_DATA / "train" / "NORMAL", tmp_path / "run", progress=False,
               log=lambda *a: None)
     default = Scorer.from_checkpoint(tmp_path / "run")
-    assert (default.mode, default.score) == ("discriminator", "density")
+    assert (default.mode, default.score) == ("critic", "density")
     scorer = Scorer.from_checkpoint(tmp_path / "run", mode="search", iterations=5,
                                     score="lung-opacity")
     images = find_images(REAL_DATA / "test_dev" / "PNEUMONIA")[:2]
@@ -38,7 +39,7 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
                           val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
                           log=lambda *a: None)
     assert report["n"] == 8 and report["threshold_source"] == "val"
-    assert report["mode"] == "discriminator" and report["score"] == "density"
+    assert report["mode"] == "critic" and report["score"] == "density"
     assert json.loads((tmp_path / "report" / "report.json").read_text())["n_anomalous"] == 4
     page = check_page_against_report(tmp_path / "report")
     assert [Path(f["path"]).parent.name for f in page.figures] == ["NORMAL"] * 4 + [

@@ -10,7 +10,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, save_checkpoint
 from anomaly.data import find_images, load_images
-from anomaly.score import COMPONENTS, Scorer
+from anomaly.score import Scorer
 from anomaly.score_files import score_files
 
 
@@ -27,7 +27,7 @@ def test_batched_search_equals_one_at_a_time(trained_run, batch, mode):
     together = scorer.score_tensor(batch)
     for i in range(len(batch)):
         alone = scorer.score_tensor(batch[i : i + 1])
-        for name in ("score", *COMPONENTS):
+        for name in ("score", *scorer.component_names):
             np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[i],
                                        rtol=1e-4, atol=1e-6, err_msg=name)
 

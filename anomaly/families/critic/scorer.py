@@ -1,0 +1,137 @@
+"""Score films with a trained opacity critic: the density of its features, its logit,
+and a heat map of where the density comes from.
+
+The embedding of a film is the critic's pooled features of the film and of its mirror
+image, averaged and L2-normalised; its ``density`` score is the Mahalanobis distance of
+that embedding from the Gaussian fitted to the training normals' (``anomaly.density``).
+The heat map is the density's gradient times the features at each cell of the critic's
+last feature map (16 x 16 at 128 px; Grad-CAM of the density), kept where positive: the
+cells whose features push the film away from the normal films.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomaly.density import mahalanobis
+from anomaly.device import autocast
+from anomaly.families.base import FamilyOutput
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+
+
+def critic_embedding(critic: OpacityCritic, images: torch.Tensor) -> torch.Tensor:
+    """Flip-averaged, L2-normalised pooled features (B, C) of images (B, 1, S, S)."""
+    pooled = critic.pooled(critic.feature_map(images)).float() \
+        + critic.pooled(critic.feature_map(images.flip(-1))).float()
+    return F.normalize(pooled, dim=1)
+
+
+class CriticFamily:
+    """The critic family's scoring object behind the seam (:mod:`anomaly.families`).
+
+    Components: ``density`` (Mahalanobis distance of the embedding) and ``logit`` (the
+    opacity logit, averaged over the film and its mirror). Scores: ``density`` (the
+    default) and ``logit``.
+    """
+
+    name = "critic"
+    modes = ("critic",)
+    components = ("density", "logit")
+    score_kinds = {"density": "density", "logit": "logit"}
+    default_score = "density"
+    reconstructs = False
+
+    def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
+                 device: torch.device, amp: bool = False, heat_scale: float | None = None):
+        self.critic = critic.to(device, memory_format=torch.channels_last).eval()
+        self.critic.requires_grad_(False)
+        self.density = {k: v.to(device) for k, v in density.items()}
+        self.device = device
+        self.amp = amp
+        self.heat_scale = heat_scale
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device, amp: bool = False
+                   ) -> "CriticFamily":
+        """Build from a checkpoint's ``"critic"`` part."""
+        critic = OpacityCritic(CriticArchitecture(**state["architecture"]))
+        critic.load_state_dict(state["network"])
+        return cls(critic, state["density"], device, amp, state.get("heat_scale"))
+
+    def settings(self) -> dict:
+        """Settings that change the components: the mode alone."""
+        return {"mode": "critic"}
+
+    def check_score(self, score: str) -> None:
+        """Every score kind of the critic can be computed once it is trained."""
+
+    def score_batch(self, images: torch.Tensor, score: str = "density",
+                    heatmaps: bool = True) -> FamilyOutput:
+        """Components (B,) of images (B, 1, S, S) in [-1, 1], and their heat maps."""
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast(self.device, self.amp):
+            maps = self.critic.feature_map(images).float()  # (B, C, S', S')
+            maps_flipped = self.critic.feature_map(images.flip(-1)).float()
+        heat = None
+        if heatmaps:
+            heat, density = self._density_and_heat(maps, maps_flipped, images.shape[-1])
+        else:
+            density = self._density(maps, maps_flipped)
+        with torch.no_grad():
+            logit = (self.critic.logits(self.critic.pooled(maps))
+                     + self.critic.logits(self.critic.pooled(maps_flipped))) / 2
+        return FamilyOutput(
+            components={"density": density.detach().cpu().numpy(),
+                        "logit": logit.cpu().numpy()},
+            heatmaps=heat, heat_scale=self.heat_scale, reconstructions=None)
+
+    def _density(self, maps: torch.Tensor, maps_flipped: torch.Tensor) -> torch.Tensor:
+        pooled = self.critic.pooled(maps) + self.critic.pooled(maps_flipped)  # (B, C)
+        return mahalanobis(F.normalize(pooled, dim=1), self.density)  # (B,)
+
+    def _density_and_heat(self, maps: torch.Tensor, maps_flipped: torch.Tensor, size: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density (B,) and its Grad-CAM (B, S, S) from both feature maps."""
+        maps = maps.detach().requires_grad_(True)
+        maps_flipped = maps_flipped.detach().requires_grad_(True)
+        with torch.enable_grad():
+            density = self._density(maps, maps_flipped)
+            grads = torch.autograd.grad(density.sum(), [maps, maps_flipped])
+        cells = (grads[0] * maps).sum(1).clamp(min=0) \
+            + (grads[1] * maps_flipped).sum(1).clamp(min=0).flip(-1)  # (B, S', S')
+        cells = cells * cells.shape[-1] * cells.shape[-2]  # per cell, in density units
+        heat = F.interpolate(cells[:, None], size=(size, size), mode="bilinear",
+                             align_corners=False)[:, 0]
+        return heat.detach(), density.detach()
+
+
+def heat_scale_of(family: CriticFamily, normal_images: torch.Tensor,
+                  batch_size: int = 64) -> float:
+    """The heat shown as full red: the 99th percentile of the heat maps' maxima over
+    normal films (model range, (N, 1, S, S)), so a normal film stays cool."""
+    maxima = []
+    for start in range(0, len(normal_images), batch_size):
+        batch = normal_images[start: start + batch_size].to(family.device)
+        maxima.append(family.score_batch(batch, heatmaps=True).heatmaps.flatten(1).amax(1).cpu())
+    return float(np.quantile(torch.cat(maxima).numpy(), 0.99)) or 1.0
+
+
+def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
+                 iterations: int | None = None, amp: bool = True, **ignored) -> CriticFamily:
+    """The critic's scoring object from a checkpoint's ``"critic"`` part.
+
+    ``iterations`` is refused (the critic searches nothing); the search settings ``lr``,
+    ``lam`` and ``seed`` do not apply and are ignored.
+    """
+    from anomaly.checkpoint import CheckpointError
+
+    part = state.get("critic") or {}
+    if part.get("density") is None:
+        raise CheckpointError("mode 'critic' needs a trained critic with its fitted density, "
+                              "and this checkpoint holds none (train with critic_epochs > 0)")
+    if iterations:
+        raise ValueError("--iterations applies to the search modes (search, encoder-search), "
+                         "not to mode 'critic'")
+    return CriticFamily.from_state(part, device, amp=amp and device.type == "cuda")

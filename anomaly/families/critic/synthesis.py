@@ -1,0 +1,114 @@
+"""What the critic learns from: normal films, varied like other hospitals' films, some
+with a synthetic opacity.
+
+Pneumonia shows as lung that should be dark (air) turning hazily brighter over a region
+of centimetres, with soft edges and uneven texture. :func:`paste_opacities` draws 1 to 3
+such regions inside the lung field of a normal film: a Gaussian blob (semi-axes 4-18% of
+the side) modulated by smooth noise, masked by a soft lung prior, and blended *towards a
+brightness level* (``x + alpha * blob * max(level - x, 0)`` on [0, 1] intensities), so
+already-bright tissue barely changes and dark lung turns grey, as consolidation does.
+
+:func:`vary_acquisition` changes what differs between acquisitions and not what marks an
+opacity: a mirror image, a gamma curve (exposure and processing) and a shift (framing).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from anomaly.lungs import smooth
+
+
+def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
+    """The 0/1 lung-field prior (S, S) with blurred edges (sigma S/64), values in [0, 1]."""
+    size = lung_prior.shape[-1]
+    return smooth(lung_prior.float().view(1, 1, size, size), max(0.5, size / 64))[0, 0]
+
+
+def _uniform(low: float, high: float, shape: tuple[int, ...], device: torch.device,
+             generator: torch.Generator | None) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, device=device, generator=generator)
+
+
+def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: int = 3,
+                    radius: tuple[float, float] = (0.04, 0.18),
+                    level: tuple[float, float] = (0.55, 0.95),
+                    alpha: tuple[float, float] = (0.2, 0.7),
+                    generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend 1 to ``max_count`` smooth, textured opacities into each film's lungs.
+
+    Args:
+        images: (B, 1, S, S) normal films in [-1, 1].
+        soft_prior: (S, S) soft lung-field prior in [0, 1] (:func:`soft_lung_prior`);
+            centres are drawn where it exceeds 0.5, and it masks every opacity.
+        max_count: most opacities per film.
+        radius: range of each semi-axis as a fraction of the side.
+        level: range of the brightness (on [0, 1]) an opacity blends towards.
+        alpha: range of the blend factor.
+        generator: random source on the images' device (default: the global one).
+
+    Returns:
+        (films with opacities in [-1, 1], masks (B, 1, S, S) in [0, 1]: where and how
+        strongly each film was changed).
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    inside = (prior > 0.5).flatten().nonzero().squeeze(1)  # candidate centres
+    if inside.numel() == 0:
+        raise ValueError("the lung-field prior is empty; cannot place opacities")
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    counts = torch.randint(1, max_count + 1, (batch,), device=device, generator=generator)
+    out = (images + 1) / 2  # (B, 1, S, S) on [0, 1]
+    masks = torch.zeros_like(out)
+    sigma = max(1.0, size / 32)
+    for index in range(max_count):
+        centre = inside[torch.randint(inside.numel(), (batch,), device=device,
+                                      generator=generator)]
+        centre_y = (centre // size).float().view(batch, 1, 1)
+        centre_x = (centre % size).float().view(batch, 1, 1)
+        semi_y = _uniform(*radius, (batch, 1, 1), device, generator) * size
+        semi_x = _uniform(*radius, (batch, 1, 1), device, generator) * size
+        blob = torch.exp(-(((rows - centre_y) / semi_y) ** 2
+                           + ((cols - centre_x) / semi_x) ** 2))  # (B, S, S)
+        noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
+                       sigma)[:, 0]
+        noise = noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+        blob = (blob * (1 + 0.8 * noise)).clamp(0, 1) * prior  # uneven, inside the lungs
+        blob = blob * (index < counts).float().view(batch, 1, 1)  # (B, S, S)
+        strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * blob[:, None]
+        target = _uniform(*level, (batch, 1, 1, 1), device, generator)
+        out = out + strength * (target - out).clamp(min=0)
+        masks = torch.maximum(masks, strength)
+    return (out * 2 - 1).clamp(-1, 1), masks
+
+
+def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.25),
+                     max_shift: int = 0, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """Mirror half the films, apply a random gamma curve and a random circular shift.
+
+    Args:
+        images: (B, 1, S, S) films in [-1, 1].
+        gamma: range of the gamma exponent on [0, 1] intensities ((1, 1): none).
+        max_shift: largest shift in pixels along each axis (0: none).
+        generator: random source on the images' device.
+
+    Returns:
+        (B, 1, S, S) films in [-1, 1].
+    """
+    batch, device = images.shape[0], images.device
+    flip = torch.rand(batch, device=device, generator=generator) < 0.5
+    images = torch.where(flip.view(batch, 1, 1, 1), images.flip(-1), images)
+    if gamma != (1.0, 1.0):
+        exponent = _uniform(*gamma, (batch, 1, 1, 1), device, generator)
+        images = ((images + 1) / 2).clamp(0, 1).pow(exponent) * 2 - 1
+    if max_shift > 0:
+        shifts = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator,
+                               device=device).tolist()
+        images = torch.stack([image.roll(shift, dims=(-2, -1))
+                              for image, shift in zip(images, shifts)])
+    return images
+

@@ -1,0 +1,175 @@
+"""Train the opacity critic on normal films only, then fit the density of its features.
+
+``train_critic`` reads top to bottom: build the network, its optimiser and one-cycle
+schedule (or restore them), then per batch vary the films' acquisition, paste synthetic
+opacities into a random half of them, and (1) update the critic to tell which. Every
+epoch ends with an atomic checkpoint (through the caller's ``save``); after the last one
+the Gaussian density of the critic's embeddings of the training normals is fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from anomaly.data import uint8_to_model
+from anomaly.density import fit_density
+from anomaly.device import autocast
+from anomaly.errors import TrainingDiverged
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
+from anomaly.families.critic.synthesis import paste_opacities, soft_lung_prior, vary_acquisition
+
+
+@dataclass
+class CriticConfig:
+    """How the critic is trained (``critic_*`` keys of ``train-gan``'s config).
+
+    Attributes:
+        epochs: passes over the training normals (0: no critic).
+        batch_size: films per step (half of them, at random, get opacities).
+        lr: peak learning rate of the one-cycle schedule (AdamW).
+        weight_decay: AdamW's decoupled weight decay.
+        width: channels of the first block (doubled by each of the 4 blocks).
+        gamma_range: range of the random gamma curve (``[1, 1]``: none).
+        shift_fraction: largest random shift as a fraction of the side (0: none).
+        seed: random seed of the critic's own stream.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 32
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    shift_fraction: float = 1 / 16
+    seed: int = 0
+
+
+def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.Tensor,
+                 dist, device: torch.device, use_amp: bool,
+                 save: Callable[[dict], None], resume_state: dict | None = None,
+                 writer=None, progress: bool = True, log=print) -> dict:
+    """Train the critic and fit its feature density; return the family's state.
+
+    Args:
+        config: the critic's settings.
+        images: (N, 1, S, S) uint8 normal training films, on ``device``.
+        lung_prior: (S, S) 0/1 lung-field prior of the training normals.
+        dist: :class:`anomaly.distributed.DistContext` of this process.
+        device: where to train.
+        use_amp: train under autocast (float16 on CUDA, bfloat16 on CPU).
+        save: writes the whole checkpoint with this family's state (rank 0 calls it).
+        resume_state: this family's state from a checkpoint, to continue.
+        writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
+
+    Returns:
+        The critic's checkpoint state: architecture, weights, optimiser, schedule,
+        random states, epoch and the fitted ``density``.
+    """
+    torch.manual_seed(config.seed)  # weights, then the films' changes and opacities
+    size = images.shape[-1]
+    arch = CriticArchitecture(image_size=size, width=config.width)
+    critic = OpacityCritic(arch).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(critic.parameters(), config.lr / 2,
+                                  weight_decay=config.weight_decay)
+    count = len(images)
+    batch_size = min(config.batch_size, count // dist.world_size)
+    steps_per_epoch = max(1, count // (batch_size * dist.world_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.lr, total_steps=max(1, config.epochs * steps_per_epoch))
+    order_rng = torch.Generator().manual_seed(config.seed)
+    start_epoch = 0
+    if resume_state is not None:
+        critic.load_state_dict(resume_state["network"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["schedule"])
+        order_rng.set_state(resume_state["order_rng"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        start_epoch = int(resume_state["epoch"])
+        log(f"critic: resuming at epoch {start_epoch}")
+    model = dist.wrap(critic)
+    prior = soft_lung_prior(lung_prior).to(device)
+    max_shift = int(round(config.shift_fraction * size))
+    gamma = tuple(config.gamma_range)
+    step = start_epoch * steps_per_epoch
+
+    def state(epoch: int) -> dict:
+        return {"architecture": asdict(arch), "config": asdict(config), "epoch": epoch,
+                "network": critic.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        if dist.world_size > 1:  # each rank draws its own films' changes, per epoch
+            torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
+        order = torch.randperm(count, generator=order_rng)
+        bar = tqdm(dist.shard_batches(order, batch_size), desc=f"critic {epoch + 1}/"
+                   f"{config.epochs}", unit="batch", disable=not (progress and dist.is_main),
+                   leave=False)
+        total = 0.0
+        for batch_index in bar:
+            films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
+                                     max_shift)  # (B, 1, S, S)
+            has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
+            pasted, _ = paste_opacities(films, prior)
+            inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
+
+            # (1) Update the critic: which films hold a synthetic opacity?
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                logits = model(inputs.contiguous(memory_format=torch.channels_last)).float()
+            loss = F.binary_cross_entropy_with_logits(logits, has_opacity.float())
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"critic loss became non-finite at epoch {epoch + 1}; "
+                                       "try a lower critic_lr")
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if writer is not None:
+                writer.add_scalar("critic/loss", loss.item(), step)
+                writer.add_scalar("critic/lr", schedule.get_last_lr()[0], step)
+            step += 1
+        if dist.is_main:
+            if writer is not None:
+                writer.add_image("critic: films as trained (top: clean, bottom: opacities)",
+                                 make_grid(torch.cat([films[:8], pasted[:8]]).float().cpu(),
+                                           nrow=8, normalize=True, value_range=(-1, 1)),
+                                 epoch + 1)
+                writer.flush()
+            save(state(epoch + 1))
+            log(f"critic epoch {epoch + 1}/{config.epochs}: opacity loss "
+                f"{total / max(1, len(bar)):.3f}")
+        dist.barrier()
+    if dist.world_size > 1:
+        dist.check_replicas_identical([critic])
+        log(f"critic weights identical on all {dist.world_size} ranks")
+    final = state(max(start_epoch, config.epochs))
+    if dist.is_main:
+        final["density"] = fit_critic_density(critic, images, device)
+        sample = uint8_to_model(images[:256])
+        final["heat_scale"] = heat_scale_of(CriticFamily(critic, final["density"], device),
+                                            sample)
+        log(f"critic: fitted the feature density on {len(images)} training images")
+    return final
+
+
+@torch.no_grad()
+def fit_critic_density(critic: OpacityCritic, images: torch.Tensor, device: torch.device,
+                       batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings of (N, 1, S, S)
+    uint8 normal films."""
+    critic.eval()
+    embeddings = [critic_embedding(critic, uint8_to_model(images[i: i + batch_size]).to(device))
+                  .cpu() for i in range(0, len(images), batch_size)]
+    return fit_density(torch.cat(embeddings).numpy())

@@ -1,0 +1,246 @@
+"""Score films with a trained DCGAN: its discriminator, AnoGAN latent search, the encoder.
+
+Modes (how a film is looked at):
+
+    discriminator   one pass of D over the image and its mirror image; no G(z).
+    search          AnoGAN: z optimised from a fixed start by Adam, batched, each image
+                    with its own z and loss (results do not depend on the batch); the
+                    loss is (1 - lambda) * residual + lambda * discrimination.
+    encoder         f-AnoGAN izi_f: z = E(x), one forward pass.
+    encoder-search  z starts at E(x) and is refined by a few search steps.
+
+Components per image (NaN where a mode or checkpoint cannot measure one):
+
+    residual       = mean |x - G(z)|                       (not in discriminator mode)
+    discrimination = mean |f(x) - f(G(z))|                 (D's features; idem)
+    opacity        = mean over the lung-field prior of max(blur(x - G(z)), 0)   (idem)
+    critic         = -D(x)                                 (D's real/fake logit)
+    density        = Mahalanobis distance of D's embedding from the training normals'
+    lesion         = strongest cell of D's synthetic-opacity head (lesion_weight > 0)
+
+Scores: ``density``, ``lesion``, ``lung-opacity`` (opacity), ``anogan`` ((1 - lambda) *
+residual + lambda * discrimination) and ``fused`` (opacity and critic, each standardised
+on the held-out normals, summed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anomaly.checkpoint import CheckpointError
+from anomaly.density import flip_embedding, mahalanobis
+from anomaly.device import autocast
+from anomaly.families.base import FamilyOutput
+from anomaly.families.dcgan import (
+    DEFAULT_ITERATIONS,
+    MODES,
+    RECONSTRUCTION_SCORES,
+    default_score,
+)
+from anomaly.lungs import lung_opacity, opacity_map
+from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
+
+
+def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
+                 **options) -> "DCGANFamily":
+    """The DCGAN's scoring object for ``mode`` from a checkpoint (its top-level keys)."""
+    return DCGANFamily.from_state(state, mode, device, lung_prior, **options)
+
+
+class DCGANFamily:
+    """The DCGAN's scoring object behind the seam (:mod:`anomaly.families`)."""
+
+    name = "dcgan"
+    modes = MODES
+    components = ("residual", "discrimination", "opacity", "critic", "density", "lesion")
+    score_kinds = {"density": "density", "lesion": "lesion", "lung-opacity": "opacity",
+                   "anogan": None, "fused": None}
+    calibrated_scores = ("fused",)  # standardised on the held-out normals
+
+    def __init__(self, generator: Generator, discriminator: Discriminator,
+                 encoder: Encoder | None, mode: str, device: torch.device,
+                 lung_prior: torch.Tensor, iterations: int | None = None, lr: float = 0.05,
+                 lam: float = 0.1, seed: int = 0, amp: bool = True,
+                 feature_density: dict[str, torch.Tensor] | None = None,
+                 generator_trained: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"unknown DCGAN mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode != "discriminator" and not generator_trained:
+            raise CheckpointError(f"mode {mode!r} needs a trained generator, and this "
+                                  "checkpoint's generator was never trained")
+        if mode.startswith("encoder") and encoder is None:
+            raise CheckpointError(f"mode {mode!r} needs a trained encoder; run "
+                                  "'anomaly train-encoder' or train with encoder_epochs > 0")
+        self.device = device
+        fast = dict(device=device, memory_format=torch.channels_last)  # oneDNN, cuDNN
+        self.generator = generator.to(**fast).eval().requires_grad_(False)
+        self.discriminator = discriminator.to(**fast).eval().requires_grad_(False)
+        self.encoder = encoder.to(**fast).eval().requires_grad_(False) if encoder else None
+        self.mode = mode
+        self.iterations = DEFAULT_ITERATIONS[mode] if iterations is None else iterations
+        self.lr, self.lam, self.seed = lr, lam, seed
+        self.use_amp = amp and device.type == "cuda"
+        self.lung_prior = lung_prior.to(device)
+        self.feature_density = feature_density
+        self.latent_dim = generator.arch.latent_dim
+        self.default_score = "density" if mode == "discriminator" else "lung-opacity"
+        if iterations and mode in ("discriminator", "encoder"):
+            raise ValueError(f"--iterations applies to the search modes (search, "
+                             f"encoder-search), not to mode {mode!r}")
+
+    @classmethod
+    def from_state(cls, state: dict, mode: str, device: torch.device,
+                   lung_prior: torch.Tensor, **options) -> "DCGANFamily":
+        """Build from a checkpoint holding a DCGAN (its top-level keys)."""
+        if "generator" not in state:
+            raise CheckpointError(f"mode {mode!r} needs a DCGAN, and this checkpoint holds "
+                                  "none (train it with epochs > 0)")
+        arch = GANArchitecture(**state["architecture"])
+        generator, discriminator = Generator(arch), Discriminator(arch)
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        encoder = None
+        if state.get("encoder") is not None:
+            encoder = Encoder(arch)
+            encoder.load_state_dict(state["encoder"])
+        family = cls(generator, discriminator, encoder, mode, device, lung_prior,
+                     feature_density=state.get("feature_density"),
+                     generator_trained=state.get("generator_trained", True), **options)
+        if mode != "discriminator":
+            family.default_score = default_score(state)
+        return family
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether this mode draws G(z)."""
+        return self.mode != "discriminator"
+
+    def check_score(self, score: str) -> None:
+        """Refuse a score kind this mode or checkpoint cannot compute, in one line."""
+        if not self.reconstructs and score in RECONSTRUCTION_SCORES:
+            raise ValueError(f"score {score!r} needs a reconstruction; use --mode search or "
+                             "encoder, or --score density, lesion")
+        if score == "density" and self.feature_density is None:
+            raise CheckpointError("this checkpoint has no feature density (trained by an "
+                                  "older version); use --score lung-opacity")
+        if score == "lesion" and self.discriminator.lesion_head is None:
+            raise CheckpointError("the lesion score needs a discriminator trained with "
+                                  "lesion_weight > 0")
+
+    def settings(self) -> dict:
+        """The settings that change the components."""
+        return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
+                "lam": self.lam, "seed": self.seed}
+
+    def combine(self, score: str, components: dict[str, np.ndarray],
+                normal_components: dict[str, list[float]] | None) -> np.ndarray:
+        """The ``anogan`` and ``fused`` scores from the components."""
+        if score == "anogan":
+            return (1 - self.lam) * np.asarray(components["residual"]) \
+                + self.lam * np.asarray(components["discrimination"])
+        if normal_components is None:
+            raise CheckpointError("the fused score needs held-out normal statistics; call "
+                                  "calibrate() with normal images")
+        total = 0.0
+        for name in ("opacity", "critic"):
+            normal = np.asarray(normal_components[name], dtype=np.float64)
+            total = total + (np.asarray(components[name]) - normal.mean()) / \
+                max(normal.std(), 1e-12)
+        return np.asarray(total, dtype=np.float64)
+
+    def heat_scale(self, score: str) -> float | None:
+        """1 for the opacity head's probabilities (a normal film stays cool); None (each
+        image's own maximum) for residual maps."""
+        return 1.0 if score in ("density", "lesion") else None
+
+    # -- scoring tensors -------------------------------------------------------------
+
+    def initial_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """Starting z for each image: E(x) in encoder modes, else one fixed seeded z."""
+        if self.mode.startswith("encoder"):
+            with torch.no_grad(), autocast(self.device, self.use_amp):
+                return self.encoder(images).float()
+        start = torch.randn(1, self.latent_dim, generator=torch.Generator().manual_seed(self.seed))
+        return start.to(self.device).expand(images.shape[0], -1).clone()
+
+    def _components(self, images: torch.Tensor, features_real: torch.Tensor,
+                    z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-image residual and discrimination losses for latents z, and G(z)."""
+        reconstruction = self.generator(z).float()  # (B, 1, S, S)
+        residual = (images - reconstruction).abs().flatten(1).mean(1)  # (B,)
+        features_fake = self.discriminator.features(reconstruction).float()
+        discrimination = (features_real - features_fake).abs().flatten(1).mean(1)  # (B,)
+        return residual, discrimination, reconstruction
+
+    def _discriminator_components(self, images: torch.Tensor
+                                  ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+        """critic, density and lesion of a batch, D's features, and the lesion map.
+
+        Returns:
+            (components, features (B, C, 4, 4), lesion probability map (B, S, S) or
+            zeros where D has no lesion head).
+        """
+        discriminator, batch, size = self.discriminator, images.shape[0], images.shape[-1]
+        nan = np.full(batch, np.nan)
+        lesion_map = torch.zeros(batch, size, size, device=self.device)
+        with torch.no_grad(), autocast(self.device, self.use_amp):
+            if self.feature_density is None and discriminator.lesion_head is None:
+                features = discriminator.features(images).float()  # no mirror pass needed
+                return ({"critic": -discriminator.logits(features).float().cpu().numpy(),
+                         "density": nan, "lesion": nan}, features, lesion_map)
+            embedding, features, features_flipped = flip_embedding(discriminator, images)
+            critic = -discriminator.logits(features).float()
+            density = nan if self.feature_density is None else \
+                mahalanobis(embedding, self.feature_density).cpu().numpy()
+            lesion = nan
+            if discriminator.lesion_head is not None:  # the image's and its mirror's maps
+                cells = (discriminator.lesion_logits(features).float()
+                         + discriminator.lesion_logits(features_flipped).float().flip(-1)) / 2
+                lesion = cells.flatten(1).amax(1).cpu().numpy()  # (B,)
+                lesion_map = torch.nn.functional.interpolate(
+                    torch.sigmoid(cells)[:, None], size=(size, size), mode="bilinear",
+                    align_corners=False)[:, 0]
+        return ({"critic": critic.cpu().numpy(), "density": density, "lesion": lesion},
+                features, lesion_map)
+
+    def score_batch(self, images: torch.Tensor, score: str = "lung-opacity",
+                    heatmaps: bool = True) -> FamilyOutput:
+        """Components of a batch of preprocessed images (B, 1, S, S) in [-1, 1], G(z)
+        where the mode reconstructs, and the heat map of ``score``."""
+        components, features_real, lesion_map = self._discriminator_components(images)
+        if not self.reconstructs:  # no reconstruction: D's components only
+            nan = np.full(images.shape[0], np.nan)
+            components.update(residual=nan, discrimination=nan, opacity=nan)
+            return FamilyOutput(components, lesion_map if heatmaps else None,
+                                self.heat_scale(score), None)
+        z = self.initial_latent(images)
+        if self.iterations > 0:
+            z = z.detach().requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=self.lr, betas=(0.9, 0.999))
+            for _ in range(self.iterations):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(self.device, self.use_amp):
+                    residual, discrimination, _ = self._components(images, features_real, z)
+                    # summed, so each z gets exactly the gradient of its own loss
+                    loss = ((1 - self.lam) * residual + self.lam * discrimination).sum()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad(), autocast(self.device, self.use_amp):
+            residual, discrimination, reconstruction = self._components(
+                images, features_real, z.detach())
+        opacity = lung_opacity(images, reconstruction, self.lung_prior)
+        components.update(residual=residual.cpu().numpy(),
+                          discrimination=discrimination.cpu().numpy(),
+                          opacity=opacity.cpu().numpy())
+        heat = self._heatmaps(images, reconstruction, lesion_map, score) if heatmaps else None
+        return FamilyOutput(components, heat, self.heat_scale(score), reconstruction)
+
+    def _heatmaps(self, images: torch.Tensor, reconstruction: torch.Tensor,
+                  lesion_map: torch.Tensor, score: str) -> torch.Tensor:
+        """What ``score`` looks at, per pixel, (B, S, S)."""
+        if score in ("density", "lesion"):  # where D finds opacity
+            return lesion_map
+        if score == "anogan":
+            return (images - reconstruction).abs()[:, 0]
+        return (opacity_map(images, reconstruction) * self.lung_prior)[:, 0]  # what it averages

@@ -1,0 +1,90 @@
+"""Default scoring speed, end to end: files in, scores out, with the run's default mode.
+
+Times ``Scorer.score_paths`` (reading and decoding each file, CLAHE, resizing, batching,
+the scoring network and the density) on real files, as ``anomaly score --dir`` does, and
+the network alone on images preprocessed beforehand. Prints the machine, medians of
+``--repeats`` runs and a Markdown table; ``--json OUT`` keeps the figures.
+
+Usage:
+    PYTHONPATH=. python bench/bench_critic.py --model RUN --data DIR [--images 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from anomaly.data import find_images, load_images, uint8_to_model  # noqa: E402
+from anomaly.device import resolve_device  # noqa: E402
+from anomaly.score import Scorer  # noqa: E402
+from bench.common import machine_info, markdown_table, median_time, print_machine  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run directory or checkpoint")
+    parser.add_argument("--data", required=True, help="folder of images (recursive)")
+    parser.add_argument("--images", type=int, default=256, help="files scored per run")
+    parser.add_argument("--mode", help="scoring mode (default: the run's default)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="write the figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    scorer = Scorer.from_checkpoint(args.model, mode=args.mode, device=str(device),
+                                    batch_size=args.batch_size)
+    paths = find_images(args.data)
+    paths = (paths * (args.images // len(paths) + 1))[: args.images]
+    info = machine_info(device)
+    print("# Default scoring benchmark\n")
+    print_machine(info)
+    print(f"Model: {args.model}, mode {scorer.mode}, score {scorer.score}, "
+          f"{scorer.preprocess_config.image_size} px, batch {args.batch_size}; "
+          f"{len(paths)} files from {args.data}; medians of {args.repeats} runs.\n")
+
+    scorer.score_paths(paths[: args.batch_size], progress=False)  # warm-up
+    end_to_end, times = median_time(lambda: scorer.score_paths(paths, progress=False),
+                                    device, args.repeats)
+    images = uint8_to_model(load_images(paths, scorer.preprocess_config,
+                                        progress=False).images)
+
+    def network_only() -> None:
+        for start in range(0, len(images), args.batch_size):
+            scorer.score_tensor(images[start: start + args.batch_size], heatmaps=False)
+
+    network, network_times = median_time(network_only, device, args.repeats)
+    with_maps, map_times = median_time(
+        lambda: [scorer.score_tensor(images[s: s + args.batch_size])
+                 for s in range(0, len(images), args.batch_size)], device, args.repeats)
+    rows = [["files to scores (decode, CLAHE, network, density)", len(paths), end_to_end,
+             len(paths) / end_to_end],
+            ["preprocessed images to scores", len(images), network, len(images) / network],
+            ["the same, with heat maps", len(images), with_maps, len(images) / with_maps]]
+    print(markdown_table(["what is timed", "images", "seconds", "images/second"], rows))
+    if args.json:
+        out = {"machine": info, "settings": vars(args), "mode": scorer.mode,
+               "results": [{"what": r[0], "images": r[1], "seconds": r[2],
+                            "images_per_second": r[3]} for r in rows],
+               "run_seconds": {"end_to_end": times, "network": network_times,
+                               "heatmaps": map_times}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The opacity critic family: network, synthesis, training, resume, scoring, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.checkpoint import CheckpointError, load_checkpoint
+from anomaly.density import mahalanobis
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.scorer import CriticFamily, critic_embedding
+from anomaly.families.critic.synthesis import (
+    paste_opacities,
+    soft_lung_prior,
+    vary_acquisition,
+)
+from anomaly.score import Scorer, available_modes
+from anomaly.train import TrainConfig, train_encoder, train_gan
+from tests.conftest import TINY_DEFAULT
+
+QUIET = dict(progress=False, log=lambda *a: None)
+CRITIC_ONLY = {**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0}
+
+
+def lungs(size: int = 32) -> torch.Tensor:
+    prior = torch.zeros(size, size)
+    prior[size // 4: 3 * size // 4, size // 8: 3 * size // 8] = 1
+    prior[size // 4: 3 * size // 4, 5 * size // 8: 7 * size // 8] = 1
+    return prior
+
+
+def test_network_shapes_and_forward_is_its_parts():
+    critic = OpacityCritic(CriticArchitecture(image_size=128, width=4)).eval()
+    x = torch.randn(2, 1, 128, 128)
+    maps = critic.feature_map(x)
+    assert maps.shape == (2, 32, 16, 16)  # 16 x 16 cells at 128 px: the heat map's grid
+    torch.testing.assert_close(critic(x), critic.logits(critic.pooled(maps)))
+    assert critic(x).shape == (2,)
+    with pytest.raises(ValueError, match="multiple"):
+        CriticArchitecture(image_size=100)
+
+
+def test_train_mode_batchnorm_differs_but_output_type_does_not():
+    critic = OpacityCritic(CriticArchitecture(image_size=32, width=4))
+    x = torch.randn(4, 1, 32, 32)
+    train_out = critic.train()(x)
+    eval_out = critic.eval()(x)
+    assert train_out.shape == eval_out.shape == (4,)
+    assert not torch.allclose(train_out, eval_out)  # batch vs running statistics
+
+
+def test_opacities_brighten_only_inside_the_lungs_and_towards_a_level():
+    torch.manual_seed(0)
+    prior = soft_lung_prior(lungs())
+    films = torch.rand(16, 1, 32, 32) * 2 - 1
+    pasted, masks = paste_opacities(films, prior)
+    changed = (pasted - films).abs() > 1e-6
+    assert changed.any(dim=(1, 2, 3)).all()  # every film got at least one opacity
+    assert not changed[:, :, prior == 0].any()  # nothing outside the (soft) lung prior
+    assert (pasted >= films - 1e-6).all()  # blended towards a brighter level, never darker
+    bright = (films + 1) / 2 >= 0.95  # above the highest level: left alone
+    assert not changed[bright].any()
+    assert masks.min() >= 0 and masks.max() <= 0.7 + 1e-6  # alpha at most 0.7
+    with pytest.raises(ValueError, match="empty"):
+        paste_opacities(films, torch.zeros(32, 32))
+
+
+def test_acquisition_changes_mirror_gamma_and_shift():
+    torch.manual_seed(1)
+    films = torch.rand(8, 1, 16, 16) * 2 - 1
+    mirrored = vary_acquisition(films, gamma=(1.0, 1.0), max_shift=0)
+    for film, out in zip(films, mirrored):
+        assert torch.equal(out, film) or torch.equal(out, film.flip(-1))
+    curved = vary_acquisition(films, gamma=(0.5, 0.5), max_shift=0)
+    expected = ((films + 1) / 2).pow(0.5) * 2 - 1  # gamma 0.5 brightens every pixel
+    for film, out in zip(expected, curved):
+        assert torch.allclose(out, film, atol=1e-6) or torch.allclose(out, film.flip(-1),
+                                                                      atol=1e-6)
+    shifted = vary_acquisition(films, gamma=(1.0, 1.0), max_shift=3)
+    assert torch.allclose(shifted.sum(dim=(1, 2, 3)), films.sum(dim=(1, 2, 3)), atol=1e-4)
+    assert not torch.equal(shifted, mirrored)  # the shift moved something
+
+
+@pytest.fixture(scope="module")
+def critic_run(tmp_path_factory, normal_dir):
+    run = tmp_path_factory.mktemp("critic_run")
+    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+    return run
+
+
+def test_a_critic_run_holds_the_critic_and_nothing_else(critic_run):
+    state = load_checkpoint(critic_run)
+    assert state["families"] == ["critic"]
+    part = state["critic"]
+    assert part["epoch"] == 2 and part["density"]["mean"].shape == (32,)
+    assert part["heat_scale"] > 0
+    assert "generator" not in state and available_modes(state) == ["critic"]
+    assert set(state["score_stats"]) == {"critic"}
+
+
+@pytest.mark.parametrize("mode", ["search", "encoder", "encoder-search", "discriminator"])
+def test_modes_without_their_network_are_refused_in_one_line(critic_run, mode):
+    with pytest.raises(CheckpointError, match=f"mode '{mode}' needs .*its modes: critic") as err:
+        Scorer.from_checkpoint(critic_run, mode=mode)
+    assert "\n" not in str(err.value)
+
+
+def test_train_encoder_refuses_a_run_without_a_trained_generator(critic_run):
+    with pytest.raises(CheckpointError, match="no trained DCGAN generator"):
+        train_encoder(critic_run, 1, **QUIET)
+
+
+def test_the_critic_refuses_search_iterations(critic_run):
+    with pytest.raises(ValueError, match="--iterations applies to the search modes"):
+        Scorer.from_checkpoint(critic_run, iterations=20)
+
+
+def test_density_score_is_the_mahalanobis_distance_of_the_embedding(critic_run, normal_dir):
+    scorer = Scorer.from_checkpoint(critic_run, device="cpu")
+    assert (scorer.mode, scorer.score) == ("critic", "density")
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    scores = scorer.score_tensor(images)
+    family: CriticFamily = scorer.family
+    with torch.no_grad():
+        expected = mahalanobis(critic_embedding(family.critic, images), family.density)
+    np.testing.assert_allclose(scores.score, expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(scores.density, scores.score)
+    assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
+    assert scores.heat_scale == load_checkpoint(critic_run)["critic"]["heat_scale"]
+    logit = Scorer.from_checkpoint(critic_run, score="logit").score_tensor(images)
+    np.testing.assert_allclose(logit.score, scores.logit, rtol=1e-5)
+    no_maps = scorer.score_tensor(images, heatmaps=False)
+    assert no_maps.heatmaps is None
+    np.testing.assert_allclose(no_maps.score, scores.score, rtol=1e-5)
+
+
+def test_heat_follows_an_opacity_the_critic_was_taught(tmp_path, normal_dir):
+    """A critic trained long enough to find pasted opacities scores them higher (density
+    and logit), and its heat map is hotter where the opacity was pasted."""
+    run = tmp_path / "taught"
+    config = TrainConfig(**{**CRITIC_ONLY, "critic_epochs": 25, "critic_width": 8,
+                            "holdout_fraction": 0.0})
+    train_gan(config, normal_dir, run, **QUIET)
+    scorer = Scorer.from_checkpoint(run, device="cpu")
+    state = load_checkpoint(run)
+    from anomaly.data import find_images, load_images, uint8_to_model
+    loaded = load_images(find_images(normal_dir), scorer.preprocess_config)
+    clean = uint8_to_model(loaded.images)
+    torch.manual_seed(3)
+    pasted, masks = paste_opacities(clean, soft_lung_prior(state["lung_prior"]))
+    before, after = scorer.score_tensor(clean), scorer.score_tensor(pasted)
+    from sklearn.metrics import roc_auc_score
+    labels = [0] * len(clean) + [1] * len(pasted)
+    assert roc_auc_score(labels, np.r_[before.logit, after.logit]) > 0.8
+    assert roc_auc_score(labels, np.r_[before.score, after.score]) > 0.7
+    inside = masks[:, 0] > 0.2
+    heat = after.heatmaps
+    assert heat[inside].mean() > heat[~inside].mean()
+
+
+def test_critic_does_not_depend_on_the_dcgan_trained_after_it(tmp_path, normal_dir, critic_run):
+    both = tmp_path / "both"
+    train_gan(TrainConfig(**{**CRITIC_ONLY, "epochs": 1}), normal_dir, both, **QUIET)
+    alone, with_gan = load_checkpoint(critic_run), load_checkpoint(both)
+    assert with_gan["families"] == ["critic", "dcgan"]
+    for key, value in alone["critic"]["network"].items():
+        torch.testing.assert_close(with_gan["critic"]["network"][key], value)
+
+
+def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, monkeypatch):
+    import anomaly.train
+
+    run = tmp_path / "crashed"
+    save = anomaly.train.save_checkpoint
+    calls = []
+
+    def save_then_crash(state, path):
+        save(state, path)
+        calls.append(path)
+        raise KeyboardInterrupt  # as if killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(anomaly.train, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+    monkeypatch.setattr(anomaly.train, "save_checkpoint", save)
+    assert load_checkpoint(run)["critic"]["epoch"] == 1 and len(calls) == 1
+    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, resume=True, **QUIET)
+    resumed, uninterrupted = load_checkpoint(run)["critic"], load_checkpoint(critic_run)["critic"]
+    assert resumed["epoch"] == 2
+    for key, value in uninterrupted["network"].items():
+        torch.testing.assert_close(resumed["network"][key], value)
+    for a, b in zip(resumed["optimizer"]["state"].values(),
+                    uninterrupted["optimizer"]["state"].values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
+    assert resumed["schedule"]["last_epoch"] == uninterrupted["schedule"]["last_epoch"]
+    torch.testing.assert_close(resumed["density"]["precision"],
+                               uninterrupted["density"]["precision"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_critic_trains_under_torchrun_with_identical_replicas(tmp_path, normal_dir):
+    from tests.test_distributed import torchrun
+
+    run = tmp_path / "ddp_critic"
+    done = torchrun(free_port(), "cli.anomaly_cli", "train-gan", "--data", str(normal_dir),
+                    "--out", str(run), "--image-size", "32", "--epochs", "0",
+                    "--critic-epochs", "2", "--batch-size", "4", "--no-progress",
+                    "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("critic epoch 2/2") == 1  # only rank 0 logs
+    assert "critic weights identical on all 2 ranks" in done.stdout
+    state = load_checkpoint(run)
+    assert state["critic"]["epoch"] == 2 and state["critic"]["density"] is not None
+
+
+def test_config_refuses_a_run_that_trains_nothing():
+    with pytest.raises(ValueError, match="train nothing"):
+        TrainConfig(epochs=0, critic_epochs=0)
+    with pytest.raises(ValueError, match="critic_gamma_range"):
+        TrainConfig(critic_gamma_range=[1.2, 0.8])
+    assert dataclasses.asdict(TrainConfig())["critic_epochs"] == 30
