@@ -9,7 +9,7 @@ far from every normal film in feature space scores high.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -61,3 +61,33 @@ def fit_density_on_images(discriminator: Discriminator, batches: Iterable[torch.
     discriminator.eval()
     embeddings = [flip_embedding(discriminator, batch.to(device))[0].cpu() for batch in batches]
     return fit_density(torch.cat(embeddings).numpy())
+
+
+def density_and_heat(maps: torch.Tensor, maps_flipped: torch.Tensor,
+                     density: dict[str, torch.Tensor],
+                     pool: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The density of flip-averaged embeddings, and its Grad-CAM on the feature maps.
+
+    The embedding is ``normalize(pool(maps) + pool(maps_flipped))``; the heat of a cell
+    is the density's gradient times the features there, summed over channels and kept
+    where positive (the mirror image's heat flipped back), scaled by the number of
+    cells: the cells whose features push the film away from the normal films.
+
+    Args:
+        maps, maps_flipped: (B, C, h, w) features of the images and of their mirrors.
+        density: the fitted Gaussian (:func:`fit_density`).
+        pool: (B, C, h, w) -> (B, C), how the network pools its map into an embedding.
+
+    Returns:
+        (density (B,), heat per cell (B, h, w)).
+    """
+    maps = maps.detach().float().requires_grad_(True)
+    maps_flipped = maps_flipped.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        pooled = pool(maps) + pool(maps_flipped)  # (B, C)
+        distance = mahalanobis(torch.nn.functional.normalize(pooled, dim=1), density)
+        grads = torch.autograd.grad(distance.sum(), [maps, maps_flipped])
+    cells = (grads[0] * maps).sum(1).clamp(min=0) \
+        + (grads[1] * maps_flipped).sum(1).clamp(min=0).flip(-1)  # (B, h, w)
+    return distance.detach(), (cells * cells.shape[-1] * cells.shape[-2]).detach()

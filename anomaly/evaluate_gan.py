@@ -118,8 +118,9 @@ CRITIC_HEAT_NOTE = ("Left: the preprocessed input. Right: where the critic's fea
                     "the film away from the normal films (Grad-CAM of the density on its "
                     "16 x 16 map; full red = the 99th percentile over training normals).")
 HEAT_NOTES = {
-    "density": "Left: the preprocessed input. Right: where the critic finds opacity "
-               "(its opacity head, full red = probability 1).",
+    "density": "Left: the preprocessed input. Right: where the discriminator's features "
+               "push the film away from the normal films (Grad-CAM of the density on its "
+               "4 x 4 map; full red = this image's largest).",
     "lung-brightness": "Left: the preprocessed input. Right: the brightness the score "
                        "averages inside the lung prior.",
     "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
@@ -127,7 +128,6 @@ HEAT_NOTES = {
                     "prior, what the score averages (full red = this image's largest).",
 }
 HEAT_NOTES["fused"] = HEAT_NOTES["lung-opacity"]
-HEAT_NOTES["lesion"] = HEAT_NOTES["density"]
 HEAT_NOTES["logit"] = CRITIC_HEAT_NOTE
 
 

@@ -25,8 +25,6 @@ class GANArchitecture:
         discriminator_width: channels of the discriminator's first layer (ndf).
         max_channels: cap on channels in any layer (keeps 128/256 models affordable).
         spectral_norm: spectral normalisation in the discriminator instead of BatchNorm.
-        lesion_head: give the discriminator a second head that maps its features to a
-            per-cell opacity logit (trained on synthetic opacities, see anomaly.lesions).
     """
 
     image_size: int = 64
@@ -36,7 +34,6 @@ class GANArchitecture:
     discriminator_width: int = 64
     max_channels: int = 512
     spectral_norm: bool = False
-    lesion_head: bool = False
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -114,11 +111,7 @@ def _conv_trunk(arch: GANArchitecture, width: int, spectral: bool) -> tuple[nn.S
 
 
 class Discriminator(nn.Module):
-    """Scores images (B, C, S, S) with one real/fake logit each, shape (B,).
-
-    With ``arch.lesion_head`` it also has :meth:`lesion_logits`, a 1x1 convolution that
-    says for each 4x4 cell of :meth:`features` whether it holds an opacity.
-    """
+    """Scores images (B, C, S, S) with one real/fake logit each, shape (B,)."""
 
     def __init__(self, arch: GANArchitecture):
         super().__init__()
@@ -127,7 +120,6 @@ class Discriminator(nn.Module):
         head = nn.Conv2d(channels, 1, 4, 1, 0, bias=arch.spectral_norm)
         self.head = nn.utils.spectral_norm(head) if arch.spectral_norm else head
         self.feature_dim = channels * 16
-        self.lesion_head = nn.Conv2d(channels, 1, 1) if arch.lesion_head else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Intermediate features used by the discrimination loss: (B, channels, 4, 4)."""
@@ -136,12 +128,6 @@ class Discriminator(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Real/fake logits (B,) from :meth:`features`."""
         return self.head(features).view(-1)
-
-    def lesion_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-cell opacity logits (B, 4, 4) from :meth:`features` (needs ``lesion_head``)."""
-        if self.lesion_head is None:
-            raise ValueError("this discriminator has no lesion head")
-        return self.lesion_head(features)[:, 0]
 
     @staticmethod
     def embedding(features: torch.Tensor) -> torch.Tensor:

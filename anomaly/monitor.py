@@ -1,15 +1,16 @@
 """TensorBoard panels that show, epoch by epoch, what the networks do with normal films
-they never trained on: the critic's opacity map and the encoder's reconstructions."""
+they never trained on: where the critic finds opacity, and the encoder's reconstructions."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from anomaly.data import load_images, uint8_to_model
-from anomaly.lesions import paste_opacities
-from anomaly.models import Discriminator, Encoder, Generator
+from anomaly.models import Encoder, Generator
 
 WATCHED_COUNT = 8
 
@@ -33,19 +34,19 @@ def _to_image_range(probability: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lesion_panel(discriminator: Discriminator, images: torch.Tensor,
-                 lung_prior: torch.Tensor) -> torch.Tensor:
-    """Grid, one row per image: input | opacity found | opacities pasted | found there.
+def evidence_panel(evidence: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                   pasted: torch.Tensor) -> torch.Tensor:
+    """Grid, one row per image: input | evidence | opacities pasted | evidence there.
 
-    The pasted opacities are drawn from a fixed seed, so rows compare across epochs.
+    Args:
+        evidence: maps images (N, 1, S, S) to probabilities (N, h, w) of opacity per cell.
+        images: held-out normal films (N, 1, S, S) in [-1, 1].
+        pasted: the same films with synthetic opacities (drawn from a fixed seed, so rows
+            compare across epochs).
     """
     size = images.shape[-1]
-    generator = torch.Generator(device=images.device).manual_seed(0)
-    pasted, _ = paste_opacities(images, lung_prior, generator=generator)
-    found = torch.sigmoid(discriminator.lesion_logits(discriminator.features(images)).float())
-    found_pasted = torch.sigmoid(
-        discriminator.lesion_logits(discriminator.features(pasted)).float())
-    columns = [images, _to_image_range(found, size), pasted, _to_image_range(found_pasted, size)]
+    columns = [images, _to_image_range(evidence(images).float(), size), pasted,
+               _to_image_range(evidence(pasted).float(), size)]
     rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu()  # (N * 4, 1, S, S)
     return make_grid(rows, nrow=4, normalize=True, value_range=(-1, 1))
 

@@ -7,7 +7,7 @@ The shell adds ``brightness`` (the mean of the input over the lung-field prior: 
 network at all) and turns components into the score kind asked for:
 
     critic family   density (default), logit
-    dcgan family    density, lesion, lung-opacity, anogan, fused (anomaly.families.dcgan)
+    dcgan family    density, lung-opacity, anogan, fused (anomaly.families.dcgan)
     any             lung-brightness: the no-GAN baseline, scored through the same evaluation
 
 Modes say which family looks and how: ``critic``; ``discriminator``, ``search`` (AnoGAN),

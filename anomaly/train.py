@@ -35,7 +35,6 @@ from anomaly.device import autocast, cpu_bf16_supported, resolve_device
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.train import CriticConfig, train_critic
 from anomaly.io import display_path
-from anomaly.lesions import lesion_targets, paste_opacities
 from anomaly.lungs import lung_field_prior
 from anomaly.models import (
     Discriminator,
@@ -44,7 +43,7 @@ from anomaly.models import (
     Generator,
     init_dcgan_weights,
 )
-from anomaly.monitor import lesion_panel, reconstruction_panel, watched_images
+from anomaly.monitor import reconstruction_panel, watched_images
 from anomaly.preprocess import PreprocessConfig
 
 
@@ -90,12 +89,6 @@ class TrainConfig:
     flip: bool = True
     # DiffAugment: brightness, contrast, translation of D's real and fake inputs
     diff_augment: bool = True
-    # synthetic opacities (anomaly.lesions): D also learns to find them in half of each
-    # real batch, with this weight on its loss; 0 turns the task off (a plain DCGAN)
-    lesion_weight: float = 0.0
-    # weight of D's real/fake loss beside the lesion task; 0 trains no generator at all
-    # (the critic alone)
-    adversarial_weight: float = 1.0
     # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
     encoder_epochs: int = 10
     encoder_lr: float = 1e-4
@@ -123,8 +116,7 @@ class TrainConfig:
     def architecture(self) -> GANArchitecture:
         """The architecture part of this config."""
         return GANArchitecture(self.image_size, 1, self.latent_dim, self.generator_width,
-                               self.discriminator_width, self.max_channels, self.spectral_norm,
-                               lesion_head=self.lesion_weight > 0)
+                               self.discriminator_width, self.max_channels, self.spectral_norm)
 
     def critic_config(self) -> CriticConfig:
         """The critic's part of this config."""
@@ -134,8 +126,6 @@ class TrainConfig:
                             self.seed)
 
     def __post_init__(self) -> None:
-        if self.epochs > 0 and self.adversarial_weight <= 0 and self.lesion_weight <= 0:
-            raise ValueError("adversarial_weight: 0 needs lesion_weight > 0 (nothing to train)")
         if self.epochs <= 0 and self.critic_epochs <= 0:
             raise ValueError("epochs: 0 and critic_epochs: 0 train nothing")
         if len(self.critic_gamma_range) != 2 or not 0 < self.critic_gamma_range[0] <= \
@@ -245,7 +235,7 @@ def family_state(config: TrainConfig, generator: Generator, discriminator: Discr
         "fixed_noise": fixed_noise.cpu(),
         "torch_rng": torch.get_rng_state(),
         "order_rng": order_rng.get_state(),
-        "generator_trained": config.adversarial_weight > 0,
+        "generator_trained": epoch > 0,
     }
 
 
@@ -333,16 +323,15 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             if dist.is_main:
                 save_checkpoint(state, last)
     if config.epochs > 0:
-        state = train_dcgan(config, images, lung_prior, state, last, dist, device, use_amp,
-                            writer, holdout, progress, log)
+        state = train_dcgan(config, images, state, last, dist, device, use_amp, writer,
+                            progress, log)
     if writer is not None:
         writer.close()
     if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
         raise DataError(f"{display_path(run_dir)}: no epochs were run")
     if dist.is_main and config.epochs > 0:
         fit_feature_density(last, images, device, config.batch_size, log=log)
-    if dist.is_main and config.epochs > 0 and config.encoder_epochs > 0 \
-            and config.adversarial_weight > 0:
+    if dist.is_main and config.epochs > 0 and config.encoder_epochs > 0:
         train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
     elif dist.is_main:
         fit_score_statistics(last, log=log)
@@ -351,14 +340,13 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     return last
 
 
-def train_dcgan(config: TrainConfig, images: torch.Tensor, lung_prior: torch.Tensor,
-                state: dict, last: Path, dist, device: torch.device, use_amp: bool,
-                writer, holdout: list[Path], progress: bool = True, log=print) -> dict:
+def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Path, dist,
+                device: torch.device, use_amp: bool, writer, progress: bool = True,
+                log=print) -> dict:
     """Train the DCGAN (G and D) on the normal films ``images``; return the run's state
     with the DCGAN's part, which is also saved to ``last`` every epoch.
 
-    Per batch: (1) update D (and, with ``lesion_weight``, its opacity head), (2) update G.
-    Resumes from ``state`` when it holds a DCGAN part.
+    Per batch: (1) update D, (2) update G. Resumes from ``state`` when it holds a DCGAN.
     """
     torch.manual_seed(config.seed)
     arch = config.architecture()
@@ -381,19 +369,16 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, lung_prior: torch.Ten
         order_rng.set_state(state["order_rng"])
         start_epoch = int(state["epoch"])
         log(f"DCGAN: resuming at epoch {start_epoch}")
-    lesions = config.lesion_weight > 0
-    adversarial = config.adversarial_weight > 0
-    # G is wrapped in DistributedDataParallel; D's features and heads are called one by
-    # one, which DDP cannot follow, so its gradients are averaged by hand (step (1))
+    # G is wrapped in DistributedDataParallel; D is called twice per step, which DDP
+    # cannot follow, so its gradients are averaged by hand (step (1))
     generator = dist.wrap(generator)
-    lung_prior_device = lung_prior.to(device)
-    watched = watched_images(holdout, config.preprocess_config(), device) \
-        if dist.is_main and lesions else None
     scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
+
     def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
         return diff_augment(batch) if config.diff_augment else batch
+
     count = len(images)
     batch_size = min(config.batch_size, count)
     step = start_epoch * max(1, count // (batch_size * dist.world_size))
@@ -405,42 +390,25 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, lung_prior: torch.Ten
         batches = dist.shard_batches(order, batch_size)
         if dist.world_size > 1:  # each rank draws its own noise, reproducibly per epoch
             torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+        bar = tqdm(batches, desc=f"DCGAN {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not (progress and dist.is_main), leave=False)
-        loss_g = torch.zeros(())
         for batch_index in bar:
             real = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S)
             if config.flip:
                 flip = torch.rand(real.shape[0], device=device) < 0.5
                 real = torch.where(flip[:, None, None, None], real.flip(-1), real)
             seen = as_seen_by_d(real)  # (B, 1, S, S), as D sees every input
-            pasted = masks = None
-            if lesions:  # the first half of the batch gets synthetic opacities
-                pasted, masks = paste_opacities(seen[: len(seen) // 2], lung_prior_device)
-                seen = seen[len(seen) // 2:]  # the clean half: the real films for (1)
 
-            # (1) Update D: maximise log D(x) + log(1 - D(G(z))), and find the opacities
+            # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
             optimizer_d.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                features = discriminator.features(seen if pasted is None else torch.cat([pasted, seen]))
-                features_real = features[len(features) - len(seen):]
-                loss_d = torch.zeros((), device=device)
-                if lesions:  # per 4x4 cell: is there an opacity? (clean films: nowhere)
-                    lesion_logits = discriminator.lesion_logits(features).float()  # (B, 4, 4)
-                    targets = torch.cat([lesion_targets(masks, lesion_logits.shape[1:]),
-                                         torch.zeros_like(lesion_logits[len(pasted):])])
-                    loss_lesion = F.binary_cross_entropy_with_logits(lesion_logits, targets)
-                    loss_d = loss_d + config.lesion_weight * loss_lesion
-                if adversarial:
-                    logits_real = discriminator.logits(features_real).float()
-                    noise = torch.randn(len(seen), arch.latent_dim, device=device)
-                    fake = generator(noise)
-                    logits_fake = discriminator(as_seen_by_d(fake.detach())).float()
-                    loss_d = loss_d + config.adversarial_weight * (
-                        F.binary_cross_entropy_with_logits(
-                            logits_real, torch.full_like(logits_real, real_target))
-                        + F.binary_cross_entropy_with_logits(
-                            logits_fake, torch.zeros_like(logits_fake)))
+                logits_real = discriminator(seen).float()
+                noise = torch.randn(len(seen), arch.latent_dim, device=device)
+                fake = generator(noise)  # (B, 1, S, S)
+                logits_fake = discriminator(as_seen_by_d(fake.detach())).float()
+                loss_d = (F.binary_cross_entropy_with_logits(
+                    logits_real, torch.full_like(logits_real, real_target))
+                    + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
             scaler_d.scale(loss_d).backward()
             dist.average_gradients(discriminator)
             scaler_d.step(optimizer_d)
@@ -448,57 +416,44 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, lung_prior: torch.Ten
             dist.broadcast_buffers(discriminator)
 
             # (2) Update G: maximise log D(G(z))
-            if adversarial:
-                optimizer_g.zero_grad(set_to_none=True)
-                with autocast(device, use_amp):
-                    logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
-                    loss_g = F.binary_cross_entropy_with_logits(
-                        logits_fake_for_g, torch.ones_like(logits_fake_for_g))
-                scaler_g.scale(loss_g).backward()
-                scaler_g.step(optimizer_g)
-                scaler_g.update()
+            optimizer_g.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                logits_fake_for_g = discriminator(as_seen_by_d(fake)).float()
+                loss_g = F.binary_cross_entropy_with_logits(
+                    logits_fake_for_g, torch.ones_like(logits_fake_for_g))
+            scaler_g.scale(loss_g).backward()
+            scaler_g.step(optimizer_g)
+            scaler_g.update()
 
             if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
                 raise TrainingDiverged(
                     f"loss became non-finite at epoch {epoch + 1} (D {loss_d.item():.4g}, "
                     f"G {loss_g.item():.4g}); the last good checkpoint is {display_path(last)}; "
                     "try a lower --lr or spectral_norm: true")
-            if adversarial:
-                d_real = torch.sigmoid(logits_real).mean().item()
-                d_fake = torch.sigmoid(logits_fake).mean().item()
-                bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
-                                d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
-            else:  # the critic alone: no real/fake logits to show
-                bar.set_postfix(loss_lesion=f"{loss_lesion.item():.3f}")
+            d_real = torch.sigmoid(logits_real).mean().item()
+            d_fake = torch.sigmoid(logits_fake).mean().item()
+            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}",
+                            d_x=f"{d_real:.2f}", d_gz=f"{d_fake:.2f}")
             if writer is not None:
                 writer.add_scalar("loss/discriminator", loss_d.item(), step)
-                if lesions:
-                    writer.add_scalar("loss/lesion", loss_lesion.item(), step)
-                if adversarial:
-                    writer.add_scalar("loss/generator", loss_g.item(), step)
-                    writer.add_scalar("D(x)", d_real, step)
-                    writer.add_scalar("D(G(z))", d_fake, step)
+                writer.add_scalar("loss/generator", loss_g.item(), step)
+                writer.add_scalar("D(x)", d_real, step)
+                writer.add_scalar("D(G(z))", d_fake, step)
             step += 1
 
         if dist.is_main:
             g, d = _unwrap(generator), _unwrap(discriminator)
             g.eval()
-            d.eval()
             with torch.no_grad():
-                if adversarial:
-                    samples = g(fixed_noise.to(device)).float().cpu()
-                    writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
-                                                          value_range=(-1, 1)), epoch + 1)
-                if lesions and watched is not None:
-                    writer.add_image("held-out normals: input | opacities pasted | found",
-                                     lesion_panel(d, watched, lung_prior_device), epoch + 1)
+                samples = g(fixed_noise.to(device)).float().cpu()
+            writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
+                                                  value_range=(-1, 1)), epoch + 1)
             writer.flush()
             state = with_family(state, "dcgan", family_state(
                 config, g, d, optimizer_g, optimizer_d, epoch + 1, fixed_noise, order_rng))
             save_checkpoint(state, last)
-            log(f"epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
-                + (f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}"
-                   if adversarial else f"opacity loss {loss_lesion.item():.3f}"))
+            log(f"DCGAN epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
+                f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
         dist.barrier()
 
     if dist.world_size > 1:
@@ -527,7 +482,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     state = load_checkpoint(model)
     if "generator" not in state or not state.get("generator_trained", True):
         raise CheckpointError(f"{display_path(model)}: no trained DCGAN generator to train an "
-                              "encoder for (train-gan with epochs > 0 and adversarial_weight > 0)")
+                              "encoder for (train-gan with epochs > 0)")
     config = TrainConfig(**state["train_config"])
     lr = lr or config.encoder_lr
     kappa = config.encoder_kappa if kappa is None else kappa

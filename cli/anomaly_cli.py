@@ -32,11 +32,6 @@ def main() -> None:
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
-@click.option("--lesion-weight", type=float,
-              help="Weight of D's synthetic-opacity task (0: off).")
-@click.option("--adversarial-weight", type=float,
-              help="Weight of D's real/fake game (0, the default: no generator; a plain "
-                   "DCGAN: --lesion-weight 0 --adversarial-weight 1).")
 @click.option("--max-images", type=int, help="Use only the first N images (a quick try).")
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)

@@ -1,9 +1,9 @@
-"""AUROC of the discriminator's components and of simple label-free combinations.
+"""AUROC of the opacity critic's components and of simple label-free combinations.
 
-How the README's probe lines for the opacity critic were measured: one pass of the
-discriminator (mode ``discriminator``) over each labelled folder; ``z(a)+z(b)`` sums two
-components, each standardised by its mean and standard deviation on the run's held-out
-normal training images (no label sets a weight).
+How the README's probe lines for the opacity critic are measured: one pass of the critic
+(mode ``critic``) over each labelled folder; ``z(a)+z(b)`` sums two components, each
+standardised by its mean and standard deviation on the run's held-out normal training
+images (no label sets a weight).
 
     python examples/critic_probes.py --model RUN \
         --data ../shared/data/chest_xray/val --data ../shared/data/chest_xray/test_dev
@@ -26,13 +26,13 @@ from anomaly.data import scan_labelled_folder
 from anomaly.evaluate import auroc
 from anomaly.score import Scorer
 
-PAIRS = [("lesion", "brightness"), ("density", "brightness"), ("density", "lesion")]
+PAIRS = [("logit", "brightness"), ("density", "brightness"), ("density", "logit")]
 
 
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
-    scorer = Scorer.from_state(state, mode="discriminator", score="density", device="cpu")
+    scorer = Scorer.from_state(state, mode="critic", score="density", device="cpu")
     normals = scorer.score_paths([Path(p) for p in state["holdout_paths"]], progress=False)
 
     def standardised(result, name: str) -> np.ndarray:
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         label_of = dict(zip(folder.paths, folder.binary_labels))
         labels = np.array([label_of[p] for p in result.paths])
         values = {name: np.asarray(getattr(result, name))
-                  for name in ("density", "lesion", "brightness")}
+                  for name in ("density", "logit", "brightness")}
         for a, b in PAIRS:
             values[f"z({a})+z({b})"] = standardised(result, a) + standardised(result, b)
         columns[Path(folder_path).name] = {k: auroc(labels, v) for k, v in values.items()}

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", action="append", required=True, help="run (repeatable)")
     parser.add_argument("--data", action="append", required=True, help="labelled folder")
     parser.add_argument("--score", default="density", help="score kind of every run")
-    parser.add_argument("--mode", default="discriminator", help="scoring mode of every run")
+    parser.add_argument("--mode", default="critic", help="scoring mode of every run")
     args = parser.parse_args(argv)
     scorers = [Scorer.from_checkpoint(m, mode=args.mode, score=args.score, device="cpu")
                for m in args.model]

@@ -35,12 +35,10 @@ def write_images(folder: Path, count: int, seed: int, blob: bool = False, size: 
     return paths
 
 
-# the classic DCGAN alone (no critic, no synthetic-opacity task); tests of the critic
-# and of the lesion task turn them on
+# the classic DCGAN alone (no critic)
 TINY_CONFIG = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
-                   batch_size=8, epochs=2, holdout_fraction=0.0, seed=0, lesion_weight=0.0,
-                   adversarial_weight=1.0, critic_epochs=0, spectral_norm=False,
-                   diff_augment=False, encoder_epochs=0)
+                   batch_size=8, epochs=2, holdout_fraction=0.0, seed=0, critic_epochs=0,
+                   spectral_norm=False, diff_augment=False, encoder_epochs=0)
 # the built-in defaults (critic, then DCGAN and encoder), shrunk to run in seconds
 TINY_DEFAULT = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
                     batch_size=8, epochs=1, encoder_epochs=1, critic_epochs=2,

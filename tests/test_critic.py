@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import numpy as np
 import pytest
@@ -201,14 +200,8 @@ def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, 
                                uninterrupted["density"]["precision"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_critic_trains_under_torchrun_with_identical_replicas(tmp_path, normal_dir):
-    from tests.test_distributed import torchrun
+    from tests.test_distributed import free_port, torchrun
 
     run = tmp_path / "ddp_critic"
     done = torchrun(free_port(), "cli.anomaly_cli", "train-gan", "--data", str(normal_dir),
@@ -228,3 +221,94 @@ def test_config_refuses_a_run_that_trains_nothing():
     with pytest.raises(ValueError, match="critic_gamma_range"):
         TrainConfig(critic_gamma_range=[1.2, 0.8])
     assert dataclasses.asdict(TrainConfig())["critic_epochs"] == 30
+
+
+def test_density_is_mirror_invariant(critic_run):
+    scorer = Scorer.from_checkpoint(critic_run, device="cpu")
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    plain, mirrored = scorer.score_tensor(images), scorer.score_tensor(images.flip(-1))
+    np.testing.assert_allclose(plain.density, mirrored.density, rtol=1e-4)
+    np.testing.assert_allclose(plain.logit, mirrored.logit, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(plain.heatmaps.flip(-1), mirrored.heatmaps, rtol=1e-3, atol=1e-4)
+
+
+def test_lung_brightness_is_the_mean_inside_the_prior(critic_run):
+    state = load_checkpoint(critic_run)
+    scorer = Scorer.from_state(state, score="lung-brightness")
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    prior = state["lung_prior"]
+    expected = (images[:, 0] * prior).sum((1, 2)) / prior.sum()
+    np.testing.assert_allclose(scorer.score_tensor(images).score, expected.numpy(), rtol=1e-5)
+
+
+def test_scores_of_another_family_are_refused(critic_run, trained_run):
+    with pytest.raises(ValueError, match="not one of mode 'critic'"):
+        Scorer.from_checkpoint(critic_run, score="lung-opacity")
+    with pytest.raises(ValueError, match="not one of mode 'encoder'"):
+        Scorer.from_checkpoint(trained_run, score="logit")
+
+
+def test_cli_choices_are_the_families_declarations():
+    from anomaly import score
+    from anomaly.families.critic.scorer import CriticFamily
+    from anomaly.families.dcgan.scorer import DCGANFamily
+    from cli import anomaly_cli
+
+    assert anomaly_cli.MODES == score.MODES == (*CriticFamily.modes, *DCGANFamily.modes)
+    assert set(anomaly_cli.SCORES) == {*CriticFamily.score_kinds, *DCGANFamily.score_kinds,
+                                       "lung-brightness"}
+
+
+def run_example(name: str, argv: list[str]) -> None:
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        importlib.import_module(name).main(argv)
+    finally:
+        sys.path.pop(0)
+
+
+def test_critic_probes_example_prints_every_component(critic_run, labelled_dir, capsys):
+    run_example("critic_probes", ["--model", str(critic_run), "--data", str(labelled_dir)])
+    out = capsys.readouterr().out
+    for name in ("density", "logit", "brightness", "z(density)+z(brightness)"):
+        assert f"| {name} |" in out
+
+
+def test_seed_ensemble_averages_standardised_runs(critic_run, tmp_path, normal_dir,
+                                                  labelled_dir, capsys):
+    """Two seeds: the ensemble's AUROC is that of the mean of their standardised scores,
+    recomputed here from the two scorers."""
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from anomaly.evaluate_gan import heldout_normal_scores
+
+    other = tmp_path / "seed1"
+    train_gan(TrainConfig(**{**CRITIC_ONLY, "seed": 1}), normal_dir, other, **QUIET)
+    run_example("seed_ensemble", ["--model", str(critic_run), "--model", str(other),
+                                  "--data", str(labelled_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    folder = scan_labelled_folder(labelled_dir)
+    standardised = []
+    for run in (critic_run, other):
+        scorer = Scorer.from_checkpoint(run, device="cpu")
+        normal = np.asarray(heldout_normal_scores(scorer, log=lambda *a: None))
+        result = scorer.score_paths(folder.paths, progress=False)
+        standardised.append((np.asarray(result.score) - normal.mean()) / normal.std())
+    expected = auroc(folder.binary_labels, np.mean(standardised, axis=0))
+    assert lines[2].startswith(f"{labelled_dir.name}: average of 2 runs: AUROC")
+    assert float(lines[2].rsplit(" ", 1)[1]) == pytest.approx(expected, abs=1e-3)
+    assert standardised[0].tolist() != standardised[1].tolist()  # two different runs
+
+
+def test_an_old_checkpoint_with_an_opacity_head_is_refused_in_one_line(trained_run, tmp_path):
+    from anomaly.checkpoint import save_checkpoint
+
+    state = load_checkpoint(trained_run)
+    state["architecture"] = {**state["architecture"], "lesion_head": True}
+    save_checkpoint(state, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="opacity head of an earlier version"):
+        Scorer.from_checkpoint(tmp_path / "old.pt", mode="encoder")

@@ -35,7 +35,7 @@ def test_the_default_run_holds_both_families_and_scores_with_the_critic(default_
                                       "encoder-search"]
     scorer = Scorer.from_checkpoint(default_run)
     assert (scorer.mode, scorer.score) == ("critic", "density")
-    assert len(mode_scores(default_run)) == 2 + 1 + 4 * 5  # every pair below
+    assert len(mode_scores(default_run)) == 3 + 2 + 3 * 5  # every pair below
 
 
 def test_every_mode_and_score_of_the_default_run(default_run, labelled_dir):

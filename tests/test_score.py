@@ -83,7 +83,7 @@ def test_folder_with_corrupt_file(trained_run, normal_dir, tmp_path):
     assert sorted(p.name for p, _ in result.failures) == ["corrupt.png", "empty.jpg"]
     rows = list(csv.DictReader(open(out)))
     assert list(rows[0]) == ["path", "score", "residual", "discrimination", "opacity", "critic",
-                            "density", "lesion", "brightness"]
+                            "density", "brightness"]
     assert len(rows) == 3
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3
 

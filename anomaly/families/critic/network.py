@@ -87,6 +87,12 @@ class OpacityCritic(nn.Module):
         """Max-pool then global average of :meth:`feature_map`, (B, feature_dim)."""
         return self.pool(feature_map).mean(dim=(2, 3))
 
+    def cell_logits(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The logit's share of each pooled cell, (B, S'/2, S'/2): the head applied cell by
+        cell, whose mean over the cells is the logit itself."""
+        cells = self.pool(feature_map)  # (B, C, S'/2, S'/2)
+        return torch.einsum("bchw,c->bhw", cells, self.head.weight[0]) + self.head.bias
+
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Opacity logits (B,) from :meth:`pooled` features."""
         return self.head(pooled).squeeze(1)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.density import mahalanobis
+from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
@@ -75,36 +75,22 @@ class CriticFamily:
             maps = self.critic.feature_map(images).float()  # (B, C, S', S')
             maps_flipped = self.critic.feature_map(images.flip(-1)).float()
         heat = None
-        if heatmaps:
-            heat, density = self._density_and_heat(maps, maps_flipped, images.shape[-1])
+        if heatmaps:  # Grad-CAM of the density on the last feature map, upsampled
+            density, cells = density_and_heat(maps, maps_flipped, self.density,
+                                              self.critic.pooled)
+            heat = F.interpolate(cells[:, None], size=images.shape[-2:], mode="bilinear",
+                                 align_corners=False)[:, 0]
         else:
-            density = self._density(maps, maps_flipped)
+            with torch.no_grad():
+                pooled = self.critic.pooled(maps) + self.critic.pooled(maps_flipped)
+                density = mahalanobis(F.normalize(pooled, dim=1), self.density)
         with torch.no_grad():
             logit = (self.critic.logits(self.critic.pooled(maps))
                      + self.critic.logits(self.critic.pooled(maps_flipped))) / 2
         return FamilyOutput(
-            components={"density": density.detach().cpu().numpy(),
+            components={"density": density.cpu().numpy(),
                         "logit": logit.cpu().numpy()},
             heatmaps=heat, heat_scale=self.heat_scale, reconstructions=None)
-
-    def _density(self, maps: torch.Tensor, maps_flipped: torch.Tensor) -> torch.Tensor:
-        pooled = self.critic.pooled(maps) + self.critic.pooled(maps_flipped)  # (B, C)
-        return mahalanobis(F.normalize(pooled, dim=1), self.density)  # (B,)
-
-    def _density_and_heat(self, maps: torch.Tensor, maps_flipped: torch.Tensor, size: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density (B,) and its Grad-CAM (B, S, S) from both feature maps."""
-        maps = maps.detach().requires_grad_(True)
-        maps_flipped = maps_flipped.detach().requires_grad_(True)
-        with torch.enable_grad():
-            density = self._density(maps, maps_flipped)
-            grads = torch.autograd.grad(density.sum(), [maps, maps_flipped])
-        cells = (grads[0] * maps).sum(1).clamp(min=0) \
-            + (grads[1] * maps_flipped).sum(1).clamp(min=0).flip(-1)  # (B, S', S')
-        cells = cells * cells.shape[-1] * cells.shape[-2]  # per cell, in density units
-        heat = F.interpolate(cells[:, None], size=(size, size), mode="bilinear",
-                             align_corners=False)[:, 0]
-        return heat.detach(), density.detach()
 
 
 def heat_scale_of(family: CriticFamily, normal_images: torch.Tensor,

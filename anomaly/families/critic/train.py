@@ -25,6 +25,7 @@ from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import paste_opacities, soft_lung_prior, vary_acquisition
+from anomaly.monitor import evidence_panel
 
 
 @dataclass
@@ -55,7 +56,8 @@ class CriticConfig:
 def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.Tensor,
                  dist, device: torch.device, use_amp: bool,
                  save: Callable[[dict], None], resume_state: dict | None = None,
-                 writer=None, progress: bool = True, log=print) -> dict:
+                 writer=None, watched: torch.Tensor | None = None, progress: bool = True,
+                 log=print) -> dict:
     """Train the critic and fit its feature density; return the family's state.
 
     Args:
@@ -68,6 +70,8 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         save: writes the whole checkpoint with this family's state (rank 0 calls it).
         resume_state: this family's state from a checkpoint, to continue.
         writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
+        watched: held-out normal films (N, 1, S, S) in [-1, 1] for the TensorBoard panel
+            of where the critic finds opacity, with and without pasted opacities.
 
     Returns:
         The critic's checkpoint state: architecture, weights, optimiser, schedule,
@@ -96,6 +100,15 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         log(f"critic: resuming at epoch {start_epoch}")
     model = dist.wrap(critic)
     prior = soft_lung_prior(lung_prior).to(device)
+    watched_pasted = None
+    if watched is not None:  # the same opacities every epoch, so panels compare
+        watched_pasted, _ = paste_opacities(
+            watched, prior, generator=torch.Generator(device=device).manual_seed(0))
+
+    def evidence(films: torch.Tensor) -> torch.Tensor:
+        critic.eval()
+        return torch.sigmoid(critic.cell_logits(critic.feature_map(films)))
+
     max_shift = int(round(config.shift_fraction * size))
     gamma = tuple(config.gamma_range)
     step = start_epoch * steps_per_epoch
@@ -146,6 +159,10 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
                                  make_grid(torch.cat([films[:8], pasted[:8]]).float().cpu(),
                                            nrow=8, normalize=True, value_range=(-1, 1)),
                                  epoch + 1)
+                if watched is not None:
+                    writer.add_image("critic: held-out normals: input | opacity found | "
+                                     "opacities pasted | found there",
+                                     evidence_panel(evidence, watched, watched_pasted), epoch + 1)
                 writer.flush()
             save(state(epoch + 1))
             log(f"critic epoch {epoch + 1}/{config.epochs}: opacity loss "

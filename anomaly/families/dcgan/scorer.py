@@ -16,9 +16,8 @@ Components per image (NaN where a mode or checkpoint cannot measure one):
     opacity        = mean over the lung-field prior of max(blur(x - G(z)), 0)   (idem)
     critic         = -D(x)                                 (D's real/fake logit)
     density        = Mahalanobis distance of D's embedding from the training normals'
-    lesion         = strongest cell of D's synthetic-opacity head (lesion_weight > 0)
 
-Scores: ``density``, ``lesion``, ``lung-opacity`` (opacity), ``anogan`` ((1 - lambda) *
+Scores: ``density``, ``lung-opacity`` (opacity), ``anogan`` ((1 - lambda) *
 residual + lambda * discrimination) and ``fused`` (opacity and critic, each standardised
 on the held-out normals, summed).
 """
@@ -29,14 +28,13 @@ import numpy as np
 import torch
 
 from anomaly.checkpoint import CheckpointError
-from anomaly.density import flip_embedding, mahalanobis
+from anomaly.density import density_and_heat
 from anomaly.device import autocast
 from anomaly.families.base import FamilyOutput
 from anomaly.families.dcgan import (
     DEFAULT_ITERATIONS,
     MODES,
     RECONSTRUCTION_SCORES,
-    default_score,
 )
 from anomaly.lungs import lung_opacity, opacity_map
 from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
@@ -53,9 +51,9 @@ class DCGANFamily:
 
     name = "dcgan"
     modes = MODES
-    components = ("residual", "discrimination", "opacity", "critic", "density", "lesion")
-    score_kinds = {"density": "density", "lesion": "lesion", "lung-opacity": "opacity",
-                   "anogan": None, "fused": None}
+    components = ("residual", "discrimination", "opacity", "critic", "density")
+    score_kinds = {"density": "density", "lung-opacity": "opacity", "anogan": None,
+                   "fused": None}
     calibrated_scores = ("fused",)  # standardised on the held-out normals
 
     def __init__(self, generator: Generator, discriminator: Discriminator,
@@ -96,7 +94,12 @@ class DCGANFamily:
         if "generator" not in state:
             raise CheckpointError(f"mode {mode!r} needs a DCGAN, and this checkpoint holds "
                                   "none (train it with epochs > 0)")
-        arch = GANArchitecture(**state["architecture"])
+        if state["architecture"].get("lesion_head"):
+            raise CheckpointError("this checkpoint's discriminator has the opacity head of an "
+                                  "earlier version, which this version no longer reads; "
+                                  "retrain it (the opacity critic, mode 'critic', succeeds it)")
+        arch = GANArchitecture(**{k: v for k, v in state["architecture"].items()
+                                  if k != "lesion_head"})
         generator, discriminator = Generator(arch), Discriminator(arch)
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
@@ -104,12 +107,9 @@ class DCGANFamily:
         if state.get("encoder") is not None:
             encoder = Encoder(arch)
             encoder.load_state_dict(state["encoder"])
-        family = cls(generator, discriminator, encoder, mode, device, lung_prior,
-                     feature_density=state.get("feature_density"),
-                     generator_trained=state.get("generator_trained", True), **options)
-        if mode != "discriminator":
-            family.default_score = default_score(state)
-        return family
+        return cls(generator, discriminator, encoder, mode, device, lung_prior,
+                   feature_density=state.get("feature_density"),
+                   generator_trained=state.get("generator_trained", True), **options)
 
     @property
     def reconstructs(self) -> bool:
@@ -120,13 +120,10 @@ class DCGANFamily:
         """Refuse a score kind this mode or checkpoint cannot compute, in one line."""
         if not self.reconstructs and score in RECONSTRUCTION_SCORES:
             raise ValueError(f"score {score!r} needs a reconstruction; use --mode search or "
-                             "encoder, or --score density, lesion")
+                             "encoder, or --score density")
         if score == "density" and self.feature_density is None:
             raise CheckpointError("this checkpoint has no feature density (trained by an "
                                   "older version); use --score lung-opacity")
-        if score == "lesion" and self.discriminator.lesion_head is None:
-            raise CheckpointError("the lesion score needs a discriminator trained with "
-                                  "lesion_weight > 0")
 
     def settings(self) -> dict:
         """The settings that change the components."""
@@ -149,10 +146,6 @@ class DCGANFamily:
                 max(normal.std(), 1e-12)
         return np.asarray(total, dtype=np.float64)
 
-    def heat_scale(self, score: str) -> float | None:
-        """1 for the opacity head's probabilities (a normal film stays cool); None (each
-        image's own maximum) for residual maps."""
-        return 1.0 if score in ("density", "lesion") else None
 
     # -- scoring tensors -------------------------------------------------------------
 
@@ -173,47 +166,39 @@ class DCGANFamily:
         discrimination = (features_real - features_fake).abs().flatten(1).mean(1)  # (B,)
         return residual, discrimination, reconstruction
 
-    def _discriminator_components(self, images: torch.Tensor
-                                  ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
-        """critic, density and lesion of a batch, D's features, and the lesion map.
+    def _discriminator_components(self, images: torch.Tensor, heatmaps: bool
+                                  ) -> tuple[dict[str, np.ndarray], torch.Tensor,
+                                             torch.Tensor | None]:
+        """critic and density of a batch, D's features, and the density's heat map.
 
         Returns:
-            (components, features (B, C, 4, 4), lesion probability map (B, S, S) or
-            zeros where D has no lesion head).
+            (components, features (B, C, 4, 4), Grad-CAM of the density on D's 4 x 4 map
+            (B, S, S), or None when not asked for or there is no density).
         """
         discriminator, batch, size = self.discriminator, images.shape[0], images.shape[-1]
-        nan = np.full(batch, np.nan)
-        lesion_map = torch.zeros(batch, size, size, device=self.device)
         with torch.no_grad(), autocast(self.device, self.use_amp):
-            if self.feature_density is None and discriminator.lesion_head is None:
-                features = discriminator.features(images).float()  # no mirror pass needed
-                return ({"critic": -discriminator.logits(features).float().cpu().numpy(),
-                         "density": nan, "lesion": nan}, features, lesion_map)
-            embedding, features, features_flipped = flip_embedding(discriminator, images)
-            critic = -discriminator.logits(features).float()
-            density = nan if self.feature_density is None else \
-                mahalanobis(embedding, self.feature_density).cpu().numpy()
-            lesion = nan
-            if discriminator.lesion_head is not None:  # the image's and its mirror's maps
-                cells = (discriminator.lesion_logits(features).float()
-                         + discriminator.lesion_logits(features_flipped).float().flip(-1)) / 2
-                lesion = cells.flatten(1).amax(1).cpu().numpy()  # (B,)
-                lesion_map = torch.nn.functional.interpolate(
-                    torch.sigmoid(cells)[:, None], size=(size, size), mode="bilinear",
-                    align_corners=False)[:, 0]
-        return ({"critic": critic.cpu().numpy(), "density": density, "lesion": lesion},
-                features, lesion_map)
+            features = discriminator.features(images).float()  # (B, C, 4, 4)
+            critic = -discriminator.logits(features).float().cpu().numpy()
+            if self.feature_density is None:  # no mirror pass needed
+                return {"critic": critic, "density": np.full(batch, np.nan)}, features, None
+            features_flipped = discriminator.features(images.flip(-1)).float()
+        density, cells = density_and_heat(features, features_flipped, self.feature_density,
+                                          lambda maps: maps.mean(dim=(2, 3)))
+        heat = torch.nn.functional.interpolate(
+            cells[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] \
+            if heatmaps else None
+        return {"critic": critic, "density": density.cpu().numpy()}, features, heat
 
     def score_batch(self, images: torch.Tensor, score: str = "lung-opacity",
                     heatmaps: bool = True) -> FamilyOutput:
         """Components of a batch of preprocessed images (B, 1, S, S) in [-1, 1], G(z)
         where the mode reconstructs, and the heat map of ``score``."""
-        components, features_real, lesion_map = self._discriminator_components(images)
+        components, features_real, density_heat = self._discriminator_components(
+            images, heatmaps and score == "density")
         if not self.reconstructs:  # no reconstruction: D's components only
             nan = np.full(images.shape[0], np.nan)
             components.update(residual=nan, discrimination=nan, opacity=nan)
-            return FamilyOutput(components, lesion_map if heatmaps else None,
-                                self.heat_scale(score), None)
+            return FamilyOutput(components, density_heat, None, None)
         z = self.initial_latent(images)
         if self.iterations > 0:
             z = z.detach().requires_grad_(True)
@@ -233,14 +218,15 @@ class DCGANFamily:
         components.update(residual=residual.cpu().numpy(),
                           discrimination=discrimination.cpu().numpy(),
                           opacity=opacity.cpu().numpy())
-        heat = self._heatmaps(images, reconstruction, lesion_map, score) if heatmaps else None
-        return FamilyOutput(components, heat, self.heat_scale(score), reconstruction)
+        heat = self._heatmaps(images, reconstruction, density_heat, score) if heatmaps \
+            else None
+        return FamilyOutput(components, heat, None, reconstruction)
 
     def _heatmaps(self, images: torch.Tensor, reconstruction: torch.Tensor,
-                  lesion_map: torch.Tensor, score: str) -> torch.Tensor:
-        """What ``score`` looks at, per pixel, (B, S, S)."""
-        if score in ("density", "lesion"):  # where D finds opacity
-            return lesion_map
+                  density_heat: torch.Tensor | None, score: str) -> torch.Tensor:
+        """What ``score`` looks at, per pixel, (B, S, S) (each image's own scale)."""
+        if score == "density":  # the density's Grad-CAM on D's 4 x 4 map
+            return density_heat
         if score == "anogan":
             return (images - reconstruction).abs()[:, 0]
         return (opacity_map(images, reconstruction) * self.lung_prior)[:, 0]  # what it averages
