@@ -316,9 +316,11 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
             def save_critic(part: dict) -> None:
                 save_checkpoint(with_family(state, "critic", part), last)
 
+            watched = watched_images(holdout, config.preprocess_config(), device) \
+                if dist.is_main else None
             part = train_critic(config.critic_config(), images, lung_prior, dist, device,
                                 use_amp, save_critic, resume_state=done or None,
-                                writer=writer, progress=progress, log=log)
+                                writer=writer, watched=watched, progress=progress, log=log)
             state = with_family(state, "critic", part)
             if dist.is_main:
                 save_checkpoint(state, last)
