@@ -2,7 +2,9 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings: the networks' state dicts
 plus everything needed to rebuild them (architecture, preprocessing, training config,
-epoch, fitted score statistics). Loading never unpickles code.
+epoch, fitted score statistics). ``families`` names the model families it holds: the
+critic's part under ``"critic"``, the DCGAN's at the top level (format 1 checkpoints hold
+the DCGAN alone). Loading never unpickles code.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from anomaly.io import display_path
 
 FORMAT = "cxr-anomaly-gan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``families`` lists the model families held (critic, dcgan)
 
 
 class CheckpointError(ValueError):

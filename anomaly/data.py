@@ -134,7 +134,8 @@ def uint8_to_model(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def _encode_uint8(image: np.ndarray) -> np.ndarray:
+def encode_uint8(image: np.ndarray) -> np.ndarray:
+    """A model-range image in [-1, 1] as the uint8 it is stored as (rounded)."""
     return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -148,7 +149,7 @@ def iter_preprocessed(
 
     def job(path: Path) -> tuple[Path, np.ndarray | None, str | None]:
         try:
-            return path, _encode_uint8(load_preprocessed(path, config)), None
+            return path, encode_uint8(load_preprocessed(path, config)), None
         except ImageReadError as err:
             return path, None, err.reason
         except Exception as err:  # any decoder surprise is a bad file, not a crash

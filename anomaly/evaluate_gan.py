@@ -107,6 +107,37 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     return report
 
 
+def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
+                        normal_class: str = "NORMAL", threshold_metric: str = "youden",
+                        quantile: float = 0.95, progress: bool = True, log=print,
+                        **scorer_options) -> dict:
+    """Pick the threshold on ``val_dir`` and store it in the checkpoint for this mode,
+    score and settings, where ``anomaly score`` and :meth:`Scorer.decision` find it.
+
+    Labelled validation data with both classes gives Youden's J (or F1); normal images
+    only give their ``quantile``.
+
+    Returns:
+        The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``.
+    """
+    from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+    from anomaly.decision import threshold_key
+
+    path = resolve_checkpoint_path(model)
+    scorer = Scorer.from_checkpoint(path, **scorer_options)
+    val = read_validation_folder(val_dir, normal_class)
+    _, labels, scores = score_labelled(scorer, val, progress, log)
+    value, source = choose_threshold(labels, scores, metric=threshold_metric,
+                                     quantile=quantile)
+    entry = {"value": value, "source": source if source != "val" else
+             f"val-{threshold_metric}", "n": int(len(scores)), "mode": scorer.mode,
+             "score": scorer.score, "val_dir": str(Path(val_dir).resolve())}
+    state = load_checkpoint(path)
+    state.setdefault("thresholds", {})[threshold_key(scorer.output_settings())] = entry
+    save_checkpoint(state, path)
+    return entry
+
+
 def describe_scorer(scorer: Scorer) -> str:
     """One line: mode, score and, where the mode searches, its steps and lambda."""
     search = (f", {scorer.iterations} iterations, lambda {scorer.lam}"

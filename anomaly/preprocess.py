@@ -89,3 +89,21 @@ def _to_square(image: np.ndarray, mode: str) -> np.ndarray:
     top, left = (side - height) // 2, (side - width) // 2
     padded[top : top + height, left : left + width] = image
     return padded
+
+
+def map_to_original(values: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
+    """Bring an (S, S) map over a model input back to the (H, W) image it came from,
+    undoing :func:`preprocess`'s square step (``crop``: zero outside the central square;
+    ``pad``: the padding cut away)."""
+    height, width = shape
+    values = np.asarray(values, dtype=np.float32)
+    if mode == "squash" or height == width:
+        return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+    side = min(height, width) if mode == "crop" else max(height, width)
+    square = cv2.resize(values, (side, side), interpolation=cv2.INTER_LINEAR)
+    top, left = abs(height - side) // 2, abs(width - side) // 2
+    if mode == "crop":
+        full = np.zeros((height, width), dtype=np.float32)
+        full[top: top + side, left: left + side] = square
+        return full
+    return square[top: top + height, left: left + width]

@@ -28,6 +28,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from anomaly.data import iter_preprocessed_batches, uint8_to_model
+from anomaly.decision import Decision, make_decision, threshold_key
 from anomaly.device import resolve_device
 from anomaly.families import FAMILIES, MODES, SCORES, families_in, family_of_mode
 from anomaly.families.base import Family
@@ -153,6 +154,7 @@ class Scorer:
         self.holdout_paths = [Path(p) for p in holdout_paths]
         self.normal_components = normal_components
         self.checkpoint_id: str | None = None  # set by from_checkpoint
+        self.stored_thresholds: dict[str, dict] = {}  # by anomaly calibrate, per settings
 
     @classmethod
     def from_state(cls, state: dict, mode: str | None = None, score: str | None = None,
@@ -187,6 +189,7 @@ class Scorer:
             state, mode, torch_device, prior, **options)
         scorer = cls(family, preprocess_config, score=score, lung_prior=prior,
                      batch_size=batch_size, holdout_paths=state.get("holdout_paths", []))
+        scorer.stored_thresholds = dict(state.get("thresholds", {}))
         fitted = state.get("score_stats", {}).get(mode, {})
         if all(fitted.get(k) == v for k, v in scorer.settings().items()):
             scorer.normal_components = fitted.get("components")
@@ -281,6 +284,19 @@ class Scorer:
         if name is not None:
             return np.asarray(components[name], dtype=np.float64)
         return self.family.combine(self.score, components, self.normal_components)
+
+    def decision(self, threshold: float | None = None, alpha: float | None = None
+                 ) -> Decision:
+        """How this scorer's scores become labels (:mod:`anomaly.decision`): ``threshold``
+        if given, else the one ``anomaly calibrate`` stored for these settings, else the
+        held-out normals' 95% quantile; ``alpha`` flags by conformal p-value instead.
+
+        The held-out normals are scored here once when their scores are not stored for
+        this mode (search modes), for the p-values."""
+        if self.normal_components is None and len(self.available_holdout()) >= 2:
+            self.calibrate(self.available_holdout())
+        stored = self.stored_thresholds.get(threshold_key(self.output_settings()))
+        return make_decision(self.fitted_normal_scores(), stored, threshold, alpha)
 
     def fitted_normal_scores(self) -> list[float] | None:
         """Scores of the held-out normal images, when their components are known."""

@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from anomaly.atomic import write_text_atomically
+from anomaly.decision import Decision
 from anomaly.heatmap import write_png
 from anomaly.io import display_path
 from anomaly.score import BatchScores, Scorer, ScoreResult
 
 
-def csv_header(scorer: Scorer) -> list[str]:
-    """A scores CSV's header: ``path,score`` and then the scorer's components."""
-    return ["path", "score", *scorer.component_names]
+def csv_header(scorer: Scorer, decision: Decision | None = None) -> list[str]:
+    """A scores CSV's header: ``path,score``, ``label,p_value`` when a decision rule is
+    given, and then the scorer's components."""
+    return ["path", "score", *(["label", "p_value"] if decision else []),
+            *scorer.component_names]
 
 
 def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
@@ -70,6 +73,12 @@ def write_settings(csv_path: str | os.PathLike, settings: dict) -> None:
     write_text_atomically(settings_path(csv_path), json.dumps(settings, indent=2) + "\n")
 
 
+def row_settings(scorer: Scorer, decision: Decision | None = None) -> dict:
+    """What makes a CSV's rows: the scorer's output settings and the decision rule."""
+    rule = {"threshold": decision.threshold, "alpha": decision.alpha} if decision else {}
+    return {**scorer.output_settings(), **rule}
+
+
 def heatmap_names(paths: Sequence[Path]) -> dict[Path, str]:
     """A unique PNG name for every image of a job, the same in every process."""
     used: set[str] = set()
@@ -92,7 +101,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 heatmap_dir: str | os.PathLike | None = None, resume: bool = False,
                 on_row: Callable[..., None] | None = None,
                 progress: bool = True, names: dict[Path, str] | None = None,
-                record_settings: bool = True) -> ScoreResult:
+                record_settings: bool = True, decision: Decision | None = None) -> ScoreResult:
     """Score files, streaming rows to ``out_csv`` and heatmaps to ``heatmap_dir``.
 
     Args:
@@ -102,12 +111,14 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             (:func:`csv_header`), flushed per batch.
         heatmap_dir: folder for one three-panel PNG per image.
         resume: keep an existing CSV and skip the paths it already holds.
-        on_row: called with (path, score, *components) for each image.
+        on_row: called with (path, score, *components) for each image (with
+            ``decision``: (path, score, label, p_value, *components)).
         progress: show a progress bar.
         names: heatmap file name of each path (default: :func:`heatmap_names` of
             ``paths``, so a resumed job names its heatmaps as the first one did).
         record_settings: check the settings of a CSV to resume and record those of a
             new one (off for the shards of a sharded job, which checks once for all).
+        decision: adds each image's label and conformal p-value (:mod:`anomaly.decision`).
 
     Returns:
         The scores of the files scored in this call, and the files skipped.
@@ -122,7 +133,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         if resume and record_settings:
-            check_resume_settings(out_csv, scorer.output_settings())
+            check_resume_settings(out_csv, row_settings(scorer, decision))
         done = read_scored_paths(out_csv) if resume else set()
         paths = [p for p in paths if str(p) not in done]
         append = resume and out_csv.exists() and out_csv.stat().st_size > 0
@@ -130,17 +141,21 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                       errors="surrogateescape")
         writer = csv.writer(handle)
         if not append:
-            writer.writerow(csv_header(scorer))
+            writer.writerow(csv_header(scorer, decision))
             if record_settings:
-                write_settings(out_csv, scorer.output_settings())
+                write_settings(out_csv, row_settings(scorer, decision))
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
+        labels = decision.labels(scores.score) if decision else None
+        p_values = decision.p_values(scores.score) if decision else None
         for i, path in enumerate(batch_paths):
-            values = [float(scores.score[i]),
-                      *(float(scores.components[name][i]) for name in scorer.component_names)]
-            row = (str(path), *values)
+            components = [float(scores.components[name][i]) for name in scorer.component_names]
+            verdict = [labels[i], float(p_values[i])] if decision else []
+            row = (str(path), float(scores.score[i]), *verdict, *components)
             if writer is not None:
-                writer.writerow([row[0], *(f"{v:.6f}" for v in values)])
+                writer.writerow([str(path), f"{scores.score[i]:.6f}",
+                                 *([labels[i], f"{p_values[i]:.6f}"] if decision else []),
+                                 *(f"{v:.6f}" for v in components)])
             if heatmap_dir is not None:
                 write_png(Path(heatmap_dir) / names[path], scorer.heatmap_panel(scores, i))
             if on_row is not None:
@@ -159,7 +174,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
 
 def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
                         out_csv: str | os.PathLike, heatmap_dir: str | os.PathLike | None = None,
-                        resume: bool = False, on_row=None, progress: bool = True) -> ScoreResult:
+                        resume: bool = False, on_row=None, progress: bool = True,
+                        decision: Decision | None = None) -> ScoreResult:
     """Score files across the processes of a ``torchrun`` job into one CSV.
 
     Rank r scores every world_size-th file still to do into ``OUT.rankR``; rank 0 then
@@ -174,27 +190,29 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
 
     dist = distributed.setup()
     if dist.world_size == 1:
-        return score_files(scorer, paths, out_csv, heatmap_dir, resume, on_row, progress)
+        return score_files(scorer, paths, out_csv, heatmap_dir, resume, on_row, progress,
+                           decision=decision)
     out_csv = Path(out_csv)
     paths = [Path(p) for p in paths]
     if resume:
-        check_resume_settings(out_csv, scorer.output_settings())
+        check_resume_settings(out_csv, row_settings(scorer, decision))
     dist.barrier()
     if dist.is_main:
         leftovers = sorted(out_csv.parent.glob(f"{out_csv.name}.rank*")) if resume else []
-        merge_shards(out_csv, leftovers, csv_header(scorer), append=resume)  # new: the header
-        write_settings(out_csv, scorer.output_settings())
+        merge_shards(out_csv, leftovers, csv_header(scorer, decision), append=resume)
+        write_settings(out_csv, row_settings(scorer, decision))
     dist.barrier()
     done = read_scored_paths(out_csv)
     todo = [p for p in paths if str(p) not in done]
     shard = out_csv.with_name(f"{out_csv.name}.rank{dist.rank}")
     result = score_files(scorer, todo[dist.rank :: dist.world_size], shard, heatmap_dir,
                          on_row=on_row, progress=progress and dist.is_main,
-                         names=heatmap_names(paths), record_settings=False)
+                         names=heatmap_names(paths), record_settings=False, decision=decision)
     dist.barrier()
     if dist.is_main:
         merge_shards(out_csv, [out_csv.with_name(f"{out_csv.name}.rank{r}")
-                               for r in range(dist.world_size)], csv_header(scorer), append=True)
+                               for r in range(dist.world_size)], csv_header(scorer, decision),
+                     append=True)
     dist.barrier()
     dist.teardown()
     return result

@@ -7,6 +7,7 @@ every epoch. ``train_encoder`` trains E with G and D frozen (f-AnoGAN's izi_f).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -28,7 +29,7 @@ from anomaly.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from anomaly.config import format_config, save_config
+from anomaly.config import ConfigError, format_config, from_dict, load_config, save_config
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
@@ -247,6 +248,53 @@ def with_family(state: dict, name: str, part: dict) -> dict:
     return merged
 
 
+# settings a resumed run may change: more DCGAN or encoder epochs, where and how fast it
+# runs; every other one changes what was trained (a seed, a hold-out fraction or a file
+# limit would even re-split the held-out normals)
+RESUMABLE_SETTINGS = ("epochs", "encoder_epochs", "device", "amp", "cpu_bf16", "cache_dir",
+                      "sample_count")
+
+
+def resume_config(run_dir: str | os.PathLike, config_file: str | os.PathLike | None = None,
+                  overrides: dict | None = None) -> TrainConfig:
+    """The config to resume a run with: the one it was trained with, then ``config_file``
+    and ``overrides`` on top (which :func:`check_resume_settings` then checks).
+
+    A run without a checkpoint yet gets the built-in defaults instead.
+    """
+    last = checkpoint_path(run_dir)
+    if not last.exists():
+        return load_config(TrainConfig, config_file, overrides)
+    saved = load_checkpoint(last).get("train_config", {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    if config_file is not None:
+        values.update(dataclasses.asdict(load_config(TrainConfig, config_file)))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(TrainConfig, values, f"{display_path(last)} + changes")
+
+
+def check_resume_settings(previous: dict, config: TrainConfig, data_dir: str | os.PathLike,
+                          path: Path) -> None:
+    """Refuse to resume with settings that change what the checkpoint was trained with.
+
+    Raises:
+        ConfigError: one line naming each such setting, its saved and its new value.
+    """
+    saved = previous.get("train_config", {})
+    new = dataclasses.asdict(config)
+    differ = [f"{key} {saved[key]!r} there, {new[key]!r} now" for key in new
+              if key in saved and key not in RESUMABLE_SETTINGS and saved[key] != new[key]
+              and not (isinstance(saved[key], (list, tuple)) and list(saved[key]) == new[key])]
+    trained_on = previous.get("data_dir")
+    if trained_on and Path(trained_on) != Path(data_dir).resolve():
+        differ.append(f"data {trained_on} there, {Path(data_dir).resolve()} now")
+    if differ:
+        raise ConfigError(f"{display_path(path)}: cannot resume with other settings ("
+                          + "; ".join(differ) + "); only "
+                          + ", ".join(RESUMABLE_SETTINGS) + " may change")
+
+
 def mixed_precision(config: TrainConfig, device: torch.device) -> bool:
     """Whether to train under autocast: float16 on CUDA (``amp``), bfloat16 on CPU
     (``cpu_bf16``, only where the CPU supports it natively)."""
@@ -290,15 +338,17 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}")
     log("config:\n" + format_config(config))
 
+    last = checkpoint_path(run_dir)
+    previous = load_checkpoint(last) if resume and last.exists() else None
+    if previous is not None:
+        check_resume_settings(previous, config, data_dir, last)
+    if resume:
+        log(f"resuming from {display_path(last)}" if previous else
+            f"no checkpoint at {display_path(last)}; starting a new run")
     loaded, holdout, holdout_by_patient = prepare_training_images(config, data_dir, log,
                                                                   progress)
     images = loaded.images.to(device)  # (N, 1, S, S) uint8, kept whole on the device
     lung_prior = lung_field_prior(loaded.images)  # from the training normals only
-    last = checkpoint_path(run_dir)
-    previous = load_checkpoint(last) if resume and last.exists() else None
-    if resume:
-        log(f"resuming from {display_path(last)}" if previous else
-            f"no checkpoint at {display_path(last)}; starting a new run")
     state = run_state(config, holdout, holdout_by_patient, data_dir, lung_prior)
     if previous is not None:  # keep what each family has trained so far
         state = {**previous, **{k: v for k, v in state.items() if k != "families"}}
@@ -495,7 +545,12 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     path = Path(model)
     path = checkpoint_path(path) if path.is_dir() else path
     run_dir = path.parent.parent
-    data_dir = data_dir or state.get("data_dir")
+    trained_on = state.get("data_dir")
+    if data_dir and trained_on and Path(data_dir).resolve() != Path(trained_on):
+        raise DataError(f"{display_path(model)}: the GAN was trained on {trained_on}; an "
+                        f"encoder trained on {display_path(data_dir)} would re-split its "
+                        "held-out normals (leave out --data)")
+    data_dir = data_dir or trained_on
     if not data_dir:
         raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
     loaded, _, _ = prepare_training_images(config, data_dir, log, progress)

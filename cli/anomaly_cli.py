@@ -36,7 +36,10 @@ def main() -> None:
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)
 @device_option
-@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoints/last.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue from RUN_DIR/checkpoints/last.pt with the settings it was "
+                   "trained with; only more --epochs / --encoder-epochs and where it runs "
+                   "may change.")
 @click.option("--dry-run", is_flag=True,
               help="At most one epoch of each part, on at most 64 images.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -44,9 +47,10 @@ def main() -> None:
 def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, **overrides):
     """Train on normal images only: the opacity critic, then a DCGAN and its encoder."""
     from anomaly.config import load_config
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, resume_config, train_gan
 
-    config = load_config(TrainConfig, config_file, overrides)
+    config = (resume_config(run_dir, config_file, overrides) if resume else
+              load_config(TrainConfig, config_file, overrides))
     if dry_run:  # at most one epoch of each part, on at most 64 images
         config = dataclasses.replace(
             config, epochs=min(config.epochs, 1), critic_epochs=min(config.critic_epochs, 1),
@@ -107,16 +111,26 @@ def scorer_options(command):
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
 @click.option("--image", "images", multiple=True, type=click.Path(), help="Image file (repeatable).")
 @click.option("--dir", "folder", type=click.Path(), help="Folder of images (recursive).")
-@click.option("--out", "out_csv", type=click.Path(), help="CSV: path,score and the score's components.")
+@click.option("--out", "out_csv", type=click.Path(),
+              help="CSV: path,score,label,p_value and the score's components.")
 @click.option("--heatmaps", "heatmap_dir", type=click.Path(), help="Folder for heatmap PNGs.")
 @scorer_options
+@click.option("--threshold", type=float,
+              help="Label a film anomalous at or above this score (default: the one "
+                   "'anomaly calibrate' stored, else the held-out normals' 95% quantile).")
+@click.option("--alpha", type=float,
+              help="Label by conformal p-value instead: anomalous where p <= ALPHA (a "
+                   "false-positive rate of at most ALPHA on normal films like the "
+                   "training ones).")
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
 @click.option("--max-images", type=int, help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
-                  search_lr, lam, batch_size, seed, device, resume, max_images, no_progress):
-    """Score images: higher = more anomalous. Prints one line per image."""
+                  search_lr, lam, batch_size, seed, device, threshold, alpha, resume,
+                  max_images, no_progress):
+    """Score images: higher = more anomalous. Prints one line per image: path, score,
+    label (normal / anomalous) and conformal p-value."""
     from anomaly.data import find_images
     from anomaly.evaluate_gan import describe_scorer
     from anomaly.score import Scorer
@@ -130,22 +144,53 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
     scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
                                     lr=search_lr, lam=lam, batch_size=batch_size,
                                     device=device or "auto", seed=seed)
-    click.echo(describe_scorer(scorer), err=True)
+    if threshold is not None and alpha is not None:
+        raise click.UsageError("give --threshold or --alpha, not both")
+    decision = scorer.decision(threshold, alpha)
+    click.echo(f"{describe_scorer(scorer)}; {decision.describe()}", err=True)
 
-    def print_row(path, score, *components):
-        tqdm_write(f"{display_path(path)}\t{score:.6f}")
+    def print_row(path, score, label, p_value, *components):
+        tqdm_write(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}")
 
     if out_csv and os.environ.get("WORLD_SIZE", "1") != "1":
         result = score_files_sharded(scorer, paths, out_csv, heatmap_dir, resume=resume,
-                                     on_row=print_row, progress=not no_progress)
+                                     on_row=print_row, progress=not no_progress,
+                                     decision=decision)
     else:
         result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume,
-                             on_row=print_row, progress=not no_progress)
+                             on_row=print_row, progress=not no_progress, decision=decision)
     for path, reason in result.failures:
         click.echo(f"skipped {display_path(path)}: {reason}", err=True)
     click.echo(f"scored {len(result.paths)} image(s), skipped {len(result.failures)}", err=True)
     if not result.paths and not (resume and out_csv):
         sys.exit(1)
+
+
+@main.command("calibrate")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--val", "val_dir", required=True, type=click.Path(),
+              help="Validation folder: one sub-folder per class, or normal images only.")
+@click.option("--normal-class", default="NORMAL", show_default=True)
+@click.option("--threshold-metric", type=click.Choice(["youden", "f1"]), default="youden",
+              show_default=True, help="With both classes in --val.")
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="With normal images only in --val: this quantile of their scores.")
+@scorer_options
+@click.option("--no-progress", is_flag=True)
+@user_errors_as_messages
+def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, mode,
+                      score_kind, iterations, search_lr, lam, batch_size, seed, device,
+                      no_progress):
+    """Pick the decision threshold on validation data and store it with the model."""
+    from anomaly.evaluate_gan import calibrate_threshold
+
+    stored = calibrate_threshold(model, val_dir, normal_class, threshold_metric, quantile,
+                                 progress=not no_progress, mode=mode, score=score_kind,
+                                 iterations=iterations, lr=search_lr, lam=lam,
+                                 batch_size=batch_size, device=device or "auto", seed=seed)
+    click.echo(f"stored threshold {stored['value']:.5g} ({stored['source']}, "
+               f"{stored['n']} validation images) for mode {stored['mode']}, score "
+               f"{stored['score']}")
 
 
 @main.command("evaluate")

@@ -312,3 +312,37 @@ def test_an_old_checkpoint_with_an_opacity_head_is_refused_in_one_line(trained_r
     save_checkpoint(state, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="opacity head of an earlier version"):
         Scorer.from_checkpoint(tmp_path / "old.pt", mode="encoder")
+
+
+def test_a_format_1_checkpoint_is_read_as_a_dcgan(trained_run, tmp_path):
+    from anomaly.checkpoint import save_checkpoint
+
+    state = load_checkpoint(trained_run)
+    assert state["format_version"] == 2 and state["families"] == ["dcgan"]
+    del state["families"]
+    state["format_version"] = 1
+    save_checkpoint(state, tmp_path / "v1.pt")
+    old = Scorer.from_checkpoint(tmp_path / "v1.pt")
+    assert old.mode == "encoder" and available_modes(load_checkpoint(tmp_path / "v1.pt")) == [
+        "discriminator", "search", "encoder", "encoder-search"]
+    state["format_version"] = 3
+    save_checkpoint(state, tmp_path / "v3.pt")
+    with pytest.raises(CheckpointError, match="newer version"):
+        load_checkpoint(tmp_path / "v3.pt")
+
+
+def test_block_probe_reproduces_the_default_density(critic_run, labelled_dir, capsys):
+    """Its 'block 4' row is the density the critic scores with, so its AUROC matches."""
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+
+    run_example("critic_block_probe", ["--model", str(critic_run), "--data",
+                                       str(labelled_dir)])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| block 4 |"))
+    folder = scan_labelled_folder(labelled_dir)
+    result = Scorer.from_checkpoint(critic_run, device="cpu").score_paths(folder.paths,
+                                                                          progress=False)
+    assert float(row.split("|")[2]) == pytest.approx(auroc(folder.binary_labels,
+                                                           np.asarray(result.score)), abs=2e-3)
+    assert "| blocks 2+3+4 |" in out

@@ -39,3 +39,11 @@ def test_gan_vs_classifier_script(tmp_path, trained_run):
     assert [json.loads(v) for k, v, _ in page.cells if k == "auroc"] == [
         gan["auroc"], classifier["auroc"]]
     assert len(decoded_images(page)) == 3
+
+
+def test_python_api_example_runs(tmp_path):
+    done = subprocess.run([sys.executable, "examples/python_api.py"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "critic (threshold" in done.stdout and "heldout-normal-quantile" in done.stdout
+    assert done.stdout.count(" p=") == 8 and "AUROC on the 8 example images" in done.stdout

@@ -127,3 +127,45 @@ def test_encoder_backward_goes_through_the_grad_scaler(trained_run, normal_dir, 
     monkeypatch.setattr(train_module.torch.amp, "GradScaler", RecordingScaler)
     train_encoder(trained_run, 1, data_dir=normal_dir, **QUIET)
     assert calls and set(calls) == {"scale"}
+
+
+def test_every_training_config_in_configs_loads():
+    """Each YAML under configs/ (but the classifier's) is a valid train-gan config."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "configs"
+    files = [p for p in sorted(root.rglob("*.yaml")) if not p.name.startswith("classify")]
+    assert len(files) >= 5
+    for path in files:
+        config = load_config(TrainConfig, path)
+        assert config.critic_epochs > 0 or config.epochs > 0, path
+
+
+def test_resume_refuses_settings_that_change_what_was_trained(tmp_path, normal_dir):
+    from anomaly.train import resume_config
+
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
+    train_gan(config, normal_dir, run, **QUIET)
+    for change in ({"seed": 1}, {"holdout_fraction": 0.5}, {"max_images": 10}):
+        with pytest.raises(ConfigError, match=f"{next(iter(change))} .* there, .* now"):
+            train_gan(dataclasses.replace(config, **change), normal_dir, run, resume=True,
+                      **QUIET)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((normal_dir / "img_000.png").read_bytes())
+    with pytest.raises(ConfigError, match="data .* there"):
+        train_gan(config, other, run, resume=True, **QUIET)
+    # the saved settings are the base: no flag falls back to a built-in default
+    resumed = resume_config(run, overrides={"epochs": 2})
+    assert resumed == dataclasses.replace(config, epochs=2)
+    train_gan(resumed, normal_dir, run, resume=True, **QUIET)
+    assert load_checkpoint(run)["epoch"] == 2
+
+
+def test_train_encoder_refuses_another_data_folder(trained_run, tmp_path):
+    from anomaly.data import DataError
+    from anomaly.train import train_encoder
+
+    with pytest.raises(DataError, match="re-split its held-out normals"):
+        train_encoder(trained_run, 1, data_dir=tmp_path, **QUIET)

@@ -1,0 +1,108 @@
+"""From a score to a decision: a label at a threshold stored with the model, and a
+conformal p-value against the normal films held out from training.
+
+A film is ``anomalous`` when its score reaches the threshold (``score >= threshold``, as
+the evaluation counts it). The threshold is, in this order: one given on the command
+line; one stored by ``anomaly calibrate`` for the same mode, score and settings (picked
+on labelled validation data by Youden's J or F1, or a quantile of normal-only
+validation); else the 95% quantile of the held-out normals' scores.
+
+The p-value of a score s is ``(1 + #{held-out normal scores >= s}) / (n + 1)``: for a
+film exchangeable with the held-out normals (a normal film like the training ones) it
+is at most alpha with probability at most alpha, so flagging ``p <= alpha`` keeps the
+false-positive rate on such films at or below alpha without any labelled data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+HELDOUT_QUANTILE = 0.95
+
+
+def conformal_p_values(scores, normal_scores) -> np.ndarray:
+    """``(1 + #{normal >= s}) / (n + 1)`` for each score s (higher = more anomalous)."""
+    normal = np.sort(np.asarray(normal_scores, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64)
+    at_least = len(normal) - np.searchsorted(normal, scores, side="left")  # normal >= s
+    return (1.0 + at_least) / (len(normal) + 1.0)
+
+
+def threshold_key(output_settings: dict) -> str:
+    """The key a stored threshold is filed under: the score kind and every setting that
+    changes the scores (not the checkpoint digest, which storing changes)."""
+    return json.dumps({k: v for k, v in output_settings.items() if k != "checkpoint"},
+                      sort_keys=True)
+
+
+@dataclass
+class Decision:
+    """How scores become labels.
+
+    Attributes:
+        threshold: score at or above which a film is anomalous (None with ``alpha``).
+        source: where it came from: ``given``, ``val``, ``normal-val-quantile``,
+            ``heldout-normal-quantile`` or ``conformal``.
+        normal_scores: scores of the held-out normals (for p-values), or None.
+        alpha: flag where the p-value is at most this (instead of the threshold).
+    """
+
+    threshold: float | None
+    source: str
+    normal_scores: np.ndarray | None = None
+    alpha: float | None = None
+
+    def p_values(self, scores) -> np.ndarray:
+        """Conformal p-values of the scores (NaN without held-out normals)."""
+        if self.normal_scores is None or len(self.normal_scores) == 0:
+            return np.full(len(np.asarray(scores)), np.nan)
+        return conformal_p_values(scores, self.normal_scores)
+
+    def labels(self, scores) -> list[str]:
+        """``anomalous`` or ``normal`` for each score."""
+        scores = np.asarray(scores, dtype=np.float64)
+        flagged = (self.p_values(scores) <= self.alpha) if self.alpha is not None \
+            else scores >= self.threshold
+        return ["anomalous" if f else "normal" for f in flagged]
+
+    def describe(self) -> str:
+        """One line: what flags a film."""
+        if self.alpha is not None:
+            return (f"flagging p <= {self.alpha:g} against {len(self.normal_scores)} "
+                    "held-out normals (conformal)")
+        return f"threshold {self.threshold:.5g} ({self.source})"
+
+
+def make_decision(normal_scores, stored: dict | None = None, threshold: float | None = None,
+                  alpha: float | None = None) -> Decision:
+    """The decision rule for a scorer (see the module docstring for the order).
+
+    Args:
+        normal_scores: the held-out normals' scores, or None when unknown.
+        stored: a threshold stored by ``anomaly calibrate`` (``value``, ``source``).
+        threshold: a threshold given by the user.
+        alpha: flag by conformal p-value instead.
+
+    Raises:
+        ValueError: nothing to decide with, or ``alpha`` without held-out normals.
+    """
+    normal = None if normal_scores is None else np.asarray(normal_scores, dtype=np.float64)
+    if alpha is not None:
+        if not 0 < alpha < 1:
+            raise ValueError(f"--alpha must be between 0 and 1, not {alpha}")
+        if normal is None or len(normal) == 0:
+            raise ValueError("--alpha needs the scores of the normal films held out from "
+                             "training, and this run has none")
+        return Decision(None, "conformal", normal, alpha)
+    if threshold is not None:
+        return Decision(float(threshold), "given", normal)
+    if stored is not None:
+        return Decision(float(stored["value"]), stored["source"], normal)
+    if normal is not None and len(normal):
+        return Decision(float(np.quantile(normal, HELDOUT_QUANTILE)),
+                        "heldout-normal-quantile", normal)
+    raise ValueError("no threshold: run 'anomaly calibrate --model RUN --val DIR', or pass "
+                     "--threshold")

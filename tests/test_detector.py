@@ -1,0 +1,59 @@
+"""The one-call inference API: the same numbers as anomaly score, maps at input size."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+from click.testing import CliRunner
+
+from anomaly.detector import Detector
+from anomaly.preprocess import map_to_original
+from cli.anomaly_cli import main as anomaly_main
+from tests.conftest import synthetic_xray
+
+
+def test_predict_gives_the_numbers_of_anomaly_score(default_run, labelled_dir, tmp_path):
+    paths = sorted(labelled_dir.rglob("*.png"))[:6]
+    wide = tmp_path / "wide.png"  # a non-square film: the map comes back at its size
+    cv2.imwrite(str(wide), cv2.resize(synthetic_xray(np.random.default_rng(4), 32), (48, 32)))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    detector = Detector.from_run(default_run)
+    predictions = detector.predict([*paths, wide, broken])
+    out = tmp_path / "scores.csv"
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(default_run), "--out",
+                                             str(out), "--no-progress",
+                                             *[a for p in [*paths, wide] for a in ("--image", str(p))]])
+    assert done.exit_code == 0, done.output
+    rows = {row["path"]: row for row in csv.DictReader(open(out))}
+    for prediction in predictions[:-1]:
+        row = rows[prediction.source]
+        assert abs(prediction.score - float(row["score"])) <= 1e-5 * max(1, abs(prediction.score))
+        assert prediction.label == row["label"]
+        assert abs(prediction.p_value - float(row["p_value"])) < 1e-6
+    assert predictions[-2].heatmap.shape == (32, 48)
+    assert predictions[0].heatmap.shape == (32, 32) and predictions[0].reconstruction is None
+    assert predictions[-1].label == "unreadable" and predictions[-1].error
+    array = detector.predict([synthetic_xray(np.random.default_rng(5), 40) / 255.0])[0]
+    assert array.source == "array 0" and array.heatmap.shape == (40, 40)
+
+
+def test_a_reconstructing_mode_returns_its_reconstruction(default_run, labelled_dir):
+    detector = Detector.from_run(default_run, mode="encoder")
+    prediction = detector.predict(sorted(labelled_dir.rglob("*.png"))[:1])[0]
+    assert prediction.reconstruction.shape == (32, 32)
+    np.testing.assert_allclose(prediction.components["residual"], np.abs(
+        prediction.reconstruction - detector.scorer.score_arrays(
+            [cv2.imread(prediction.source, cv2.IMREAD_GRAYSCALE) / 255.0]).inputs[0, 0].numpy()
+    ).mean(), rtol=0.05)
+
+
+def test_maps_return_to_the_original_frame_for_every_resize_mode():
+    square = np.arange(16, dtype=np.float32).reshape(4, 4)
+    assert map_to_original(square, (8, 12), "squash").shape == (8, 12)
+    cropped = map_to_original(square, (8, 12), "crop")  # central 8 x 8 of the 8 x 12 film
+    assert cropped.shape == (8, 12) and (cropped[:, :2] == 0).all() and cropped[:, 2:10].any()
+    padded = map_to_original(square, (8, 12), "pad")  # 12 x 12 padded, rows 2..9 kept
+    assert padded.shape == (8, 12)
