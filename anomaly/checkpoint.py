@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
+from anomaly.errors import CheckpointError
 from anomaly.io import display_path
+
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "checkpoint_digest",
+           "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
 
 FORMAT = "cxr-anomaly-gan"
 FORMAT_VERSION = 2  # 2: ``families`` lists the model families held (critic, dcgan)
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unsafe, corrupt or not ours; the message says which."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

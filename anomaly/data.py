@@ -18,32 +18,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from anomaly.io import ImageReadError, display_path, is_image_path, read_image
-from anomaly.preprocess import PreprocessConfig, preprocess
-
-
-class DataError(ValueError):
-    """A folder or file list cannot be used; the message says which and why."""
-
-
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """List image files below a folder, recursively, in a stable sorted order.
-
-    Raises:
-        DataError: the folder does not exist or holds no image files.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{display_path(folder)}: folder does not exist")
-    paths = sorted(
-        (p for p in folder.rglob("*")
-         if is_image_path(p) and not p.name.startswith(".") and not p.is_dir()),
-        key=lambda p: os.fsencode(p),
-    )
-    if not paths:
-        raise DataError(f"{display_path(folder)}: no image files found (looked for PNG, "
-                        "JPEG, BMP, TIFF and DICOM, recursively)")
-    return paths
+from anomaly.errors import DataError
+from anomaly.io import ImageReadError, display_path, find_images, read_image
+from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
 
 
 @dataclass
@@ -132,11 +109,6 @@ class LoadedImages:
 def uint8_to_model(images: torch.Tensor) -> torch.Tensor:
     """Convert a uint8 image batch to float32 model range [-1, 1]."""
     return images.float().div_(127.5).sub_(1.0)
-
-
-def encode_uint8(image: np.ndarray) -> np.ndarray:
-    """A model-range image in [-1, 1] as the uint8 it is stored as (rounded)."""
-    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 def iter_preprocessed(

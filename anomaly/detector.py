@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from anomaly.data import encode_uint8, uint8_to_model
+from anomaly.data import uint8_to_model
 from anomaly.decision import Decision
 from anomaly.io import ImageReadError, display_path, read_image
-from anomaly.preprocess import map_to_original, preprocess
+from anomaly.preprocess import encode_uint8, map_to_original, preprocess
 from anomaly.score import Scorer
 
 

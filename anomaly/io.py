@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly.errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs)
 MIN_SIDE = 8  # smaller images carry no usable anatomy
@@ -178,3 +180,23 @@ def _decode_dicom(path: Path) -> np.ndarray:
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         image = 1.0 - image
     return image
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """List image files below a folder, recursively, in a stable sorted order.
+
+    Raises:
+        DataError: the folder does not exist or holds no image files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{display_path(folder)}: folder does not exist")
+    paths = sorted(
+        (p for p in folder.rglob("*")
+         if is_image_path(p) and not p.name.startswith(".") and not p.is_dir()),
+        key=lambda p: os.fsencode(p),
+    )
+    if not paths:
+        raise DataError(f"{display_path(folder)}: no image files found (looked for PNG, "
+                        "JPEG, BMP, TIFF and DICOM, recursively)")
+    return paths

@@ -64,6 +64,11 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return image8.astype(np.float32) / 127.5 - 1.0
 
 
+def encode_uint8(image: np.ndarray) -> np.ndarray:
+    """A model-range image in [-1, 1] as the uint8 it is stored as (rounded)."""
+    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
 def to_display(model_input: np.ndarray) -> np.ndarray:
     """Map a model-range array in [-1, 1] back to uint8 for saving or plotting."""
     return np.clip((model_input + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)

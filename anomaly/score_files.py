@@ -12,13 +12,16 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from anomaly.atomic import write_text_atomically
 from anomaly.decision import Decision
 from anomaly.heatmap import write_png
 from anomaly.io import display_path
-from anomaly.score import BatchScores, Scorer, ScoreResult
+from anomaly.results import BatchScores, ScoreResult
+
+if TYPE_CHECKING:  # any object with Scorer's file-scoring interface will do
+    from anomaly.score import Scorer
 
 
 def csv_header(scorer: Scorer, decision: Decision | None = None) -> list[str]:

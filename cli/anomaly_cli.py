@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from anomaly import distributed
 from anomaly.families import MODES, SCORES  # the families' declarations, without torch
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
@@ -57,7 +56,7 @@ def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resu
             encoder_epochs=min(config.encoder_epochs, 1),
             max_images=min(config.max_images or 64, 64))
     last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress)
-    if distributed.is_main():
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 of a torchrun job, or alone
         click.echo(f"checkpoint: {display_path(last)}")
 
 
@@ -131,21 +130,25 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
                   max_images, no_progress):
     """Score images: higher = more anomalous. Prints one line per image: path, score,
     label (normal / anomalous) and conformal p-value."""
+    if bool(images) == bool(folder):  # before torch is imported: a usage error is instant
+        raise click.UsageError("give either --image (one or more) or --dir")
+    if threshold is not None and alpha is not None:
+        raise click.UsageError("give --threshold or --alpha, not both")
+    from anomaly.exported import is_exported_model
+    if is_exported_model(model):  # onnxruntime, NumPy and OpenCV only: no torch
+        return score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
+                              iterations, batch_size, threshold, alpha, resume, max_images)
     from anomaly.data import find_images
     from anomaly.evaluate_gan import describe_scorer
     from anomaly.score import Scorer
     from anomaly.score_files import score_files, score_files_sharded
 
-    if bool(images) == bool(folder):
-        raise click.UsageError("give either --image (one or more) or --dir")
     paths = [Path(p) for p in images] if images else find_images(folder)
     if max_images:
         paths = paths[:max_images]
     scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
                                     lr=search_lr, lam=lam, batch_size=batch_size,
                                     device=device or "auto", seed=seed)
-    if threshold is not None and alpha is not None:
-        raise click.UsageError("give --threshold or --alpha, not both")
     decision = scorer.decision(threshold, alpha)
     click.echo(f"{describe_scorer(scorer)}; {decision.describe()}", err=True)
 
@@ -159,11 +162,60 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
     else:
         result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume,
                              on_row=print_row, progress=not no_progress, decision=decision)
+    report_failures(result, resume and out_csv)
+
+
+def score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
+                   batch_size, threshold, alpha, resume, max_images) -> None:
+    """``anomaly score`` for an exported model (``anomaly export``)."""
+    from anomaly.exported import ExportedScorer
+    from anomaly.io import find_images
+    from anomaly.score_files import score_files
+
+    if heatmap_dir or mode or score_kind or iterations:
+        raise click.UsageError("an exported model scores with its exported mode and score "
+                               "and has no heat maps: drop --heatmaps, --mode, --score and "
+                               "--iterations")
+    scorer = ExportedScorer(model, batch_size=batch_size)
+    paths = [Path(p) for p in images] if images else find_images(folder)
+    paths = paths[:max_images] if max_images else paths
+    decision = scorer.decision(threshold, alpha)
+    click.echo(f"exported model, mode {scorer.mode}, score {scorer.score}; "
+               f"{decision.describe()}", err=True)
+
+    def print_row(path, score, label, p_value, *components):
+        click.echo(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}")
+
+    result = score_files(scorer, paths, out_csv, resume=resume, on_row=print_row,
+                         progress=False, decision=decision)
+    report_failures(result, resume and out_csv)
+
+
+def report_failures(result, resumed: bool) -> None:
+    """List the skipped files, count what was scored, and fail if nothing was."""
     for path, reason in result.failures:
         click.echo(f"skipped {display_path(path)}: {reason}", err=True)
     click.echo(f"scored {len(result.paths)} image(s), skipped {len(result.failures)}", err=True)
-    if not result.paths and not (resume and out_csv):
+    if not result.paths and not resumed:
         sys.exit(1)
+
+
+@main.command("export")
+@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--out", "out_dir", required=True, type=click.Path(),
+              help="Folder for model.onnx (or model.pt) and export.json.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
+              show_default=True)
+@click.option("--mode", type=click.Choice(MODES), help="Default: the run's default (critic).")
+@click.option("--threshold", type=float, help="Store this threshold (default: the run's).")
+@user_errors_as_messages
+def export_command(model, out_dir, fmt, mode, threshold):
+    """Export the scoring network and what scoring needs (onnx: run it with
+    'anomaly score --model OUT' or onnxruntime alone)."""
+    from anomaly.export import export_run
+
+    path = export_run(model, out_dir, fmt, mode, threshold)
+    click.echo(f"exported: {display_path(path)} and {display_path(Path(out_dir) / 'export.json')}")
 
 
 @main.command("calibrate")

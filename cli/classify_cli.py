@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from anomaly import distributed
 from anomaly.io import display_path
 from cli.common import device_option, evaluation_options, user_errors_as_messages
 
@@ -61,7 +61,7 @@ def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **override
 
     config = load_config(FitConfig, config_file, overrides)
     best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo)
-    if distributed.is_main():
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 of a torchrun job, or alone
         click.echo(f"checkpoint: {display_path(best)}")
 
 

@@ -7,10 +7,8 @@ import sys
 
 import click
 
-from anomaly.checkpoint import CheckpointError
 from anomaly.config import ConfigError
-from anomaly.data import DataError
-from anomaly.errors import TrainingDiverged
+from anomaly.errors import CheckpointError, DataError, TrainingDiverged
 from anomaly.io import ImageReadError
 
 USER_ERRORS = (CheckpointError, ConfigError, DataError, ImageReadError, TrainingDiverged,

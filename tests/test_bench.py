@@ -107,3 +107,14 @@ def test_bench_critic(tmp_path, normal_dir):
     figures = json.loads((tmp_path / "critic.json").read_text())
     assert [r["images"] for r in figures["results"]] == [10, 10, 10]
     assert all(r["images_per_second"] > 0 for r in figures["results"])
+
+
+def test_bench_start(tiny_run, tmp_path):
+    run, images = tiny_run
+    out = run_script("bench_start.py", "--model", run, "--image", next(images.glob("*.png")),
+                     "--repeats", 1, "--json", tmp_path / "start.json")
+    figures = json.loads((tmp_path / "start.json").read_text())
+    assert figures["anomaly --help"]["exit_code"] == 0
+    assert figures["score one image (default mode)"]["exit_code"] == 0
+    assert figures["a usage error (score without --image/--dir)"]["exit_code"] == 2
+    assert "score one image" in out

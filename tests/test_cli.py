@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +86,27 @@ def test_errors_are_one_line(tmp_path, normal_dir):
     bad_config.write_text("epochz: 2\n")
     result = run("train-gan", "--data", normal_dir, "--out", tmp_path / "r", "--config", bad_config)
     assert result.exit_code == 1 and "epochz" in result.output
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """`--help` and a bad argument answer before torch is imported (fast start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from cli.anomaly_cli import main\n"
+        "from cli.classify_cli import main as classify\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['score', '--help'], ['train-gan', '--help'],\n"
+        "             ['score', '--model', 'x'], ['score', '--model', 'x', '--dir', 'd',\n"
+        "              '--threshold', '1', '--alpha', '0.1']):\n"
+        "    out = r.invoke(main, args)\n"
+        "    assert out.exit_code in (0, 2), (args, out.output)\n"
+        "assert r.invoke(classify, ['--help']).exit_code == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,109 @@
+"""Export a run's one-pass scoring network to ONNX or TorchScript, with a JSON beside it.
+
+What is exported is the network of the critic mode (the default): preprocessed films
+(B, 1, S, S) in [-1, 1] -> the flip-averaged, L2-normalised embedding (B, C) and the
+opacity logit (B,). ``export.json`` holds everything else a scorer needs: the
+preprocessing, the density's mean and precision, the lung prior (for ``brightness``),
+the held-out normals' scores (for p-values) and the decision threshold, with a format
+version. :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and
+OpenCV. AnoGAN latent search is an optimisation loop, not a network, so it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly import __version__
+from anomaly.atomic import write_text_atomically
+from anomaly.checkpoint import checkpoint_digest
+from anomaly.errors import CheckpointError
+from anomaly.families.critic.network import OpacityCritic
+from anomaly.score import Scorer
+
+EXPORT_FORMAT = "cxr-anomaly-export"
+EXPORT_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+
+
+class CriticEmbedding(nn.Module):
+    """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,))."""
+
+    def __init__(self, critic: OpacityCritic):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip-averaged, L2-normalised embedding and opacity logit."""
+        pooled = self.critic.pooled(self.critic.feature_map(images))
+        pooled_flipped = self.critic.pooled(self.critic.feature_map(torch.flip(images, [3])))
+        embedding = F.normalize(pooled + pooled_flipped, dim=1)
+        logit = (self.critic.logits(pooled) + self.critic.logits(pooled_flipped)) / 2
+        return embedding, logit
+
+
+def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
+               mode: str | None = None, threshold: float | None = None) -> Path:
+    """Write ``out_dir/model.onnx`` (or ``model.pt``) and ``out_dir/export.json``.
+
+    Args:
+        model: run directory or checkpoint.
+        out_dir: folder for the exported files.
+        fmt: ``onnx`` or ``torchscript``.
+        mode: the mode to export (default: the run's default); only ``critic`` is
+            exportable.
+        threshold: the decision threshold to store (default: the run's, see
+            :meth:`Scorer.decision`).
+
+    Returns:
+        Path of the exported network file.
+
+    Raises:
+        CheckpointError: the mode cannot be exported, said in one line.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    scorer = Scorer.from_checkpoint(model, mode=mode, device="cpu")
+    if scorer.mode in ("search", "encoder-search"):
+        raise CheckpointError(f"mode {scorer.mode!r} is AnoGAN latent search, an optimisation "
+                              "loop run per image, not a network: it cannot be exported "
+                              "(export the default mode, critic)")
+    if scorer.mode != "critic":
+        raise CheckpointError(f"mode {scorer.mode!r} is not exportable yet; export the "
+                              "default mode, critic")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network = CriticEmbedding(scorer.family.critic).eval().to(memory_format=torch.contiguous_format)
+    size = scorer.preprocess_config.image_size
+    example = torch.zeros(2, 1, size, size)
+    if fmt == "onnx":
+        path = out_dir / "model.onnx"
+        torch.onnx.export(network, (example,), str(path), input_names=["images"],
+                          output_names=["embedding", "logit"], opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"},
+                                        "logit": {0: "batch"}}, dynamo=False)
+    else:
+        path = out_dir / "model.pt"
+        torch.jit.trace(network, example).save(str(path))
+    decision = scorer.decision(threshold)
+    density = scorer.family.density
+    info = {
+        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "toolkit": __version__,
+        "network": path.name, "network_format": fmt, "checkpoint": checkpoint_digest(model),
+        "mode": scorer.mode, "score": scorer.score,
+        "components": list(scorer.component_names),
+        "preprocess": asdict(scorer.preprocess_config),
+        "density": {"mean": density["mean"].cpu().tolist(),
+                    "precision": density["precision"].cpu().tolist()},
+        "lung_prior": scorer.lung_prior.cpu().tolist(),
+        "heldout_normal_scores": scorer.fitted_normal_scores(),
+        "threshold": {"value": decision.threshold, "source": decision.source},
+    }
+    write_text_atomically(out_dir / "export.json", json.dumps(info) + "\n")
+    return path

@@ -1,0 +1,80 @@
+"""anomaly export: ONNX and TorchScript, scored without torch, the same numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from anomaly.checkpoint import CheckpointError
+from anomaly.export import export_run
+from anomaly.score import Scorer
+from cli.anomaly_cli import main as anomaly_main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
+
+
+@pytest.fixture(scope="module")
+def exported(default_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    export_run(default_run, out)
+    return out
+
+
+def test_export_writes_the_network_and_a_versioned_json(exported, default_run):
+    info = json.loads((exported / "export.json").read_text())
+    assert (exported / "model.onnx").is_file()
+    assert info["format"] == "cxr-anomaly-export" and info["format_version"] == 1
+    assert (info["mode"], info["score"]) == ("critic", "density")
+    assert len(info["density"]["mean"]) == len(info["density"]["precision"])
+    assert info["threshold"]["source"] == "heldout-normal-quantile"
+    assert info["threshold"]["value"] == Scorer.from_checkpoint(default_run).decision().threshold
+
+
+def test_exported_scores_match_the_run_without_importing_torch(exported, default_run):
+    code = ("import json, sys\n"
+            "from anomaly.exported import ExportedScorer\n"
+            f"result = ExportedScorer({str(exported)!r}).score_paths({[str(p) for p in EXAMPLES]!r})\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch imported'\n"
+            "print(json.dumps(result.score))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    onnx_scores = np.array(json.loads(done.stdout))
+    torch_scores = np.array(Scorer.from_checkpoint(default_run, device="cpu")
+                            .score_paths(EXAMPLES, progress=False).score)
+    assert len(onnx_scores) == len(EXAMPLES) == 8
+    np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-4)
+
+
+def test_anomaly_score_runs_an_exported_model(exported, default_run, tmp_path):
+    out = tmp_path / "scores.csv"
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(exported / "model.onnx"),
+                                             "--dir", str(ROOT / "examples" / "data" / "test"),
+                                             "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 8 and list(rows[0])[:4] == ["path", "score", "label", "p_value"]
+    refused = CliRunner().invoke(anomaly_main, ["score", "--model", str(exported),
+                                                "--dir", str(tmp_path), "--mode", "search"])
+    assert refused.exit_code != 0 and "exported mode" in refused.output
+
+
+def test_search_cannot_be_exported_and_torchscript_matches(default_run, tmp_path):
+    with pytest.raises(CheckpointError, match="optimisation loop"):
+        export_run(default_run, tmp_path / "search", mode="search")
+    path = export_run(default_run, tmp_path / "ts", fmt="torchscript")
+    network = torch.jit.load(str(path))
+    scorer = Scorer.from_checkpoint(default_run, device="cpu")
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    embedding, logit = network(images)
+    np.testing.assert_allclose(logit.detach().numpy(), scorer.score_tensor(images).logit,
+                               rtol=1e-4, atol=1e-5)
+    assert embedding.shape[0] == 3
