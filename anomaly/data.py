@@ -239,3 +239,31 @@ def _write_cache(cache_file: Path, loaded: LoadedImages) -> None:
     index_tmp = cache_file.with_suffix(".tmp.json")
     index_tmp.write_text(json.dumps(index))
     os.replace(index_tmp, cache_file.with_suffix(".json"))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
+                        test_name: str, val_name: str) -> None:
+    """Refuse a validation set that shares any file, by content, with the test set (a
+    threshold picked on it would have seen test images).
+
+    Raises:
+        DataError: one line with the number of shared files and the first pair.
+    """
+    test = {}
+    for path in test_paths:
+        test.setdefault(file_digest(path), path)
+    shared = [(test[d], path) for path in val_paths if (d := file_digest(path)) in test]
+    if shared:
+        first_test, first_val = shared[0]
+        raise DataError(f"{val_name} and {test_name} share {len(shared)} file(s) by content "
+                        f"(e.g. {display_path(first_val)} = {display_path(first_test)}): a "
+                        "threshold picked on validation data must not see the test images")

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.data import DataError, LabelledFolder, find_images, scan_labelled_folder
+from anomaly.data import (
+    DataError,
+    LabelledFolder,
+    find_images,
+    refuse_shared_files,
+    scan_labelled_folder,
+)
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.fidelity import FidelityCollector, reconstruction_fidelity
 from anomaly.io import display_path
@@ -83,11 +89,15 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     log(f"scoring with {describe_scorer(scorer)}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
+    val = None
+    if val_dir is not None:  # checked before anything is scored
+        val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
+        refuse_shared_files(test.paths, val.paths, display_path(data_dir),
+                            display_path(val_dir))
     paths, labels, scores = score_labelled(scorer, test, progress, log)
     fidelity = FidelityCollector()  # of the held-out normals, in the pass that scores them
     val_labels = val_scores = normal_scores = None
-    if val_dir is not None:
-        val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
+    if val is not None:
         _, val_labels, val_scores = score_labelled(scorer, val, progress, log)
     else:
         normal_scores = heldout_normal_scores(scorer, log, on_batch=fidelity)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import classification_report, roc_auc_score
 
-from anomaly.data import DataError, LabelledFolder, scan_labelled_folder
+from anomaly.data import DataError, LabelledFolder, refuse_shared_files, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.evaluate_gan import limit_per_class, read_validation_folder
 from anomaly.io import display_path
@@ -146,13 +146,15 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                         f"{classifier.normal_class}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
+    val = None
+    if val_dir is not None:  # checked before anything is predicted
+        val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
+        refuse_shared_files(test.paths, val.paths, display_path(data_dir),
+                            display_path(val_dir))
     predictions, labels, true_names = predict_labelled(classifier, test, progress, log)
     scores = classifier.anomaly_scores(predictions.probabilities)
     val_labels = val_scores = None
-    val = None
-    if val_dir is not None:
-        val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
-    elif not threshold_on_test:
+    if val is None and not threshold_on_test:
         val = fit_validation_images(classifier, log)
     if val is not None:
         val_predictions, val_labels, _ = predict_labelled(classifier, val, progress, log)

@@ -61,6 +61,15 @@ def labelled_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def val_dir(tmp_path_factory) -> Path:
+    """A labelled validation folder with images of its own (none shared with labelled_dir)."""
+    root = tmp_path_factory.mktemp("val")
+    write_images(root / "NORMAL", 8, seed=22)
+    write_images(root / "PNEUMONIA", 8, seed=23, blob=True)
+    return root
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, normal_dir) -> Path:
     """A 2-epoch tiny GAN with a 1-epoch encoder."""
     from anomaly.train import TrainConfig, train_gan

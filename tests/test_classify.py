@@ -232,7 +232,7 @@ def test_three_classes_per_class_table_and_macro_auroc(tmp_path):
                        backbone="resnet18")
     best = fit(config, train, val, tmp_path / "run", progress=False, log=lambda *a: None)
     assert best == tmp_path / "run" / "checkpoints" / "best.pt"
-    report = evaluate_classifier(tmp_path / "run", val, tmp_path / "report", val_dir=val,
+    report = evaluate_classifier(tmp_path / "run", train, tmp_path / "report", val_dir=val,
                                  resamples=20, progress=False, log=lambda *a: None)
     assert REPORT_KEYS <= set(report)
     assert report["n"] == 24 and report["n_normal"] == 8 and report["n_anomalous"] == 16

@@ -49,14 +49,14 @@ def test_every_mode_and_score_of_the_default_run(default_run, labelled_dir):
 
 
 @pytest.mark.parametrize("with_val", [True, False])
-def test_evaluate_every_mode_with_and_without_validation(default_run, labelled_dir, tmp_path,
-                                                         with_val):
+def test_evaluate_every_mode_with_and_without_validation(default_run, labelled_dir, val_dir,
+                                                         tmp_path, with_val):
     """Without --val the threshold comes from the held-out normals, in every mode (this
     path once crashed where the mode draws no reconstruction)."""
     for mode in available_modes(load_checkpoint(default_run)):
         out = tmp_path / mode
         report = evaluate_gan(default_run, labelled_dir, out,
-                              val_dir=labelled_dir if with_val else None, mode=mode,
+                              val_dir=val_dir if with_val else None, mode=mode,
                               iterations=ITERATIONS.get(mode), resamples=20, progress=False,
                               log=lambda *a: None)
         assert report["threshold_source"] == ("val" if with_val else "normal-val-quantile")

@@ -32,13 +32,14 @@ def test_perfect_and_inverted_reconstructions():
         batch_fidelity(scores_of(images, None))
 
 
-def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, tmp_path):
+def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, val_dir,
+                                      tmp_path):
     scorer = Scorer.from_checkpoint(trained_run, mode="encoder")
     fidelity = reconstruction_fidelity(scorer, find_images(normal_dir)[:5])
     assert fidelity["n"] == 5 and 0 < fidelity["mae"] < 2 and -1 < fidelity["ssim"] < 1
     assert reconstruction_fidelity(Scorer.from_checkpoint(trained_run, mode="encoder"), []) \
         is None
-    evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=labelled_dir,
+    evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=val_dir,
                  progress=False, log=lambda *a: None, mode="encoder")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "fidelity_heldout_normals" in report  # None: this tiny run holds nothing out

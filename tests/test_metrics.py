@@ -138,3 +138,40 @@ def test_paired_auroc_difference():
     assert difference == pytest.approx(1 - 13 / 16)
     assert low <= difference <= high and low >= 0.0  # paired: never worse on any draw
     assert paired_auroc_difference(labels, good, good, resamples=50) == (0.0, 0.0, 0.0)
+
+
+def test_validation_sharing_a_test_file_by_content_is_refused(trained_run, labelled_dir,
+                                                               tmp_path):
+    """The same folder, or a copy of one test film under another name, is refused before
+    anything is scored, for the GAN's and the classifier's evaluation alike."""
+    import shutil
+
+    from anomaly.data import DataError
+    from anomaly.evaluate_gan import evaluate_gan
+    from tests.conftest import write_images
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    with pytest.raises(DataError, match="share 20 file"):
+        evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=labelled_dir, **quiet)
+    val = tmp_path / "val"
+    write_images(val / "NORMAL", 3, seed=40)
+    write_images(val / "PNEUMONIA", 3, seed=41, blob=True)
+    one = next((labelled_dir / "PNEUMONIA").glob("*.png"))
+    shutil.copy(one, val / "NORMAL" / "renamed.png")
+    with pytest.raises(DataError, match=r"share 1 file.*renamed\.png"):
+        evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=val, **quiet)
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_classifier_evaluation_refuses_shared_validation_files(labelled_dir, tmp_path):
+    from anomaly.data import DataError
+    from classify.evaluate_classifier import evaluate_classifier
+    from classify.train import FitConfig, fit
+
+    config = FitConfig(image_size=32, batch_size=12, epochs=1, weights="none",
+                       backbone="resnet18", fine_tune_epochs=0)
+    fit(config, labelled_dir, labelled_dir, tmp_path / "cls", progress=False,
+        log=lambda *a: None)
+    with pytest.raises(DataError, match="share 20 file"):
+        evaluate_classifier(tmp_path / "cls", labelled_dir, tmp_path / "r",
+                            val_dir=labelled_dir, progress=False, log=lambda *a: None)
