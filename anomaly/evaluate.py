@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -243,6 +244,56 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
     return write_text_atomically(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
 
 
+THRESHOLD_SOURCES = ("val", "normal-val-quantile", "test")
+
+
+def check_report(report, path: str | os.PathLike = "report.json") -> None:
+    """Check a report against the contract's schema: types, ranges, consistent counts.
+
+    Raises:
+        EvaluationError: one line naming the file and the first field that is wrong.
+    """
+    def bad(field: str, why: str) -> EvaluationError:
+        return EvaluationError(f"{path}: not a valid report: {field} {why}")
+
+    def is_count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def is_rate(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and 0 <= value <= 1
+
+    if not isinstance(report, dict):
+        raise bad("the file", "is not a JSON object")
+    if report.get("model") not in ("anomaly", "classify"):
+        raise bad("model", "must be 'anomaly' or 'classify'")
+    for key in ("n", "n_normal", "n_anomalous"):
+        if not is_count(report.get(key)):
+            raise bad(key, "must be a non-negative integer")
+    if report["n"] != report["n_normal"] + report["n_anomalous"]:
+        raise bad("n", "must equal n_normal + n_anomalous")
+    for key in ("auroc", "accuracy", "precision", "recall", "specificity", "f1"):
+        if not is_rate(report.get(key)):
+            raise bad(key, "must be a number from 0 to 1")
+    ci = report.get("auroc_ci95")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(map(is_rate, ci)) and ci[0] <= ci[1]):
+        raise bad("auroc_ci95", "must be [low, high] from 0 to 1")
+    threshold = report.get("threshold")
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+            and math.isfinite(threshold)):
+        raise bad("threshold", "must be a finite number")
+    if report.get("threshold_source") not in THRESHOLD_SOURCES:
+        raise bad("threshold_source", f"must be one of {', '.join(THRESHOLD_SOURCES)}")
+    matrix = report.get("confusion_matrix")
+    if not (isinstance(matrix, list) and len(matrix) == 2
+            and all(isinstance(row, list) and len(row) == 2 and all(map(is_count, row))
+                    for row in matrix)):
+        raise bad("confusion_matrix", "must be [[TN, FP], [FN, TP]] of counts")
+    (tn, fp), (fn, tp) = matrix
+    if tn + fp != report["n_normal"] or fn + tp != report["n_anomalous"]:
+        raise bad("confusion_matrix", "does not add up to n_normal and n_anomalous")
+
+
 def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:
     """Put several report folders side by side: a Markdown table, one ROC plot with a
     curve per report, and ``report.html`` with both and each report's histogram.
@@ -269,6 +320,7 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
             report = json.loads((report_dir / "report.json").read_text())
         except (OSError, ValueError) as err:
             raise EvaluationError(f"{report_dir}: no readable report.json ({err})") from None
+        check_report(report, report_dir / "report.json")
         name = report_dir.name
         if name in [n for n, _ in reports]:  # runs/s0/report and runs/s1/report
             name = f"{report_dir.parent.name}/{report_dir.name}"

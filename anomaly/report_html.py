@@ -102,18 +102,20 @@ def _metrics_table(report: dict) -> str:
     rows.insert(1, '<tr><th class="name">AUROC 95% CI</th>'
                    f'{_number("auroc_ci95.0", low)}{_number("auroc_ci95.1", high)}</tr>')
     (tn, fp), (fn, tp) = report["confusion_matrix"]
-    counts = (f'<tr><th class="name">images</th><td data-key="n" data-value="{report["n"]}">'
-              f'{report["n"]}</td></tr>'
+    n, n_normal, n_anomalous = (_text(report[k]) for k in ("n", "n_normal", "n_anomalous"))
+    counts = (f'<tr><th class="name">images</th><td data-key="n" data-value="{n}">'
+              f'{n}</td></tr>'
               f'<tr><th class="name">normal / anomalous</th>'
-              f'<td data-key="n_normal" data-value="{report["n_normal"]}">{report["n_normal"]}</td>'
-              f'<td data-key="n_anomalous" data-value="{report["n_anomalous"]}">'
-              f'{report["n_anomalous"]}</td></tr>'
+              f'<td data-key="n_normal" data-value="{n_normal}">{n_normal}</td>'
+              f'<td data-key="n_anomalous" data-value="{n_anomalous}">'
+              f'{n_anomalous}</td></tr>'
               f'<tr><th class="name">threshold from</th>'
               f'<td data-key="threshold_source" '
               f'data-value="{html.escape(json.dumps(report["threshold_source"]))}">'
               f'{html.escape(report["threshold_source"])}</td></tr>'
               f'<tr><th class="name">TN FP / FN TP</th>'
-              + "".join(f'<td data-key="confusion_matrix.{i}.{j}" data-value="{v}">{v}</td>'
+              + "".join(f'<td data-key="confusion_matrix.{i}.{j}" data-value="{_text(v)}">'
+                        f'{_text(v)}</td>'
                         for (i, j), v in (((0, 0), tn), ((0, 1), fp), ((1, 0), fn), ((1, 1), tp)))
               + "</tr>")
     return "<table>" + "".join(rows) + counts + "</table>"
@@ -211,7 +213,8 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
             + "".join(f"<td>{html.escape(str(r.get('model', '')))}</td>" for _, r in reports)
             + "</tr>",
             '<tr><th class="name">images</th>'
-            + "".join(f'<td data-key="n" data-value="{r["n"]}">{r["n"]}</td>' for _, r in reports)
+            + "".join(f'<td data-key="n" data-value="{_text(r["n"])}">{_text(r["n"])}</td>'
+                      for _, r in reports)
             + "</tr>"]
     for key, label in METRICS[:1] + [("auroc_ci95.0", "AUROC CI low"),
                                      ("auroc_ci95.1", "AUROC CI high")] + METRICS[1:]:
@@ -224,7 +227,7 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
         f"<td>{html.escape(r['threshold_source'])}</td>" for _, r in reports) + "</tr>")
     paired = "".join(
         f"<li>AUROC {html.escape(a)} &minus; {html.escape(b)}: "
-        f'<span data-key="auroc_difference" data-value="{d!r}">{d:+.3f}</span> '
+        f'<span data-key="auroc_difference" data-value="{_text(repr(d))}">{d:+.3f}</span> '
         f"(paired bootstrap 95% CI {low:+.3f} to {high:+.3f})</li>"
         for a, b, d, low, high in differences)
     paired = f"<ul>{paired}</ul>" if paired else (

@@ -55,7 +55,7 @@ def test_comparison_page_has_both_reports_and_says_if_images_differ(tmp_path):
     for name, scores, files in (("a", [0.1, 0.2, 0.6, 0.5, 0.8, 0.9], "abcdef"),
                                 ("b", [0.3, 0.1, 0.2, 0.9, 0.4, 0.7], "abcdef"),
                                 ("c", [0.3, 0.1, 0.2, 0.9, 0.4, 0.7], "abcdeg")):
-        report = build_report(name, labels, scores, 0.5, "val", resamples=20)
+        report = build_report("anomaly", labels, scores, 0.5, "val", resamples=20)
         write_report(tmp_path / name, report, [f"x/{c}.png" for c in files], labels, scores)
     table = compare_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
     assert "same images" in table
@@ -97,8 +97,47 @@ def test_page_survives_odd_file_names_and_keeps_json_and_page_together(tmp_path)
 def test_comparison_needs_the_same_labels_too(tmp_path):
     scores = [0.1, 0.2, 0.6, 0.5, 0.8, 0.9]
     for name, labels in (("a", [0, 0, 0, 1, 1, 1]), ("b", [0, 0, 1, 0, 1, 1])):
-        report = build_report(name, labels, scores, 0.5, "val", resamples=20)
+        report = build_report("anomaly", labels, scores, 0.5, "val", resamples=20)
         write_report(tmp_path / "x" / name, report, [f"x/{c}.png" for c in "abcdef"],
                      labels, scores)
     assert "different images" in compare_reports([tmp_path / "x" / "a", tmp_path / "x" / "b"],
                                                  tmp_path / "ab")
+
+
+def valid_report(tmp_path, name: str = "a") -> dict:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = [0.1, 0.2, 0.6, 0.5, 0.8, 0.9]
+    report = build_report("anomaly", labels, scores, 0.5, "val", resamples=20)
+    write_report(tmp_path / name, report, [f"x/{c}.png" for c in "abcdef"], labels, scores)
+    return report
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("n", "<script>alert(1)</script>", "n must be a non-negative integer"),
+    ("n", 7, "n must equal"),
+    ("auroc", 1.5, "auroc must be a number from 0 to 1"),
+    ("threshold_source", "<b>", "threshold_source must be one of"),
+    ("confusion_matrix", [[1, 1], [1, "<i>"]], "confusion_matrix must be"),
+    ("confusion_matrix", [[3, 0], [0, 2]], "does not add up"),
+    ("model", "x", "model must be"),
+])
+def test_compare_refuses_a_report_outside_the_schema(tmp_path, field, value, why):
+    from anomaly.evaluate import EvaluationError
+
+    report = valid_report(tmp_path)
+    report[field] = value
+    (tmp_path / "a" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(EvaluationError, match=why):
+        compare_reports([tmp_path / "a"], tmp_path / "out")
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_every_string_of_a_report_is_escaped_on_the_pages(tmp_path):
+    name = "<script>alert(1)<_script>"  # a folder name is shown on the page too
+    report = valid_report(tmp_path, name)
+    hostile = "<script>alert(1)</script>"
+    report.update(mode=hostile, score=hostile, backbone=hostile)
+    (tmp_path / name / "report.json").write_text(json.dumps(report))
+    compare_reports([tmp_path / name, tmp_path / name], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
