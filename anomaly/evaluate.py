@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from anomaly.atomic import write_text_atomically
+from anomaly.io import from_spreadsheet_safe, spreadsheet_safe
 
 
 class EvaluationError(ValueError):
@@ -191,7 +192,7 @@ def write_scores_csv(path: str | os.PathLike, paths: Sequence, labels: Sequence[
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "score"])
         for p, label, score in zip(paths, labels, scores):
-            writer.writerow([str(p), int(label), f"{float(score):.8g}"])
+            writer.writerow([spreadsheet_safe(str(p)), int(label), f"{float(score):.8g}"])
     os.replace(tmp, path)
 
 
@@ -199,7 +200,8 @@ def read_scores_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.
     """Read a ``path,label,score`` CSV written by :func:`write_scores_csv`."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         rows = list(csv.DictReader(handle))
-    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+    return ([from_spreadsheet_safe(r["path"]) for r in rows],
+            np.array([int(r["label"]) for r in rows]),
             np.array([float(r["score"]) for r in rows]))
 
 

@@ -17,6 +17,10 @@ from anomaly.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs)
+# refuse larger files before reading a byte of them; CXR_ANOMALY_MAX_FILE_MB overrides
+MAX_FILE_MB = float(os.environ.get("CXR_ANOMALY_MAX_FILE_MB", 512))
+MAX_FRAMES = 10_000  # a DICOM declaring more frames is refused as absurd
+SPREADSHEET_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")  # a cell starting so is a formula
 MIN_SIDE = 8  # smaller images carry no usable anatomy
 
 
@@ -56,13 +60,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_MB * 2**20:
+            raise ImageReadError(path, f"is {size / 2**20:.0f} MB, more than the limit of "
+                                       f"{MAX_FILE_MB:g} MB (CXR_ANOMALY_MAX_FILE_MB)")
         data = path.read_bytes()
     except OSError as err:
         raise ImageReadError(path, f"cannot be read ({err.strerror or err})") from None
     if not data:
         raise ImageReadError(path, "is empty (0 bytes)")
     if _looks_like_dicom(path, data):
-        image = _decode_dicom(path)
+        image = _decode_dicom(path, data)
     else:
         image = _decode_raster(path, data)
     if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
@@ -149,14 +157,21 @@ def _min_max(image: np.ndarray) -> np.ndarray:
     return ((image - low) / (high - low)).astype(np.float32)
 
 
-def _decode_dicom(path: Path) -> np.ndarray:
+def _decode_dicom(path: Path, data: bytes) -> np.ndarray:
+    import io
+
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(io.BytesIO(data))  # the bytes already read, not the file
         rows, cols = int(dataset.Rows), int(dataset.Columns)
-        check_pixel_count(path, cols, rows, int(dataset.get("NumberOfFrames", 1) or 1))
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        if not 1 <= frames <= MAX_FRAMES or not 1 <= samples <= 4 or rows < 0 or cols < 0:
+            raise ImageReadError(path, f"declares {frames} frames of {samples} samples per "
+                                       f"pixel, {cols}x{rows}: not an image this toolkit reads")
+        check_pixel_count(path, cols, rows, frames * samples)
         pixels = dataset.pixel_array
     except ImageReadError:
         raise
@@ -180,6 +195,19 @@ def _decode_dicom(path: Path) -> np.ndarray:
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         image = 1.0 - image
     return image
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula (``=``, ``+``,
+    ``-``, ``@``, tab, CR) gets a leading apostrophe (:func:`from_spreadsheet_safe`
+    undoes it)."""
+    return "'" + text if text.startswith(SPREADSHEET_TRIGGERS) else text
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The text :func:`spreadsheet_safe` was given."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(SPREADSHEET_TRIGGERS) \
+        else text
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

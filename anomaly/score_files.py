@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from anomaly.atomic import write_text_atomically
 from anomaly.decision import Decision
 from anomaly.heatmap import write_png
-from anomaly.io import display_path
+from anomaly.io import display_path, from_spreadsheet_safe, spreadsheet_safe
 from anomaly.results import BatchScores, ScoreResult
 
 if TYPE_CHECKING:  # any object with Scorer's file-scoring interface will do
@@ -37,7 +37,8 @@ def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
     if not csv_path.exists():
         return set()
     with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        return {row["path"] for row in csv.DictReader(handle) if row.get("score")}
+        return {from_spreadsheet_safe(row["path"]) for row in csv.DictReader(handle)
+                if row.get("score")}
 
 
 class ResumeMismatch(ValueError):
@@ -156,7 +157,7 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
             verdict = [labels[i], float(p_values[i])] if decision else []
             row = (str(path), float(scores.score[i]), *verdict, *components)
             if writer is not None:
-                writer.writerow([str(path), f"{scores.score[i]:.6f}",
+                writer.writerow([spreadsheet_safe(str(path)), f"{scores.score[i]:.6f}",
                                  *([labels[i], f"{p_values[i]:.6f}"] if decision else []),
                                  *(f"{v:.6f}" for v in components)])
             if heatmap_dir is not None:
@@ -238,9 +239,10 @@ def merge_shards(out_csv: Path, shards: list[Path], header: list[str], append: b
                 rows = csv.reader(part)
                 next(rows, None)
                 for row in rows:  # a row cut short by a kill is left out
-                    if len(row) == len(header) and row[0] not in done:
+                    path = from_spreadsheet_safe(row[0]) if row else ""
+                    if len(row) == len(header) and path not in done:
                         writer.writerow(row)
-                        done.add(row[0])
+                        done.add(path)
             handle.flush()
             os.fsync(handle.fileno())
             shard.unlink()

@@ -19,7 +19,7 @@ from sklearn.metrics import classification_report, roc_auc_score
 from anomaly.data import DataError, LabelledFolder, refuse_shared_files, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.evaluate_gan import limit_per_class, read_validation_folder
-from anomaly.io import display_path
+from anomaly.io import display_path, spreadsheet_safe
 from classify.predict import Classifier, Predictions, resolve_classifier_checkpoint
 
 
@@ -103,7 +103,7 @@ def write_probabilities_csv(path: str | os.PathLike, predictions: Predictions,
         writer = csv.writer(handle)
         writer.writerow(["path", "true_class", *class_names])
         for p, name, row in zip(predictions.paths, true_names, predictions.probabilities):
-            writer.writerow([str(p), name, *(f"{v:.6g}" for v in row)])
+            writer.writerow([spreadsheet_safe(str(p)), name, *(f"{v:.6g}" for v in row)])
 
 
 def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pydicom
@@ -182,3 +184,47 @@ def test_multi_frame_dicom_uses_the_first_frame(tmp_path):
     dataset.save_as(path)
     image = read_image(path)
     assert image.shape == (40, 48) and image[:, 0].mean() < image[:, -1].mean()  # frame 0
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import anomaly.io
+
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\x89PNG" + b"\0" * 3 * 2**20)
+    monkeypatch.setattr(anomaly.io, "MAX_FILE_MB", 2.0)
+    read = []
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or b"")
+    with pytest.raises(ImageReadError, match=r"big\.png: is 3 MB, more than the limit of 2 MB"):
+        read_image(path)
+    assert read == []  # refused on its size alone
+
+
+@pytest.mark.parametrize("frames, samples, match", [
+    (-1, 1, "declares -1 frames"), (10**9, 1, "declares 1000000000 frames"),
+    (1, 9, "9 samples per pixel"), (3000, 3, "more than the limit")])
+def test_dicom_with_absurd_frames_or_samples_is_refused(tmp_path, frames, samples, match):
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.Rows, dataset.Columns = 128, 128
+    dataset.NumberOfFrames = frames
+    dataset.SamplesPerPixel = samples
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelRepresentation = 0
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.PixelData = b"\0" * 128 * 128
+    path = tmp_path / "odd.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=match):
+        read_image(path)
+
+
+def test_paths_that_look_like_formulas_are_written_as_text(tmp_path):
+    from anomaly.io import from_spreadsheet_safe, spreadsheet_safe
+
+    for text in ("=HYPERLINK(1)", "+1", "-2", "@SUM", "plain/a.png"):
+        safe = spreadsheet_safe(text)
+        assert not safe.startswith(("=", "+", "-", "@")) and from_spreadsheet_safe(safe) == text
