@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from anomaly.atomic import atomic_file
 from anomaly.errors import CheckpointError
 from anomaly.io import display_path
 
@@ -37,12 +38,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path, "wb") as handle:
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def resolve_checkpoint_path(model: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.errors import DataError
 from anomaly.io import ImageReadError, display_path, find_images, read_image
 from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
@@ -229,16 +230,13 @@ def _read_cache(cache_file: Path) -> LoadedImages | None:
 
 def _write_cache(cache_file: Path, loaded: LoadedImages) -> None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    array_tmp = cache_file.with_suffix(".tmp.npy")
-    np.save(array_tmp, loaded.images.numpy())
-    os.replace(array_tmp, cache_file.with_suffix(".npy"))
+    with atomic_file(cache_file.with_suffix(".npy"), "wb") as handle:
+        np.save(handle, loaded.images.numpy())
     index = {
         "paths": [str(p) for p in loaded.paths],  # json escapes undecodable names losslessly
         "failures": [[str(p), r] for p, r in loaded.failures],
     }
-    index_tmp = cache_file.with_suffix(".tmp.json")
-    index_tmp.write_text(json.dumps(index))
-    os.replace(index_tmp, cache_file.with_suffix(".json"))
+    write_text_atomically(cache_file.with_suffix(".json"), json.dumps(index))
 
 
 def file_digest(path: str | os.PathLike) -> str:

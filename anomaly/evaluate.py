@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from anomaly.atomic import write_text_atomically
+from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.io import from_spreadsheet_safe, spreadsheet_safe
 
 
@@ -186,14 +186,12 @@ def build_report(model: str, labels: Sequence[int], scores: Sequence[float], thr
 def write_scores_csv(path: str | os.PathLike, paths: Sequence, labels: Sequence[int],
                      scores: Sequence[float]) -> None:
     """Write ``path,label,score`` rows (through a temporary file, renamed when complete)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with atomic_file(path, "w", newline="", encoding="utf-8",
+                     errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "score"])
         for p, label, score in zip(paths, labels, scores):
             writer.writerow([spreadsheet_safe(str(p)), int(label), f"{float(score):.8g}"])
-    os.replace(tmp, path)
 
 
 def read_scores_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -352,7 +350,7 @@ def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.
             lines += [f"AUROC {a} - {b}: {d:+.3f} (paired bootstrap 95% CI {low:+.3f} to "
                       f"{high:+.3f})" for a, b, d, low, high in differences]
     table = "\n".join(lines) + "\n"
-    (out_dir / "comparison.md").write_text(table)
+    write_text_atomically(out_dir / "comparison.md", table)
     if curves:
         plot_roc(curves, out_dir / "roc.png")
     write_text_atomically(out_dir / "report.html", render_comparison_html(

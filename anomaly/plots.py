@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -13,13 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from anomaly.atomic import atomic_file  # noqa: E402
+
 
 def save_figure_atomically(fig, path: str | os.PathLike) -> None:
     """Save a figure as PNG through a temporary file, so a crash leaves no half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png")
 
 
 def plot_roc(curves: Sequence[tuple[str, Sequence[int], Sequence[float], float]],

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import classification_report, roc_auc_score
 
+from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.data import DataError, LabelledFolder, refuse_shared_files, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
 from anomaly.evaluate_gan import limit_per_class, read_validation_folder
@@ -99,7 +100,8 @@ def multiclass_metrics(class_names: Sequence[str], true_names: Sequence[str],
 def write_probabilities_csv(path: str | os.PathLike, predictions: Predictions,
                             true_names: Sequence[str], class_names: Sequence[str]) -> None:
     """Write ``path,true_class,<class 1>,<class 2>...`` rows of class probabilities."""
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with atomic_file(path, "w", newline="", encoding="utf-8",
+                     errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true_class", *class_names])
         for p, name, row in zip(predictions.paths, true_names, predictions.probabilities):
@@ -172,7 +174,7 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
         extras, text = multiclass_metrics(classifier.class_names, true_names,
                                           predictions.probabilities)
         report.update(extras)
-        (out_dir / "per_class.txt").write_text(text)
+        write_text_atomically(out_dir / "per_class.txt", text)
         log(text.rstrip())
     write_probabilities_csv(out_dir / "probabilities.csv", predictions, true_names,
                             classifier.class_names)

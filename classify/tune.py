@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
+from anomaly.atomic import atomic_file
 from anomaly.config import format_config, from_dict, save_config
 from anomaly.io import display_path
 from classify.train import FitConfig, fit
@@ -308,8 +309,7 @@ def write_study_outputs(study, base: FitConfig, study_dir: Path, objective: str,
 def write_trials_csv(study, path: Path, objective: str) -> None:
     """One row per trial: number, state, objective value, parameters, run folder."""
     names = sorted({k for t in study.trials for k in t.params})
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_file(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["trial", "state", objective, *names, "run_dir"])
         for trial in study.trials:
@@ -317,7 +317,6 @@ def write_trials_csv(study, path: Path, objective: str) -> None:
             writer.writerow([trial.number, trial.state.name, value,
                              *(trial.params.get(n, "") for n in names),
                              trial.user_attrs.get("run_dir", "")])
-    os.replace(tmp, path)
 
 
 def _objective_value(value: float, objective: str) -> float:

@@ -211,3 +211,23 @@ def test_sharded_resume_with_fewer_processes_and_same_names(trained_run, normal_
     assert sorted(rows) == sorted(map(str, paths))  # each once: nothing lost or repeated
     assert not list(tmp_path.glob("scores.csv.rank*"))
     assert len(list((tmp_path / "heat").iterdir())) == len(paths) - 5  # 5 scored before
+
+
+def test_atomic_writes_leave_the_old_file_on_failure_and_ignore_planted_symlinks(tmp_path):
+    """A write that fails midway keeps the old file whole and leaves no temporary behind;
+    a symlink planted under the old predictable temporary name is not followed."""
+    from anomaly.atomic import atomic_file, write_text_atomically
+
+    target = tmp_path / "report.json"
+    write_text_atomically(target, "old")
+    with pytest.raises(RuntimeError), atomic_file(target, "w") as handle:
+        handle.write("half of a new")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / ".report.json.tmp").symlink_to(victim)
+    write_text_atomically(target, "new")
+    assert target.read_text() == "new" and victim.read_text() == "keep me"
+    assert not target.is_symlink()
