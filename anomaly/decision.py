@@ -45,7 +45,7 @@ class Decision:
     Attributes:
         threshold: score at or above which a film is anomalous (None with ``alpha``).
         source: where it came from: ``given``, ``val``, ``normal-val-quantile``,
-            ``heldout-normal-quantile`` or ``conformal``.
+            ``heldout-normal-quantile``, ``conformal``, or ``none`` (no labels).
         normal_scores: scores of the held-out normals (for p-values), or None.
         alpha: flag where the p-value is at most this (instead of the threshold).
     """
@@ -62,8 +62,10 @@ class Decision:
         return conformal_p_values(scores, self.normal_scores)
 
     def labels(self, scores) -> list[str]:
-        """``anomalous`` or ``normal`` for each score."""
+        """``anomalous`` or ``normal`` for each score (empty without any threshold)."""
         scores = np.asarray(scores, dtype=np.float64)
+        if self.threshold is None and self.alpha is None:
+            return [""] * len(scores)
         flagged = (self.p_values(scores) <= self.alpha) if self.alpha is not None \
             else scores >= self.threshold
         return ["anomalous" if f else "normal" for f in flagged]
@@ -73,6 +75,9 @@ class Decision:
         if self.alpha is not None:
             return (f"flagging p <= {self.alpha:g} against {len(self.normal_scores)} "
                     "held-out normals (conformal)")
+        if self.threshold is None:
+            return ("no threshold (none stored, no held-out normals): labels left empty; "
+                    "run 'anomaly calibrate' or pass --threshold")
         return f"threshold {self.threshold:.5g} ({self.source})"
 
 
@@ -87,7 +92,7 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
         alpha: flag by conformal p-value instead.
 
     Raises:
-        ValueError: nothing to decide with, or ``alpha`` without held-out normals.
+        ValueError: ``alpha`` without held-out normals, or out of (0, 1).
     """
     normal = None if normal_scores is None else np.asarray(normal_scores, dtype=np.float64)
     if alpha is not None:
@@ -104,5 +109,4 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
     if normal is not None and len(normal):
         return Decision(float(np.quantile(normal, HELDOUT_QUANTILE)),
                         "heldout-normal-quantile", normal)
-    raise ValueError("no threshold: run 'anomaly calibrate --model RUN --val DIR', or pass "
-                     "--threshold")
+    return Decision(None, "none")

@@ -48,8 +48,8 @@ def test_decision_order_given_then_stored_then_heldout_quantile():
     assert fallback.labels([94.0, 95.0, 96.0]) == ["normal", "anomalous", "anomalous"]
     with pytest.raises(ValueError, match="held out"):
         make_decision(None, alpha=0.05)
-    with pytest.raises(ValueError, match="calibrate"):
-        make_decision(None)
+    nothing = make_decision(None)  # no threshold anywhere: scores without labels
+    assert nothing.labels([1.0, 2.0]) == ["", ""] and "calibrate" in nothing.describe()
     with pytest.raises(ValueError, match="between 0 and 1"):
         make_decision(normal, alpha=1.5)
 

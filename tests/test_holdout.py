@@ -48,16 +48,28 @@ def test_image_split_without_ids_and_leak_it_prevents():
     assert {patient_id(p, PATTERN) for p in holdout} & train_ids  # siblings leak
 
 
-def test_checkpoint_says_how_the_holdout_was_split(tmp_path):
+def test_checkpoint_says_how_the_holdout_was_split(tmp_path, monkeypatch):
+    """What training actually loaded (recorded at the loader) is every film but the
+    held-out ones, and no patient is on both sides."""
+    import anomaly.train
+
     folder = tmp_path / "normal"
     for path in write_images(folder, 24, seed=5):
         path.rename(folder / f"IM-{int(path.stem[-3:]) // 2:04d}-0001{path.stem[-1]}.png")
+    loaded = []
+    load_images = anomaly.train.load_images
+
+    def recording(paths, *args, **kwargs):
+        loaded.extend(paths)
+        return load_images(paths, *args, **kwargs)
+
+    monkeypatch.setattr(anomaly.train, "load_images", recording)
     run = tmp_path / "run"
     train_gan(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "holdout_fraction": 0.25}), folder,
               run, progress=False, log=lambda *a: None)
     state = load_checkpoint(run)
     held = [Path(p) for p in state["holdout_paths"]]
     assert state["holdout_by_patient"] == len(held) >= 6
-    trained = [p for p in folder.iterdir() if p not in set(held)]
-    assert len(trained) + len(held) == 24
+    trained = set(loaded)
+    assert len(loaded) == len(trained) == 24 - len(held) and not trained & set(held)
     assert not {patient_id(p, PATTERN) for p in trained} & {patient_id(p, PATTERN) for p in held}

@@ -43,8 +43,20 @@ def test_clip_limit_changes_result():
 
 @pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
 def test_resize_modes(mode):
-    out = preprocess(low_contrast_image(), PreprocessConfig(image_size=32, resize=mode, clahe=False))
-    assert out.shape == (32, 32)
+    """On a wide film whose left and right thirds are white: squash keeps both white
+    bands, crop keeps only the grey middle, pad adds black bands above and below."""
+    image = np.full((60, 180), 0.5, np.float32)
+    image[:, :60] = image[:, 120:] = 1.0
+    out = (preprocess(image, PreprocessConfig(image_size=30, resize=mode, clahe=False)) + 1) / 2
+    assert out.shape == (30, 30)
+    if mode == "squash":
+        assert out[:, :8].min() > 0.95 and out[:, 22:].min() > 0.95
+        assert abs(out[:, 13:17].mean() - 0.5) < 0.02
+    elif mode == "crop":
+        assert abs(out.mean() - 0.5) < 0.02
+    else:
+        assert out[:8].max() < 0.05 and out[22:].max() < 0.05
+        assert out[12:18, :8].min() > 0.95 and abs(out[12:18, 13:17].mean() - 0.5) < 0.02
 
 
 def test_bad_settings_are_refused():

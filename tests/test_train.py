@@ -40,8 +40,15 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path, n
     train_gan(config, normal_dir, parts, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(parts), load_checkpoint(full)
     assert resumed["epoch"] == 2
-    for key, value in uninterrupted["generator"].items():
-        torch.testing.assert_close(resumed["generator"][key], value)
+    for network in ("generator", "discriminator"):
+        for key, value in uninterrupted[network].items():
+            torch.testing.assert_close(resumed[network][key], value)
+    for optimizer in ("optimizer_g", "optimizer_d"):
+        for a, b in zip(resumed[optimizer]["state"].values(),
+                        uninterrupted[optimizer]["state"].values()):
+            torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
+            torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"])
+    torch.testing.assert_close(resumed["torch_rng"], uninterrupted["torch_rng"])
 
 
 def test_training_is_reproducible_with_a_seed(tmp_path, normal_dir):
@@ -72,7 +79,13 @@ def test_size_128_trains(tmp_path, normal_dir):
     config = TrainConfig(**{**TINY_CONFIG, "image_size": 128, "epochs": 1, "max_images": 8,
                             "batch_size": 4})
     train_gan(config, normal_dir, tmp_path / "r128", **QUIET)
-    assert load_checkpoint(tmp_path / "r128")["architecture"]["image_size"] == 128
+    state = load_checkpoint(tmp_path / "r128")
+    from anomaly.models import GANArchitecture, Generator
+    generator = Generator(GANArchitecture(**state["architecture"]))
+    generator.load_state_dict(state["generator"])  # the weights are a 128 px generator's
+    assert generator(torch.randn(2, 16)).shape == (2, 1, 128, 128)
+    assert state["lung_prior"].shape == (128, 128)  # fitted on 128 px training images
+    assert state["epoch"] == 1
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -112,8 +125,8 @@ def test_builtin_defaults_are_the_recommended_config():
 
 
 def test_encoder_backward_goes_through_the_grad_scaler(trained_run, normal_dir, monkeypatch):
-    """float16 autocast on CUDA needs a scaler: the encoder loop must use one (disabled,
-    so a no-op, on the CPU)."""
+    """float16 autocast on CUDA needs a scaler: every encoder step must backpropagate the
+    scaled loss and step through the scaler (disabled, so a no-op, on the CPU)."""
     import anomaly.train as train_module
     from anomaly.train import train_encoder
 
@@ -122,11 +135,21 @@ def test_encoder_backward_goes_through_the_grad_scaler(trained_run, normal_dir, 
     class RecordingScaler(torch.amp.GradScaler):
         def scale(self, outputs):
             calls.append("scale")
-            return super().scale(outputs)
+            scaled = super().scale(outputs) * 1.0  # a new node, to see its backward
+            scaled.register_hook(lambda grad: calls.append("backward"))
+            return scaled
+
+        def step(self, optimizer, *args, **kwargs):
+            calls.append("step")
+            return super().step(optimizer, *args, **kwargs)
+
+        def update(self, *args, **kwargs):
+            calls.append("update")
+            return super().update(*args, **kwargs)
 
     monkeypatch.setattr(train_module.torch.amp, "GradScaler", RecordingScaler)
     train_encoder(trained_run, 1, data_dir=normal_dir, **QUIET)
-    assert calls and set(calls) == {"scale"}
+    assert calls == ["scale", "backward", "step", "update"] * 3  # 24 films, batches of 8
 
 
 def test_every_training_config_in_configs_loads():
