@@ -80,7 +80,7 @@ def write_settings(csv_path: str | os.PathLike, settings: dict) -> None:
 def row_settings(scorer: Scorer, decision: Decision | None = None) -> dict:
     """What makes a CSV's rows: the scorer's output settings and the decision rule."""
     rule = {"threshold": decision.threshold, "alpha": decision.alpha} if decision else {}
-    return {**scorer.output_settings(), **rule}
+    return {**scorer.output_settings(), **rule, "columns": csv_header(scorer, decision)}
 
 
 def heatmap_names(paths: Sequence[Path]) -> dict[Path, str]:

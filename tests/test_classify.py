@@ -247,7 +247,7 @@ def test_three_classes_per_class_table_and_macro_auroc(tmp_path):
     # the macro one-vs-rest AUROC, recomputed from the classifier's own probabilities
     from sklearn.metrics import roc_auc_score
 
-    everything = classifier.predict_paths(sorted(val.rglob("*.png")))
+    everything = classifier.predict_paths(sorted(train.rglob("*.png")))  # the folder evaluated
     truth = [classifier.class_names.index(p.parent.name) for p in everything.paths]
     expected = roc_auc_score(truth, everything.probabilities, multi_class="ovr",
                              average="macro")

@@ -71,7 +71,7 @@ def test_cli_score_writes_the_critic_components(default_run, labelled_dir, tmp_p
     assert done.exit_code == 0, done.output
     with open(out) as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["path", "score", "density", "logit", "brightness"]
+    assert rows[0] == ["path", "score", "label", "p_value", "density", "logit", "brightness"]
     assert len(rows) == 21
     refused = CliRunner().invoke(anomaly_main, ["score", "--model", str(default_run),
                                                 "--dir", str(labelled_dir),

@@ -117,8 +117,8 @@ def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monke
     write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, SCORES)
     before = {name: (tmp_path / name).read_bytes() for name in ("roc.png", "scores.csv")}
 
-    def crash(self, path, **kwargs):
-        open(path, "wb").write(b"half a PNG")
+    def crash(self, target, **kwargs):
+        target.write(b"half a PNG")  # the open temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash)

@@ -23,6 +23,7 @@ from anomaly.io import ImageReadError, read_image
 from anomaly.preprocess import PreprocessConfig
 from anomaly.score import Scorer
 from anomaly.score_files import score_files
+from tests.test_distributed import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,7 +176,7 @@ def test_killed_scoring_keeps_rows_and_resume_completes(trained_run, normal_dir,
 def test_sharded_scoring_under_torchrun(trained_run, normal_dir, tmp_path):
     out = tmp_path / "scores.csv"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", "29534", "-m", "cli.anomaly_cli", "score", "--model",
+               "--master-port", str(free_port()), "-m", "cli.anomaly_cli", "score", "--model",
                str(trained_run), "--dir", str(normal_dir), "--out", str(out), "--mode", "encoder",
                "--no-progress", "--device", "cpu"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -197,12 +198,13 @@ def test_sharded_resume_with_fewer_processes_and_same_names(trained_run, normal_
     paths = find_images(images)
     out = tmp_path / "scores.csv"
     scorer = Scorer.from_checkpoint(trained_run, mode="encoder", device="cpu")
-    score_files(scorer, paths[:2], out, progress=False)  # rows merged before the kill
+    decision = scorer.decision()  # as anomaly score decides: label and p-value columns
+    score_files(scorer, paths[:2], out, progress=False, decision=decision)  # merged rows
     for rank, part in enumerate([paths[2:4], paths[4:5], paths[1:2]]):  # a duplicate too
         score_files(scorer, part, out.with_name(f"scores.csv.rank{rank}"), progress=False,
-                    record_settings=False)
+                    record_settings=False, decision=decision)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", "29535", "-m", "cli.anomaly_cli", "score", "--model",
+               "--master-port", str(free_port()), "-m", "cli.anomaly_cli", "score", "--model",
                str(trained_run), "--dir", str(images), "--out", str(out), "--mode", "encoder",
                "--heatmaps", str(tmp_path / "heat"), "--resume", "--no-progress",
                "--device", "cpu"]
