@@ -100,6 +100,9 @@ def scorer_options(command):
         click.option("--batch-size", type=int, default=64, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         device_option,
+        click.option("--cpu-bf16", is_flag=True,
+                     help="bfloat16 autocast on CPUs with AVX512-BF16/AMX (about twice as "
+                          "fast; scores within bfloat16 precision)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -126,7 +129,7 @@ def scorer_options(command):
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
-                  search_lr, lam, batch_size, seed, device, threshold, alpha, resume,
+                  search_lr, lam, batch_size, seed, device, cpu_bf16, threshold, alpha, resume,
                   max_images, no_progress):
     """Score images: higher = more anomalous. Prints one line per image: path, score,
     label (normal / anomalous) and conformal p-value."""
@@ -148,7 +151,7 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
         paths = paths[:max_images]
     scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
                                     lr=search_lr, lam=lam, batch_size=batch_size,
-                                    device=device or "auto", seed=seed)
+                                    device=device or "auto", seed=seed, cpu_bf16=cpu_bf16)
     decision = scorer.decision(threshold, alpha)
     click.echo(f"{describe_scorer(scorer)}; {decision.describe()}", err=True)
 
@@ -231,7 +234,7 @@ def export_command(model, out_dir, fmt, mode, threshold):
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, mode,
-                      score_kind, iterations, search_lr, lam, batch_size, seed, device,
+                      score_kind, iterations, search_lr, lam, batch_size, seed, device, cpu_bf16,
                       no_progress):
     """Pick the decision threshold on validation data and store it with the model."""
     from anomaly.evaluate_gan import calibrate_threshold
@@ -239,7 +242,8 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
     stored = calibrate_threshold(model, val_dir, normal_class, threshold_metric, quantile,
                                  progress=not no_progress, mode=mode, score=score_kind,
                                  iterations=iterations, lr=search_lr, lam=lam,
-                                 batch_size=batch_size, device=device or "auto", seed=seed)
+                                 batch_size=batch_size, device=device or "auto", seed=seed,
+                                 cpu_bf16=cpu_bf16)
     click.echo(f"stored threshold {stored['value']:.5g} ({stored['source']}, "
                f"{stored['n']} validation images) for mode {stored['mode']}, score "
                f"{stored['score']}")
@@ -254,7 +258,7 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
 @user_errors_as_messages
 def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
                      threshold_on_test, max_images, resamples, mode, score_kind, iterations,
-                     search_lr, lam, batch_size, seed, device, no_progress):
+                     search_lr, lam, batch_size, seed, device, cpu_bf16, no_progress):
     """Score a labelled folder and write report.json, scores.csv and plots."""
     from anomaly.evaluate_gan import evaluate_gan
 
@@ -263,7 +267,7 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
                           progress=not no_progress, mode=mode, score=score_kind,
                           iterations=iterations,
                           lr=search_lr, lam=lam, batch_size=batch_size,
-                          device=device or "auto", seed=seed)
+                          device=device or "auto", seed=seed, cpu_bf16=cpu_bf16)
     print_report(report, out_dir)
 
 

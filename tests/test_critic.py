@@ -346,3 +346,19 @@ def test_block_probe_reproduces_the_default_density(critic_run, labelled_dir, ca
     assert float(row.split("|")[2]) == pytest.approx(auroc(folder.binary_labels,
                                                            np.asarray(result.score)), abs=2e-3)
     assert "| blocks 2+3+4 |" in out
+
+
+def test_bfloat16_scoring_stays_close_to_float32(critic_run):
+    from anomaly.device import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    full = Scorer.from_checkpoint(critic_run, device="cpu")
+    fast = Scorer.from_checkpoint(critic_run, device="cpu", cpu_bf16=True)
+    assert fast.settings() == {"mode": "critic", "cpu_bf16": True}
+    # loose here: a toy critic on random films is far from its normals, where the
+    # Mahalanobis distance magnifies bfloat16's rounding (README: within 1% on real films)
+    np.testing.assert_allclose(fast.score_tensor(images).score, full.score_tensor(images).score,
+                               rtol=0.25)
+    assert not np.array_equal(fast.score_tensor(images).score, full.score_tensor(images).score)

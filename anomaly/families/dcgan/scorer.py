@@ -29,7 +29,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError
 from anomaly.density import density_and_heat
-from anomaly.device import autocast
+from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.dcgan import (
     DEFAULT_ITERATIONS,
@@ -59,7 +59,7 @@ class DCGANFamily:
     def __init__(self, generator: Generator, discriminator: Discriminator,
                  encoder: Encoder | None, mode: str, device: torch.device,
                  lung_prior: torch.Tensor, iterations: int | None = None, lr: float = 0.05,
-                 lam: float = 0.1, seed: int = 0, amp: bool = True,
+                 lam: float = 0.1, seed: int = 0, amp: bool = True, cpu_bf16: bool = False,
                  feature_density: dict[str, torch.Tensor] | None = None,
                  generator_trained: bool = True):
         if mode not in MODES:
@@ -78,7 +78,8 @@ class DCGANFamily:
         self.mode = mode
         self.iterations = DEFAULT_ITERATIONS[mode] if iterations is None else iterations
         self.lr, self.lam, self.seed = lr, lam, seed
-        self.use_amp = amp and device.type == "cuda"
+        self.use_amp = (amp if device.type == "cuda" else
+                        cpu_bf16 and device.type == "cpu" and cpu_bf16_supported())
         self.lung_prior = lung_prior.to(device)
         self.feature_density = feature_density
         self.latent_dim = generator.arch.latent_dim
@@ -127,8 +128,9 @@ class DCGANFamily:
 
     def settings(self) -> dict:
         """The settings that change the components."""
+        reduced = self.use_amp and self.device.type == "cpu"
         return {"mode": self.mode, "iterations": self.iterations, "lr": self.lr,
-                "lam": self.lam, "seed": self.seed}
+                "lam": self.lam, "seed": self.seed, **({"cpu_bf16": True} if reduced else {})}
 
     def combine(self, score: str, components: dict[str, np.ndarray],
                 normal_components: dict[str, list[float]] | None) -> np.ndarray:
