@@ -11,7 +11,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -87,6 +87,32 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
 
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def resumed_config(cls: type[T], saved: Mapping[str, Any], path: str | os.PathLike | None = None,
+                   overrides: Mapping[str, Any] | None = None, source: str = "checkpoint") -> T:
+    """The config a run is resumed with: the ``saved`` settings it was trained with (keys
+    this version no longer knows are dropped), then a YAML file and overrides on top."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if k in known}
+    if path is not None:
+        values.update(dataclasses.asdict(load_config(cls, path)))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(cls, values, source)
+
+
+def changed_settings(saved: Mapping[str, Any], config: Any, allowed: Sequence[str]
+                     ) -> list[str]:
+    """``"key X there, Y now"`` for every setting of ``config`` that differs from the
+    ``saved`` one and is not in ``allowed`` (lists and tuples compare by value)."""
+    new = dataclasses.asdict(config)
+
+    def same(a, b) -> bool:
+        return list(a) == list(b) if isinstance(a, (list, tuple)) and \
+            isinstance(b, (list, tuple)) else a == b
+
+    return [f"{key} {saved[key]!r} there, {new[key]!r} now" for key in new
+            if key in saved and key not in allowed and not same(saved[key], new[key])]
 
 
 def save_config(config: Any, path: str | os.PathLike) -> None:

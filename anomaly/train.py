@@ -7,7 +7,6 @@ every epoch. ``train_encoder`` trains E with G and D frozen (f-AnoGAN's izi_f).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -29,7 +28,14 @@ from anomaly.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from anomaly.config import ConfigError, format_config, from_dict, load_config, save_config
+from anomaly.config import (
+    ConfigError,
+    changed_settings,
+    format_config,
+    load_config,
+    resumed_config,
+    save_config,
+)
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
@@ -265,13 +271,8 @@ def resume_config(run_dir: str | os.PathLike, config_file: str | os.PathLike | N
     last = checkpoint_path(run_dir)
     if not last.exists():
         return load_config(TrainConfig, config_file, overrides)
-    saved = load_checkpoint(last).get("train_config", {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in saved.items() if k in known}
-    if config_file is not None:
-        values.update(dataclasses.asdict(load_config(TrainConfig, config_file)))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(TrainConfig, values, f"{display_path(last)} + changes")
+    return resumed_config(TrainConfig, load_checkpoint(last).get("train_config", {}),
+                          config_file, overrides, f"{display_path(last)} + changes")
 
 
 def check_resume_settings(previous: dict, config: TrainConfig, data_dir: str | os.PathLike,
@@ -281,11 +282,7 @@ def check_resume_settings(previous: dict, config: TrainConfig, data_dir: str | o
     Raises:
         ConfigError: one line naming each such setting, its saved and its new value.
     """
-    saved = previous.get("train_config", {})
-    new = dataclasses.asdict(config)
-    differ = [f"{key} {saved[key]!r} there, {new[key]!r} now" for key in new
-              if key in saved and key not in RESUMABLE_SETTINGS and saved[key] != new[key]
-              and not (isinstance(saved[key], (list, tuple)) and list(saved[key]) == new[key])]
+    differ = changed_settings(previous.get("train_config", {}), config, RESUMABLE_SETTINGS)
     trained_on = previous.get("data_dir")
     if trained_on and Path(trained_on) != Path(data_dir).resolve():
         differ.append(f"data {trained_on} there, {Path(data_dir).resolve()} now")

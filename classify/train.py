@@ -29,8 +29,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from anomaly import distributed
-from anomaly.checkpoint import save_checkpoint
-from anomaly.config import format_config, save_config
+from anomaly.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from anomaly.config import (
+    ConfigError,
+    changed_settings,
+    format_config,
+    load_config,
+    resumed_config,
+    save_config,
+)
 from anomaly.data import (
     DataError,
     LabelledFolder,
@@ -262,6 +269,7 @@ class RunState:
     best_loss: float = math.inf
     best_state: dict = field(default_factory=dict)
     on_epoch: Callable[[int, dict], None] | None = None  # (epoch, metrics), e.g. a pruner
+    resume: dict | None = None  # the "resume" part of last.pt, to continue a stage
 
     @property
     def best_path(self) -> Path:
@@ -296,6 +304,14 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
         min_lr=config.min_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     rng = torch.Generator().manual_seed(config.seed * 1000 + stage)
+    done, epochs_without_improvement = 0, 0
+    if run.resume is not None and run.resume["stage"] == stage:  # continue this stage
+        optimizer.load_state_dict(run.resume["optimizer"])
+        scheduler.load_state_dict(run.resume["scheduler"])
+        rng.set_state(run.resume["rng"])
+        done = run.resume["stage_epoch"]
+        epochs_without_improvement = run.resume["epochs_without_improvement"]
+        log(f"stage {stage}: resuming after epoch {done} of it")
     augment = config.augment_config()
     images = train.images.to(device)  # uint8, kept whole on the device
     labels = train.labels.to(device)
@@ -303,9 +319,8 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
     batch_size = min(config.batch_size, count)
     trainable = sum(p.numel() for p in model.trainable_parameters())
     log(f"stage {stage}: up to {epochs} epoch(s) at lr {lr:g}, {trainable:,} trainable parameters")
-    epochs_without_improvement = 0
 
-    for _ in range(epochs):
+    for stage_epoch in range(done + 1, epochs + 1):
         run.epoch += 1
         epoch_start = time.perf_counter()
         model.train()  # BatchNorm layers of frozen parts stay in eval mode
@@ -360,8 +375,16 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-        if dist.is_main:
-            save_checkpoint(state, run.last_path)
+        stopping = bool(config.early_stopping_patience) and \
+            epochs_without_improvement >= config.early_stopping_patience
+        if dist.is_main:  # last.pt also carries what --resume needs to continue
+            save_checkpoint({**state, "resume": {
+                "stage": stage, "stage_epoch": stage_epoch,
+                "stage_done": stopping or stage_epoch == epochs,
+                "epochs_without_improvement": epochs_without_improvement,
+                "best_loss": run.best_loss, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng.get_state(),
+                "torch_rng": torch.get_rng_state()}}, run.last_path)
         if run.on_epoch is not None:
             run.on_epoch(run.epoch, metrics)  # may stop the run by raising
         log(f"epoch {run.epoch} (stage {stage}): train loss {train_loss:.4f}, val loss "
@@ -369,16 +392,31 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
             f"{time.perf_counter() - epoch_start:.0f} s{' (best so far)' if improved else ''}")
         if optimizer.param_groups[0]["lr"] < lr_now:
             log(f"validation loss plateaued: lr lowered to {optimizer.param_groups[0]['lr']:.2g}")
-        if config.early_stopping_patience and \
-                epochs_without_improvement >= config.early_stopping_patience:
+        if stopping:
             log(f"early stopping: no better validation loss for {epochs_without_improvement} "
                 "epochs")
             break
 
 
+# settings a resumed fit may change: more epochs of either stage, where it runs
+RESUMABLE_SETTINGS = ("epochs", "fine_tune_epochs", "device", "amp")
+
+
+def resume_fit_config(run_dir: str | os.PathLike, config_file: str | os.PathLike | None = None,
+                      overrides: dict | None = None) -> FitConfig:
+    """The config to resume a fit with: the one it was trained with, then ``config_file``
+    and ``overrides`` on top (the built-in defaults where there is no checkpoint yet)."""
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.exists():
+        return load_config(FitConfig, config_file, overrides)
+    saved = load_checkpoint(last, expected_format=FORMAT).get("config", {})
+    return resumed_config(FitConfig, saved, config_file, overrides,
+                          f"{display_path(last)} + changes")
+
+
 def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLike,
         run_dir: str | os.PathLike, progress: bool = True, log=print,
-        on_epoch: Callable[[int, dict], None] | None = None) -> Path:
+        on_epoch: Callable[[int, dict], None] | None = None, resume: bool = False) -> Path:
     """Train the classifier and keep the checkpoint with the best validation loss.
 
     Args:
@@ -392,6 +430,9 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         log: where messages go (rank 0 only under torchrun).
         on_epoch: called after every epoch with (epoch, metrics such as ``val_loss``);
             what it raises stops the run (``classify tune`` prunes weak trials this way).
+        resume: continue from ``run_dir/checkpoints/last.pt`` where it stopped (weights,
+            optimiser, schedule, random states, best loss); settings other than
+            :data:`RESUMABLE_SETTINGS` must be the saved ones.
 
     Returns:
         Path of the best checkpoint (``run_dir/checkpoints/best.pt``).
@@ -434,11 +475,15 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         save_config(config, run_dir / "config.yaml")
     run = RunState(run_dir, SummaryWriter(str(run_dir)) if dist.is_main else None,
                    on_epoch=on_epoch)
+    if resume and run.last_path.exists():
+        resume_from(run, model, config, log)
+    where = run.resume or {"stage": 1, "stage_done": False}
     try:
-        train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
-                    class_names, run, device, dist, progress, log)
-        if config.fine_tune_epochs > 0:
-            if run.best_state:  # fine-tune from the best stage-1 weights
+        if where["stage"] == 1 and not where["stage_done"]:
+            train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
+                        class_names, run, device, dist, progress, log)
+        if config.fine_tune_epochs > 0 and not (where["stage"] == 2 and where["stage_done"]):
+            if run.best_state and where["stage"] == 1:  # from the best stage-1 weights
                 model.load_state_dict(run.best_state)
             if config.pretrained_weights() is not None:
                 model.unfreeze_last_block()
@@ -450,6 +495,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
             run.writer.close()
     if run.epoch == 0:
         raise DataError("no epochs were run (epochs and fine_tune_epochs are 0)")
+    if not run.best_path.exists():
+        raise DataError(f"{display_path(run_dir)}: no best checkpoint was written")
     if dist.world_size > 1:
         dist.check_replicas_identical([model])
         log(f"weights identical on all {dist.world_size} ranks")
@@ -458,3 +505,32 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
     log(f"best validation loss {run.best_loss:.4f}: {display_path(run.best_path)} "
         f"({time.perf_counter() - fit_start:.0f} s from loading the images to the last epoch)")
     return run.best_path
+
+
+def resume_from(run: RunState, model: ClassifierNet, config: FitConfig, log=print) -> None:
+    """Load ``last.pt`` into ``model`` and ``run`` (epoch, best loss and weights, and the
+    stage's optimiser, schedule and random states), refusing other settings.
+
+    Raises:
+        ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs.
+        CheckpointError: the checkpoint holds no resume state (an older version's).
+    """
+    previous = load_checkpoint(run.last_path, expected_format=FORMAT)
+    differ = changed_settings(previous.get("config", {}), config, RESUMABLE_SETTINGS)
+    if differ:
+        raise ConfigError(f"{display_path(run.last_path)}: cannot resume with other settings ("
+                          + "; ".join(differ) + "); only " + ", ".join(RESUMABLE_SETTINGS)
+                          + " may change")
+    if previous.get("resume") is None:
+        raise CheckpointError(f"{display_path(run.last_path)}: written by an earlier version "
+                              "without what resuming needs; start a new run")
+    if previous["resume"]["stage"] == 2 and config.pretrained_weights() is not None:
+        model.unfreeze_last_block()  # so the stage-2 optimiser state fits
+    model.load_state_dict(previous["state_dict"])
+    run.resume, run.epoch = previous["resume"], int(previous["epoch"])
+    run.best_loss = run.resume["best_loss"]
+    torch.set_rng_state(run.resume["torch_rng"])  # dropout draws go on as if never stopped
+    if run.best_path.exists():
+        run.best_state = load_checkpoint(run.best_path, expected_format=FORMAT)["state_dict"]
+    log(f"resuming from {display_path(run.last_path)} after epoch {run.epoch} "
+        f"(stage {run.resume['stage']})")

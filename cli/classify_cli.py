@@ -53,14 +53,20 @@ def fit_options(command):
 @main.command("fit")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
 @fit_options
+@click.option("--resume", is_flag=True,
+              help="Continue from RUN_DIR/checkpoints/last.pt with the settings it was "
+                   "trained with; only more --epochs / --fine-tune-epochs and where it runs "
+                   "may change.")
 @user_errors_as_messages
-def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, **overrides):
+def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, resume, **overrides):
     """Train the classifier; the best checkpoint (validation loss) is checkpoints/best.pt."""
     from anomaly.config import load_config
-    from classify.train import FitConfig, fit
+    from classify.train import FitConfig, fit, resume_fit_config
 
-    config = load_config(FitConfig, config_file, overrides)
-    best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo)
+    config = (resume_fit_config(run_dir, config_file, overrides) if resume else
+              load_config(FitConfig, config_file, overrides))
+    best = fit(config, data_dir, val_dir, run_dir, progress=not no_progress, log=click.echo,
+               resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 of a torchrun job, or alone
         click.echo(f"checkpoint: {display_path(best)}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 from pathlib import Path
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from anomaly.data import scan_labelled_folder
+from classify import CHECKPOINT_FORMAT
 from classify.augment import AugmentConfig, augment_batch
 from classify.evaluate_classifier import evaluate_classifier
 from classify.models import ClassifierNet
@@ -334,3 +336,47 @@ def test_classifier_does_not_import_the_gan_training_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1], check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_fit_resumes_after_a_kill_and_matches_an_uninterrupted_fit(binary_data, tmp_path):
+    """Killed after each epoch in turn (an on_epoch hook raising once the checkpoint is
+    written), a resumed fit ends with the weights, best loss and epochs of one that never
+    stopped, through both stages; other settings are refused."""
+    import torchvision
+
+    from anomaly.checkpoint import load_checkpoint
+    from anomaly.config import ConfigError
+
+    train, val = binary_data["train"], binary_data["val"]
+    base = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), base)
+    config = FitConfig(image_size=32, batch_size=8, epochs=2, fine_tune_epochs=2,
+                       weights=str(base), backbone="resnet18", device="cpu")
+    quiet = dict(progress=False, log=lambda *a: None)
+    fit(config, train, val, tmp_path / "whole", **quiet)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, metrics):
+        raise Killed
+
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        fit(config, train, val, run, on_epoch=kill, **quiet)
+    for expected_epoch in (2, 3):  # killed again after the end of stage 1, then in stage 2
+        with pytest.raises(Killed):
+            fit(config, train, val, run, on_epoch=kill, resume=True, **quiet)
+        assert load_checkpoint(run / "checkpoints" / "last.pt",
+                               expected_format=CHECKPOINT_FORMAT)["epoch"] == expected_epoch
+    with pytest.raises(ConfigError, match="lr 0.001 there, 0.5 now"):
+        fit(dataclasses.replace(config, lr=0.5), train, val, run, resume=True, **quiet)
+    fit(config, train, val, run, resume=True, **quiet)
+    for name in ("last.pt", "best.pt"):
+        resumed = load_checkpoint(run / "checkpoints" / name, expected_format=CHECKPOINT_FORMAT)
+        whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / name,
+                                expected_format=CHECKPOINT_FORMAT)
+        assert (resumed["epoch"], resumed["stage"]) == (whole["epoch"], whole["stage"])
+        for key, value in whole["state_dict"].items():
+            torch.testing.assert_close(resumed["state_dict"][key], value)
