@@ -362,3 +362,18 @@ def test_bfloat16_scoring_stays_close_to_float32(critic_run):
     np.testing.assert_allclose(fast.score_tensor(images).score, full.score_tensor(images).score,
                                rtol=0.25)
     assert not np.array_equal(fast.score_tensor(images).score, full.score_tensor(images).score)
+
+
+def test_the_wide_placement_prior_reaches_further_than_the_lung_prior():
+    from anomaly.families.critic.synthesis import wide_lung_prior
+    from anomaly.lungs import lung_field_prior
+    from tests.conftest import synthetic_xray
+
+    rng = np.random.default_rng(0)
+    films = torch.from_numpy(np.stack([synthetic_xray(rng, 64) for _ in range(8)]))[:, None]
+    wide, lung = wide_lung_prior(films), lung_field_prior(films)
+    assert wide.shape == lung.shape == (64, 64) and set(wide.unique().tolist()) <= {0.0, 1.0}
+    assert wide.sum() > lung.sum()
+    assert abs(wide.mean().item() - 0.35 * 0.42 * 0.45 * np.pi) < 0.03  # 35% of the ellipse
+    with pytest.raises(ValueError, match="lung or wide"):
+        TrainConfig(critic_opacity_prior="everywhere").critic_config()

@@ -19,6 +19,27 @@ import torch
 from anomaly.lungs import smooth
 
 
+def wide_lung_prior(normal_images: torch.Tensor, fraction: float = 0.35) -> torch.Tensor:
+    """Where opacities may be placed, wider than the scoring prior: the darkest
+    ``fraction`` of the training normals' mean image (unsmoothed) inside a central ellipse
+    reaching 84% of the width and 90% of the height, so the lung bases and the edges
+    of the lung field are included. (S, S) of 0/1 floats.
+
+    Args:
+        normal_images: (N, 1, S, S) normal training films, uint8 or in [-1, 1].
+    """
+    images = normal_images.float()
+    if normal_images.dtype == torch.uint8:
+        images = images / 127.5 - 1.0
+    mean = images.mean(0)[0]  # (S, S)
+    size = mean.shape[-1]
+    axis = torch.arange(size, dtype=torch.float32) / (size - 1) - 0.5
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    ellipse = (x / 0.42) ** 2 + (y / 0.45) ** 2 <= 1
+    cutoff = mean[ellipse].quantile(fraction)
+    return (ellipse & (mean <= cutoff)).float()
+
+
 def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
     """The 0/1 lung-field prior (S, S) with blurred edges (sigma S/64), values in [0, 1]."""
     size = lung_prior.shape[-1]

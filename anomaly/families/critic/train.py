@@ -24,7 +24,12 @@ from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
-from anomaly.families.critic.synthesis import paste_opacities, soft_lung_prior, vary_acquisition
+from anomaly.families.critic.synthesis import (
+    paste_opacities,
+    soft_lung_prior,
+    vary_acquisition,
+    wide_lung_prior,
+)
 from anomaly.monitor import evidence_panel
 
 
@@ -41,6 +46,9 @@ class CriticConfig:
         gamma_range: range of the random gamma curve (``[1, 1]``: none).
         shift_fraction: largest random shift as a fraction of the side (0: none).
         seed: random seed of the critic's own stream.
+        opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
+            the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
+            ellipse that reaches the lung bases; :func:`wide_lung_prior`).
     """
 
     epochs: int = 30
@@ -51,6 +59,12 @@ class CriticConfig:
     gamma_range: tuple[float, float] = (0.8, 1.25)
     shift_fraction: float = 1 / 16
     seed: int = 0
+    opacity_prior: str = "lung"
+
+    def __post_init__(self) -> None:
+        if self.opacity_prior not in ("lung", "wide"):
+            raise ValueError(f"critic_opacity_prior must be lung or wide, not "
+                             f"{self.opacity_prior!r}")
 
 
 def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.Tensor,
@@ -99,7 +113,8 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         start_epoch = int(resume_state["epoch"])
         log(f"critic: resuming at epoch {start_epoch}")
     model = dist.wrap(critic)
-    prior = soft_lung_prior(lung_prior).to(device)
+    placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
+    prior = soft_lung_prior(placement).to(device)
     watched_pasted = None
     if watched is not None:  # the same opacities every epoch, so panels compare
         watched_pasted, _ = paste_opacities(
