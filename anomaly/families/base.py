@@ -33,16 +33,34 @@ class FamilyOutput:
 
 
 class Family(Protocol):
-    """A family's scoring object (see the module docstring)."""
+    """A family's scoring object (see the module docstring).
+
+    Attributes:
+        name: the family (``critic``, ``dcgan``).
+        modes: the modes it implements.
+        components: the per-image components it measures, in CSV order.
+        score_kinds: score kind -> the component it reads, or None where the family
+            combines components itself (:meth:`combine`).
+        default_score: the score kind used when none is asked for.
+        reconstructs: whether this mode draws a reconstruction.
+        device: where it runs.
+    """
 
     name: str
     modes: tuple[str, ...]
     components: tuple[str, ...]
-    score_kinds: dict[str, str]
+    score_kinds: dict[str, str | None]
     default_score: str
+    reconstructs: bool
+    device: torch.device
 
     def settings(self) -> dict:
-        """Settings that change the components."""
+        """Settings that change the components (``mode`` first)."""
 
-    def score_batch(self, images: torch.Tensor, heatmaps: bool = True) -> FamilyOutput:
-        """Measure a batch of preprocessed images (B, 1, S, S)."""
+    def check_score(self, score: str) -> None:
+        """Refuse, in one line, a score kind this checkpoint cannot compute."""
+
+    def score_batch(self, images: torch.Tensor, score: str, heatmaps: bool = True
+                    ) -> FamilyOutput:
+        """Measure a batch of preprocessed images (B, 1, S, S), with the heat map of
+        ``score`` when ``heatmaps``."""
