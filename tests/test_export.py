@@ -78,3 +78,19 @@ def test_search_cannot_be_exported_and_torchscript_matches(default_run, tmp_path
     np.testing.assert_allclose(logit.detach().numpy(), scorer.score_tensor(images).logit,
                                rtol=1e-4, atol=1e-5)
     assert embedding.shape[0] == 3
+
+
+def test_an_export_from_a_newer_version_or_not_ours_is_refused(exported, tmp_path):
+    import shutil
+
+    from anomaly.exported import ExportedScorer
+
+    newer = tmp_path / "newer"
+    shutil.copytree(exported, newer)
+    info = json.loads((newer / "export.json").read_text())
+    (newer / "export.json").write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="newer version"):
+        ExportedScorer(newer)
+    (newer / "export.json").write_text(json.dumps({**info, "format": "other"}))
+    with pytest.raises(CheckpointError, match="not an exported cxr-anomaly model"):
+        ExportedScorer(newer / "model.onnx")
