@@ -22,7 +22,7 @@ from anomaly.errors import CheckpointError
 from anomaly.io import display_path
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "checkpoint_digest",
-           "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
+           "load_checkpoint", "load_weights", "resolve_checkpoint_path", "save_checkpoint"]
 
 FORMAT = "cxr-anomaly-gan"
 FORMAT_VERSION = 2  # 2: ``families`` lists the model families held (critic, dcgan)
@@ -92,3 +92,19 @@ def load_checkpoint(model: str | os.PathLike, expected_format: str = FORMAT) -> 
             f"{state['format_version']}); upgrade the toolkit"
         )
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:
+    """Load a state dict into a network, or raise one line when they do not fit.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped tensors (a corrupt checkpoint,
+            or one whose architecture record does not match its weights).
+    """
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(f"the {what} weights do not fit its architecture "
+                              f"({detail[:200]})") from None

@@ -26,6 +26,7 @@ from anomaly.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from anomaly.config import (
@@ -411,8 +412,8 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
                               generator=torch.Generator().manual_seed(config.seed + 1))
     start_epoch = 0
     if "generator" in state:
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
+        load_weights(generator, state["generator"], "generator")
+        load_weights(discriminator, state["discriminator"], "discriminator")
         optimizer_g.load_state_dict(state["optimizer_g"])
         optimizer_d.load_state_dict(state["optimizer_d"])
         torch.set_rng_state(state["torch_rng"])
@@ -556,8 +557,8 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     state.setdefault("lung_prior", lung_field_prior(loaded.images))
     arch = GANArchitecture(**state["architecture"])
     generator, discriminator = Generator(arch), Discriminator(arch)
-    generator.load_state_dict(state["generator"])
-    discriminator.load_state_dict(state["discriminator"])
+    load_weights(generator, state["generator"], "generator")
+    load_weights(discriminator, state["discriminator"], "discriminator")
     generator.to(torch_device).eval().requires_grad_(False)
     discriminator.to(torch_device).eval().requires_grad_(False)
     encoder = Encoder(arch).to(torch_device)
@@ -629,7 +630,7 @@ def fit_feature_density(model: str | os.PathLike, images: torch.Tensor, device: 
     path = checkpoint_path(path) if path.is_dir() else path
     state = load_checkpoint(path)
     discriminator = Discriminator(GANArchitecture(**state["architecture"]))
-    discriminator.load_state_dict(state["discriminator"])
+    load_weights(discriminator, state["discriminator"], "discriminator")
     discriminator.to(device).requires_grad_(False)
     batches = (uint8_to_model(images[i: i + batch_size]) for i in range(0, len(images),
                                                                          batch_size))

@@ -377,3 +377,15 @@ def test_the_wide_placement_prior_reaches_further_than_the_lung_prior():
     assert abs(wide.mean().item() - 0.35 * 0.42 * 0.45 * np.pi) < 0.03  # 35% of the ellipse
     with pytest.raises(ValueError, match="lung or wide"):
         TrainConfig(critic_opacity_prior="everywhere").critic_config()
+
+
+def test_weights_that_do_not_fit_their_architecture_are_refused_in_one_line(critic_run,
+                                                                            tmp_path):
+    from anomaly.checkpoint import save_checkpoint
+
+    state = load_checkpoint(critic_run)
+    state["critic"]["architecture"] = {**state["critic"]["architecture"], "width": 8}
+    save_checkpoint(state, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="critic weights do not fit") as err:
+        Scorer.from_checkpoint(tmp_path / "odd.pt")
+    assert "\n" not in str(err.value)

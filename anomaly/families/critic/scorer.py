@@ -15,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly.checkpoint import CheckpointError, load_weights
 from anomaly.density import density_and_heat, mahalanobis
-from anomaly.device import autocast
+from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 
@@ -57,7 +58,7 @@ class CriticFamily:
                    ) -> "CriticFamily":
         """Build from a checkpoint's ``"critic"`` part."""
         critic = OpacityCritic(CriticArchitecture(**state["architecture"]))
-        critic.load_state_dict(state["network"])
+        load_weights(critic, state["network"], "critic")
         return cls(critic, state["density"], device, amp, state.get("heat_scale"))
 
     def settings(self) -> dict:
@@ -115,8 +116,6 @@ def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch
     ``iterations`` is refused (the critic searches nothing); the search settings ``lr``,
     ``lam`` and ``seed`` do not apply and are ignored.
     """
-    from anomaly.checkpoint import CheckpointError
-    from anomaly.device import cpu_bf16_supported
 
     part = state.get("critic") or {}
     if part.get("density") is None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from anomaly.checkpoint import load_weights
 from anomaly.data import uint8_to_model
 from anomaly.density import fit_density
 from anomaly.device import autocast
@@ -105,7 +106,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
     order_rng = torch.Generator().manual_seed(config.seed)
     start_epoch = 0
     if resume_state is not None:
-        critic.load_state_dict(resume_state["network"])
+        load_weights(critic, resume_state["network"], "critic")
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state["schedule"])
         order_rng.set_state(resume_state["order_rng"])

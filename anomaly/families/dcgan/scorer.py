@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomaly.checkpoint import CheckpointError
+from anomaly.checkpoint import CheckpointError, load_weights
 from anomaly.density import density_and_heat
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
@@ -102,12 +102,12 @@ class DCGANFamily:
         arch = GANArchitecture(**{k: v for k, v in state["architecture"].items()
                                   if k != "lesion_head"})
         generator, discriminator = Generator(arch), Discriminator(arch)
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
+        load_weights(generator, state["generator"], "generator")
+        load_weights(discriminator, state["discriminator"], "discriminator")
         encoder = None
         if state.get("encoder") is not None:
             encoder = Encoder(arch)
-            encoder.load_state_dict(state["encoder"])
+            load_weights(encoder, state["encoder"], "encoder")
         return cls(generator, discriminator, encoder, mode, device, lung_prior,
                    feature_density=state.get("feature_density"),
                    generator_trained=state.get("generator_trained", True), **options)
