@@ -19,13 +19,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import print_auroc_table, probe_arguments
+from probe_common import load_labelled_images, print_auroc_table, probe_arguments
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import find_images, load_images, scan_labelled_folder, uint8_to_model
+from anomaly.data import find_images, load_images, uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
 from anomaly.families.critic.network import OpacityCritic
@@ -73,11 +72,8 @@ def main(argv=None) -> None:
                  for name, idx in COMBINATIONS.items()}
     columns = {}
     for folder_path in args.data:
-        folder = scan_labelled_folder(folder_path)
-        loaded = load_images(folder.paths, scorer.preprocess_config, progress=False)
-        label_of = dict(zip(folder.paths, folder.binary_labels))
-        labels = np.array([label_of[p] for p in loaded.paths])
-        blocks = block_embeddings(critic, uint8_to_model(loaded.images))
+        labels, images = load_labelled_images(folder_path, scorer.preprocess_config)
+        blocks = block_embeddings(critic, images)
         columns[Path(folder_path).name] = {
             name: auroc(labels, mahalanobis(combined(blocks, idx), densities[name]).numpy())
             for name, idx in COMBINATIONS.items()}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
+
+from anomaly.data import load_images, scan_labelled_folder, uint8_to_model
 
 
 def probe_arguments(doc: str, argv=None) -> argparse.Namespace:
@@ -27,3 +30,12 @@ def print_auroc_table(row_title: str, columns: dict[str, dict[str, float]]) -> N
     print("|---|" + "---|" * len(columns))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
+
+
+def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, torch.Tensor]:
+    """A labelled folder's readable images, preprocessed: (binary labels (N,), images
+    (N, 1, S, S) in [-1, 1])."""
+    folder = scan_labelled_folder(folder_path)
+    loaded = load_images(folder.paths, preprocess_config, progress=False)
+    label_of = dict(zip(folder.paths, folder.binary_labels))
+    return np.array([label_of[p] for p in loaded.paths]), uint8_to_model(loaded.images)

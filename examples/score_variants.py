@@ -18,10 +18,9 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 
 import numpy as np
 import torch
-from probe_common import print_auroc_table, probe_arguments
+from probe_common import load_labelled_images, print_auroc_table, probe_arguments
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import load_images, scan_labelled_folder, uint8_to_model
 from anomaly.evaluate import auroc
 from anomaly.lungs import geometric_lung_prior, smooth
 from anomaly.score import Scorer
@@ -65,11 +64,8 @@ def main(argv=None) -> None:
     prior = scorer.lung_prior.cpu()
     columns = {}
     for folder_path in args.data:
-        folder = scan_labelled_folder(folder_path)
-        loaded = load_images(folder.paths, scorer.preprocess_config, progress=False)
-        label_of = dict(zip(folder.paths, folder.binary_labels))
-        labels = np.array([label_of[p] for p in loaded.paths])
-        values = variants(scorer, uint8_to_model(loaded.images), prior)
+        labels, images = load_labelled_images(folder_path, scorer.preprocess_config)
+        values = variants(scorer, images, prior)
         columns[Path(folder_path).name] = {name: auroc(labels, v) for name, v in values.items()}
     print_auroc_table("variant", columns)
 
