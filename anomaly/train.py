@@ -88,6 +88,7 @@ class TrainConfig:
     critic_gamma_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
     critic_shift_fraction: float = 1 / 16
     critic_opacity_prior: str = "lung"  # or "wide": reaching the lung bases
+    critic_synthesis: str = "blobs"  # or "patches" (after AnatPaste), "mixed"
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25
     batch_size: int = 64
@@ -132,7 +133,7 @@ class TrainConfig:
         return CriticConfig(self.critic_epochs, self.critic_batch_size, self.critic_lr,
                             self.critic_weight_decay, self.critic_width,
                             tuple(self.critic_gamma_range), self.critic_shift_fraction,
-                            self.seed, self.critic_opacity_prior)
+                            self.seed, self.critic_opacity_prior, self.critic_synthesis)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.critic_epochs <= 0:

@@ -14,7 +14,9 @@ from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding
 from anomaly.families.critic.synthesis import (
     paste_opacities,
+    paste_patches,
     soft_lung_prior,
+    synthesise,
     vary_acquisition,
 )
 from anomaly.score import Scorer, available_modes
@@ -66,6 +68,37 @@ def test_opacities_brighten_only_inside_the_lungs_and_towards_a_level():
     assert masks.min() >= 0 and masks.max() <= 0.7 + 1e-6  # alpha at most 0.7
     with pytest.raises(ValueError, match="empty"):
         paste_opacities(films, torch.zeros(32, 32))
+
+
+def test_patches_carry_the_same_films_anatomy_into_its_lungs_where_brighter():
+    torch.manual_seed(0)
+    prior = soft_lung_prior(lungs())
+    films = torch.full((16, 1, 32, 32), -1.0)  # dark film with one bright rib-like band
+    films[:, :, 2:5, :] = 1.0
+    pasted, masks = paste_patches(films, prior)
+    changed = (pasted - films).abs() > 1e-6
+    assert not changed[:, :, prior == 0].any()  # only inside the (soft) lung prior
+    assert (pasted >= films - 1e-6).all()  # brighter where the moved region is, never darker
+    assert pasted.amax() <= 1.0 and masks.max() <= 0.9 + 1e-6
+    plain = torch.full((4, 1, 32, 32), -1.0)  # nothing brighter to move: nothing changes
+    assert torch.equal(paste_patches(plain, prior)[0], plain)
+    with pytest.raises(ValueError, match="empty"):
+        paste_patches(films, torch.zeros(32, 32))
+
+
+def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
+    prior = soft_lung_prior(lungs())
+    films = torch.rand(64, 1, 32, 32) * 2 - 1
+    outputs = {}
+    for kind in ("blobs", "patches", "mixed"):
+        torch.manual_seed(3)
+        outputs[kind] = synthesise(films, prior, kind)[0]
+    assert not torch.equal(outputs["blobs"], outputs["patches"])
+    assert not torch.equal(outputs["mixed"], outputs["blobs"])
+    with pytest.raises(ValueError, match="blobs, patches, mixed"):
+        synthesise(films, prior, "stars")
+    with pytest.raises(ValueError, match="critic_synthesis"):
+        TrainConfig(critic_synthesis="stars").critic_config()
 
 
 def test_acquisition_changes_mirror_gamma_and_shift():

@@ -7,6 +7,9 @@ such regions inside the lung field of a normal film: a Gaussian blob (semi-axes 
 the side) modulated by smooth noise, masked by a soft lung prior, and blended *towards a
 brightness level* (``x + alpha * blob * max(level - x, 0)`` on [0, 1] intensities), so
 already-bright tissue barely changes and dark lung turns grey, as consolidation does.
+:func:`paste_patches` gives opacities the texture of real anatomy instead (after
+AnatPaste): a soft-edged region of the same film, moved into its lung field, blended in
+where it is brighter than the lung it covers.
 
 :func:`vary_acquisition` changes what differs between acquisitions and not what marks an
 opacity: a mirror image, a gamma curve (exposure and processing) and a shift (framing).
@@ -15,6 +18,7 @@ opacity: a mirror image, a gamma curve (exposure and processing) and a shift (fr
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from anomaly.lungs import smooth
 
@@ -104,6 +108,79 @@ def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: i
         out = out + strength * (target - out).clamp(min=0)
         masks = torch.maximum(masks, strength)
     return (out * 2 - 1).clamp(-1, 1), masks
+
+
+def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
+                  radius: tuple[float, float] = (0.04, 0.18),
+                  alpha: tuple[float, float] = (0.3, 0.9),
+                  generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a soft-edged region of each film into its own lung field, where brighter.
+
+    The region is centred anywhere in the central 80% of the film (rib, heart, diaphragm
+    or lung); it lands at a centre drawn inside the lung prior, shaped by a Gaussian
+    blob (semi-axes ``radius`` of the side) masked by the prior, and is blended in as
+    ``x + alpha * blob * max(moved - x, 0)`` on [0, 1] intensities: the lung turns
+    brighter with the texture of the anatomy moved over it.
+
+    Args:
+        images: (B, 1, S, S) normal films in [-1, 1].
+        soft_prior: (S, S) soft lung-field prior in [0, 1] (:func:`soft_lung_prior`).
+        radius: range of each semi-axis as a fraction of the side.
+        alpha: range of the blend factor.
+        generator: random source on the images' device (default: the global one).
+
+    Returns:
+        (films with a patch in [-1, 1], masks (B, 1, S, S) in [0, 1]).
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    inside = (prior > 0.5).flatten().nonzero().squeeze(1)
+    if inside.numel() == 0:
+        raise ValueError("the lung-field prior is empty; cannot place patches")
+    target = inside[torch.randint(inside.numel(), (batch,), device=device, generator=generator)]
+    target_y, target_x = (target // size).float(), (target % size).float()  # (B,)
+    source_y = _uniform(0.1, 0.9, (batch,), device, generator) * size
+    source_x = _uniform(0.1, 0.9, (batch,), device, generator) * size
+    # moved(p) = image(p - shift): a translation in grid_sample's [-1, 1] coordinates
+    theta = torch.zeros(batch, 2, 3, device=device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = -2 * (target_x - source_x) / size
+    theta[:, 1, 2] = -2 * (target_y - source_y) / size
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection",
+                          align_corners=False)
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    semi_y = _uniform(*radius, (batch, 1, 1), device, generator) * size
+    semi_x = _uniform(*radius, (batch, 1, 1), device, generator) * size
+    blob = torch.exp(-(((rows - target_y.view(-1, 1, 1)) / semi_y) ** 2
+                       + ((cols - target_x.view(-1, 1, 1)) / semi_x) ** 2)) * prior
+    strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * blob[:, None]
+    out, moved = (images + 1) / 2, (moved + 1) / 2
+    out = out + strength * (moved - out).clamp(min=0)
+    return (out * 2 - 1).clamp(-1, 1), strength
+
+
+SYNTHESES = ("blobs", "patches", "mixed")
+
+
+def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
+    (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`) or ``mixed`` (each film
+    one or the other at random). Returns (films, masks) as those do."""
+    if kind == "blobs":
+        return paste_opacities(images, soft_prior)
+    if kind == "patches":
+        return paste_patches(images, soft_prior)
+    if kind != "mixed":
+        raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not {kind!r}")
+    blobs, blob_masks = paste_opacities(images, soft_prior)
+    patches, patch_masks = paste_patches(images, soft_prior)
+    use_patch = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(use_patch, patches, blobs), torch.where(use_patch, patch_masks, blob_masks)
 
 
 def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.25),

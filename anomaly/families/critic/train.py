@@ -26,8 +26,10 @@ from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import (
+    SYNTHESES,
     paste_opacities,
     soft_lung_prior,
+    synthesise,
     vary_acquisition,
     wide_lung_prior,
 )
@@ -61,8 +63,12 @@ class CriticConfig:
     shift_fraction: float = 1 / 16
     seed: int = 0
     opacity_prior: str = "lung"
+    synthesis: str = "blobs"
 
     def __post_init__(self) -> None:
+        if self.synthesis not in SYNTHESES:
+            raise ValueError(f"critic_synthesis must be one of {', '.join(SYNTHESES)}, not "
+                             f"{self.synthesis!r}")
         if self.opacity_prior not in ("lung", "wide"):
             raise ValueError(f"critic_opacity_prior must be lung or wide, not "
                              f"{self.opacity_prior!r}")
@@ -148,7 +154,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
             films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
                                      max_shift)  # (B, 1, S, S)
             has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
-            pasted, _ = paste_opacities(films, prior)
+            pasted, _ = synthesise(films, prior, config.synthesis)
             inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
 
             # (1) Update the critic: which films hold a synthetic opacity?
