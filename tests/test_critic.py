@@ -10,7 +10,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
 from anomaly.density import mahalanobis
-from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding
 from anomaly.families.critic.synthesis import (
     paste_opacities,
@@ -52,6 +52,20 @@ def test_train_mode_batchnorm_differs_but_output_type_does_not():
     eval_out = critic.eval()(x)
     assert train_out.shape == eval_out.shape == (4,)
     assert not torch.allclose(train_out, eval_out)  # batch vs running statistics
+
+
+def test_folded_batchnorm_computes_the_eval_mode_critic_without_batchnorm():
+    torch.manual_seed(0)
+    critic = OpacityCritic(CriticArchitecture(image_size=32, width=4))
+    critic.train()(torch.randn(16, 1, 32, 32) * 3)  # running statistics away from 0 / 1
+    critic.eval()
+    folded = fold_batchnorm(critic)
+    x = torch.randn(4, 1, 32, 32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())  # a copy
+    torch.testing.assert_close(folded.feature_map(x), critic.feature_map(x), atol=1e-5,
+                               rtol=1e-4)
+    torch.testing.assert_close(folded(x), critic(x), atol=1e-5, rtol=1e-4)
 
 
 def test_opacities_brighten_only_inside_the_lungs_and_towards_a_level():

