@@ -89,6 +89,8 @@ class TrainConfig:
     critic_shift_fraction: float = 1 / 16
     critic_opacity_prior: str = "lung"  # or "wide": reaching the lung bases
     critic_synthesis: str = "blobs"  # or "patches" (after AnatPaste), "mixed"
+    critic_scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom
+    critic_rotation_degrees: float = 0.0  # largest random tilt either way
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25
     batch_size: int = 64
@@ -133,14 +135,16 @@ class TrainConfig:
         return CriticConfig(self.critic_epochs, self.critic_batch_size, self.critic_lr,
                             self.critic_weight_decay, self.critic_width,
                             tuple(self.critic_gamma_range), self.critic_shift_fraction,
-                            self.seed, self.critic_opacity_prior, self.critic_synthesis)
+                            self.seed, self.critic_opacity_prior, self.critic_synthesis,
+                            tuple(self.critic_scale_range), self.critic_rotation_degrees)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.critic_epochs <= 0:
             raise ValueError("epochs: 0 and critic_epochs: 0 train nothing")
-        if len(self.critic_gamma_range) != 2 or not 0 < self.critic_gamma_range[0] <= \
-                self.critic_gamma_range[1]:
-            raise ValueError("critic_gamma_range must be [low, high] with 0 < low <= high")
+        for name in ("critic_gamma_range", "critic_scale_range"):
+            values = getattr(self, name)
+            if len(values) != 2 or not 0 < values[0] <= values[1]:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

@@ -84,6 +84,22 @@ def test_opacities_brighten_only_inside_the_lungs_and_towards_a_level():
         paste_opacities(films, torch.zeros(32, 32))
 
 
+def test_zoom_and_tilt_move_structures_about_the_centre():
+    films = torch.full((4, 1, 32, 32), -1.0)
+    films[:, :, :, [11, 20]] = 1.0  # two stripes 4.5 px either side of the centre
+    zoomed = vary_acquisition(films, gamma=(1.0, 1.0), scale=(2.0, 2.0))
+    columns = zoomed[:, 0].mean(1)  # (B, S): brightness per column
+    for profile in columns:
+        bright = set(profile.topk(4).indices.tolist())
+        assert bright <= {6, 7, 24, 25}  # 9 px either side: zoomed twice about the centre
+    tilted = vary_acquisition(films, gamma=(1.0, 1.0), max_rotation=20.0)
+    assert not torch.allclose(tilted, films) and not torch.allclose(tilted, films.flip(-1))
+    untouched = vary_acquisition(films, gamma=(1.0, 1.0), scale=(1.0, 1.0), max_rotation=0)
+    assert torch.equal(untouched, films)  # both stripes mirror onto each other
+    with pytest.raises(ValueError, match="critic_scale_range"):
+        TrainConfig(critic_scale_range=[1.1, 0.9])
+
+
 def test_patches_carry_the_same_films_anatomy_into_its_lungs_where_brighter():
     torch.manual_seed(0)
     prior = soft_lung_prior(lungs())

@@ -12,10 +12,13 @@ AnatPaste): a soft-edged region of the same film, moved into its lung field, ble
 where it is brighter than the lung it covers.
 
 :func:`vary_acquisition` changes what differs between acquisitions and not what marks an
-opacity: a mirror image, a gamma curve (exposure and processing) and a shift (framing).
+opacity: a mirror image, a gamma curve (exposure and processing), a zoom and a tilt
+(distance and positioning) and a shift (framing).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -184,14 +187,19 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
 
 
 def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.25),
-                     max_shift: int = 0, generator: torch.Generator | None = None
+                     max_shift: int = 0, scale: tuple[float, float] = (1.0, 1.0),
+                     max_rotation: float = 0.0, generator: torch.Generator | None = None
                      ) -> torch.Tensor:
-    """Mirror half the films, apply a random gamma curve and a random circular shift.
+    """Mirror half the films, apply a random gamma curve, zoom and tilt, and a random
+    circular shift.
 
     Args:
         images: (B, 1, S, S) films in [-1, 1].
         gamma: range of the gamma exponent on [0, 1] intensities ((1, 1): none).
         max_shift: largest shift in pixels along each axis (0: none).
+        scale: range of the zoom factor about the centre ((1, 1): none); borders are
+            reflected.
+        max_rotation: largest tilt in degrees either way (0: none).
         generator: random source on the images' device.
 
     Returns:
@@ -203,10 +211,20 @@ def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.
     if gamma != (1.0, 1.0):
         exponent = _uniform(*gamma, (batch, 1, 1, 1), device, generator)
         images = ((images + 1) / 2).clamp(0, 1).pow(exponent) * 2 - 1
+    if tuple(scale) != (1.0, 1.0) or max_rotation > 0:
+        zoom = _uniform(*scale, (batch,), device, generator)
+        angle = _uniform(-max_rotation, max_rotation, (batch,), device, generator) \
+            * (math.pi / 180)
+        theta = torch.zeros(batch, 2, 3, device=device)  # output -> input coordinates
+        theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle) / zoom
+        theta[:, 0, 1] = -torch.sin(angle) / zoom
+        theta[:, 1, 0] = torch.sin(angle) / zoom
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                               align_corners=False)
     if max_shift > 0:
         shifts = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator,
                                device=device).tolist()
         images = torch.stack([image.roll(shift, dims=(-2, -1))
                               for image, shift in zip(images, shifts)])
     return images
-

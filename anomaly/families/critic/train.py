@@ -48,6 +48,8 @@ class CriticConfig:
         width: channels of the first block (doubled by each of the 4 blocks).
         gamma_range: range of the random gamma curve (``[1, 1]``: none).
         shift_fraction: largest random shift as a fraction of the side (0: none).
+        scale_range: range of the random zoom about the centre (``[1, 1]``: none).
+        rotation_degrees: largest random tilt either way (0: none).
         seed: random seed of the critic's own stream.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
@@ -64,6 +66,8 @@ class CriticConfig:
     seed: int = 0
     opacity_prior: str = "lung"
     synthesis: str = "blobs"
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    rotation_degrees: float = 0.0
 
     def __post_init__(self) -> None:
         if self.synthesis not in SYNTHESES:
@@ -132,7 +136,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         return torch.sigmoid(critic.cell_logits(critic.feature_map(films)))
 
     max_shift = int(round(config.shift_fraction * size))
-    gamma = tuple(config.gamma_range)
+    gamma, scale = tuple(config.gamma_range), tuple(config.scale_range)
     step = start_epoch * steps_per_epoch
 
     def state(epoch: int) -> dict:
@@ -152,7 +156,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         total = 0.0
         for batch_index in bar:
             films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
-                                     max_shift)  # (B, 1, S, S)
+                                     max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
             has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
             pasted, _ = synthesise(films, prior, config.synthesis)
             inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
