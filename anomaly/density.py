@@ -42,6 +42,9 @@ def fit_density(embeddings: np.ndarray) -> dict[str, torch.Tensor]:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
         raise ValueError("fitting a density needs at least 2 embeddings of shape (N, C)")
+    if not embeddings.var(0).sum() > 0:  # all alike: Ledoit-Wolf's shrinkage is 0 / 0
+        return {"mean": torch.from_numpy(embeddings.mean(0)).float(),
+                "precision": torch.eye(embeddings.shape[1])}
     estimate = LedoitWolf().fit(embeddings)
     return {"mean": torch.from_numpy(estimate.location_).float(),
             "precision": torch.from_numpy(estimate.precision_).float()}

@@ -3,11 +3,13 @@
 Each variant embeds the run's training normals the same way, refits its density on them
 (as training does) and scores each labelled folder: ``one view`` (the film alone, no
 mirror pass: half the work), ``mirror`` (the default: film and mirror image averaged),
-``mirror x gamma`` (also gamma 0.8 and 1.25, the training range's ends: six passes),
-``mirror, kNN`` (mean cosine distance to the 10 nearest training embeddings instead of
-the Gaussian). No label chooses anything.
+``one view, density of films and mirrors`` (one pass per film, the Gaussian fitted on
+the training films and their mirror images as separate samples), ``mirror, kNN`` (mean
+cosine distance to the 10 nearest training embeddings instead of the Gaussian) and, with
+``--gamma``, ``mirror x gamma`` (also gamma 0.8 and 1.25, the training range's ends: six
+passes). No label chooses anything.
 
-    python examples/critic_view_probe.py --model RUN \
+    python examples/critic_view_probe.py --model RUN [--gamma] \
         --data ../shared/data/chest_xray/val --data ../shared/data/chest_xray/test_dev
 """
 
@@ -23,26 +25,29 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import load_labelled_images, print_auroc_table, probe_arguments
+from probe_common import (
+    critic_and_its_training_normals,
+    load_labelled_images,
+    print_auroc_table,
+    probe_arguments,
+)
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import find_images, load_images, uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
-from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
-from anomaly.score import Scorer
+from anomaly.families.critic.network import OpacityCritic
 
 GAMMAS = (1.0, 0.8, 1.25)
 
 
 @torch.no_grad()
-def pooled_views(critic: OpacityCritic, images: torch.Tensor, batch_size: int = 128
-                 ) -> dict[tuple[float, bool], torch.Tensor]:
+def pooled_views(critic: OpacityCritic, images: torch.Tensor, gammas: tuple[float, ...],
+                 batch_size: int = 128) -> dict[tuple[float, bool], torch.Tensor]:
     """Pooled features (N, C) of images (N, 1, S, S) under each (gamma, mirrored) view."""
     views: dict[tuple[float, bool], list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
-        for gamma in GAMMAS:
+        for gamma in gammas:
             varied = ((batch + 1) / 2).clamp(0, 1).pow(gamma) * 2 - 1
             for mirrored in (False, True):
                 view = varied.flip(-1) if mirrored else varied
@@ -70,31 +75,32 @@ def knn_distance(train: torch.Tensor, test: torch.Tensor, k: int = 10) -> np.nda
 
 
 def main(argv=None) -> None:
-    args = probe_arguments(__doc__, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with_gamma = "--gamma" in argv
+    args = probe_arguments(__doc__, [a for a in argv if a != "--gamma"])
+    gammas = GAMMAS if with_gamma else GAMMAS[:1]
+    variants = {k: v for k, v in VARIANTS.items() if with_gamma or k != "mirror x gamma"}
     state = load_checkpoint(args.model)
-    scorer = Scorer.from_state(state, mode="critic", device="cpu")
-    config = scorer.preprocess_config
-    part = state["critic"]
-    critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
-    critic.load_state_dict(part["network"])
-    critic.eval()
-    held_out = set(state.get("holdout_paths", []))
-    train_paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
-    train = uint8_to_model(load_images(train_paths, config, progress=False).images)
-    train_views = pooled_views(critic, train)
+    critic, config, train = critic_and_its_training_normals(state)
+    train_views = pooled_views(critic, train, gammas)
     fitted = {name: fit_density(embeddings(train_views, keys).numpy())
-              for name, keys in VARIANTS.items()}
+              for name, keys in variants.items()}
+    both_orientations = torch.cat([embeddings(train_views, [(1.0, False)]),
+                                   embeddings(train_views, [(1.0, True)])])
+    fitted_both = fit_density(both_orientations.numpy())
     columns = {}
     for folder_path in args.data:
         labels, images = load_labelled_images(folder_path, config)
-        views = pooled_views(critic, images)
+        views = pooled_views(critic, images, gammas)
         column = {name: auroc(labels, mahalanobis(embeddings(views, keys), fitted[name]).numpy())
-                  for name, keys in VARIANTS.items()}
+                  for name, keys in variants.items()}
+        column["one view, density of films and mirrors"] = auroc(labels, mahalanobis(
+            embeddings(views, [(1.0, False)]), fitted_both).numpy())
         keys = VARIANTS["mirror (default)"]
         column["mirror, kNN (k=10)"] = auroc(labels, knn_distance(
             embeddings(train_views, keys), embeddings(views, keys)))
         columns[Path(folder_path).name] = column
-    print(f"{len(train_paths)} training normals embedded")
+    print(f"{len(train)} training normals embedded")
     print_auroc_table("view / density", columns)
 
 

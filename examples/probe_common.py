@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import torch
 
-from anomaly.data import load_images, scan_labelled_folder, uint8_to_model
+from anomaly.data import find_images, load_images, scan_labelled_folder, uint8_to_model
 
 
 def probe_arguments(doc: str, argv=None) -> argparse.Namespace:
@@ -39,3 +39,20 @@ def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, to
     loaded = load_images(folder.paths, preprocess_config, progress=False)
     label_of = dict(zip(folder.paths, folder.binary_labels))
     return np.array([label_of[p] for p in loaded.paths]), uint8_to_model(loaded.images)
+
+
+def critic_and_its_training_normals(state: dict):
+    """A run's critic (eval mode, BatchNorm unfolded), its preprocessing, and the normal
+    films it was trained on (the data folder less the held-out films), (N, 1, S, S) in
+    [-1, 1]."""
+    from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+    from anomaly.score import Scorer
+
+    config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
+    part = state["critic"]
+    critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
+    critic.load_state_dict(part["network"])
+    held_out = set(state.get("holdout_paths", []))
+    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
+    train = uint8_to_model(load_images(paths, config, progress=False).images)
+    return critic.eval(), config, train

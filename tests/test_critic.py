@@ -452,3 +452,40 @@ def test_weights_that_do_not_fit_their_architecture_are_refused_in_one_line(crit
     with pytest.raises(CheckpointError, match="critic weights do not fit") as err:
         Scorer.from_checkpoint(tmp_path / "odd.pt")
     assert "\n" not in str(err.value)
+
+
+def _auroc_of_default(critic_run, labelled_dir) -> float:
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+
+    folder = scan_labelled_folder(labelled_dir)
+    result = Scorer.from_checkpoint(critic_run, device="cpu").score_paths(folder.paths,
+                                                                          progress=False)
+    return auroc(folder.binary_labels, np.asarray(result.score))
+
+
+def _row(out: str, name: str) -> float:
+    return float(next(line for line in out.splitlines()
+                      if line.startswith(f"| {name} |")).split("|")[2])
+
+
+def test_view_probe_reproduces_the_default_density(critic_run, labelled_dir, capsys):
+    """Its mirror row refits the density the run fitted, on the same training films."""
+    run_example("critic_view_probe", ["--model", str(critic_run), "--data",
+                                      str(labelled_dir), "--gamma"])
+    out = capsys.readouterr().out
+    assert _row(out, "mirror (default)") == pytest.approx(
+        _auroc_of_default(critic_run, labelled_dir), abs=2e-3)
+    for name in ("one view", "mirror x gamma", "one view, density of films and mirrors",
+                 "mirror, kNN (k=10)"):
+        assert 0 <= _row(out, name) <= 1
+
+
+def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,
+                                                                 capsys):
+    run_example("critic_cell_probe", ["--model", str(critic_run), "--data", str(labelled_dir)])
+    out = capsys.readouterr().out
+    assert _row(out, "global density (the default)") == pytest.approx(
+        _auroc_of_default(critic_run, labelled_dir), abs=2e-3)
+    for name in ("cells: mean", "cells: max", "cells: mean of the 8 largest"):
+        assert 0 <= _row(out, name) <= 1

@@ -125,3 +125,15 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         Scorer.from_checkpoint(path)
     assert not marker.exists()
+
+
+def test_density_of_identical_embeddings_is_finite():
+    """All-alike features (a dead unit everywhere, tiny data) still give a usable density."""
+    from anomaly.density import fit_density, mahalanobis
+
+    density = fit_density(np.ones((10, 4)))
+    assert torch.isfinite(density["precision"]).all()
+    distance = mahalanobis(torch.zeros(1, 4), density)
+    assert distance.item() == pytest.approx(2.0)  # |0 - 1| over 4 unit-variance axes
+    fitted = fit_density(np.random.default_rng(0).normal(size=(50, 4)))
+    assert not torch.equal(fitted["precision"], torch.eye(4))  # Ledoit-Wolf otherwise
