@@ -33,19 +33,23 @@ FORMATS = ("onnx", "torchscript")
 
 
 class CriticEmbedding(nn.Module):
-    """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,))."""
+    """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,)), with
+    ``views`` 1 (the film) or 2 (the film and its mirror averaged) as its density."""
 
-    def __init__(self, critic: OpacityCritic):
+    def __init__(self, critic: OpacityCritic, views: int = 2):
         super().__init__()
         self.critic = critic
+        self.views = views
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flip-averaged, L2-normalised embedding and opacity logit."""
+        """L2-normalised embedding and opacity logit (flip-averaged with 2 views)."""
         pooled = self.critic.pooled(self.critic.feature_map(images))
-        pooled_flipped = self.critic.pooled(self.critic.feature_map(torch.flip(images, [3])))
-        embedding = F.normalize(pooled + pooled_flipped, dim=1)
-        logit = (self.critic.logits(pooled) + self.critic.logits(pooled_flipped)) / 2
-        return embedding, logit
+        logit = self.critic.logits(pooled)
+        if self.views == 2:
+            pooled_flipped = self.critic.pooled(self.critic.feature_map(torch.flip(images, [3])))
+            pooled = pooled + pooled_flipped
+            logit = (logit + self.critic.logits(pooled_flipped)) / 2
+        return F.normalize(pooled, dim=1), logit
 
 
 def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
@@ -79,7 +83,8 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
                               "default mode, critic")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    network = CriticEmbedding(scorer.family.critic).eval().to(memory_format=torch.contiguous_format)
+    network = CriticEmbedding(scorer.family.critic, scorer.family.views).eval()
+    network = network.to(memory_format=torch.contiguous_format)
     size = scorer.preprocess_config.image_size
     example = torch.zeros(2, 1, size, size)
     if fmt == "onnx":
@@ -98,6 +103,7 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
         "network": path.name, "network_format": fmt, "checkpoint": checkpoint_digest(model),
         "mode": scorer.mode, "score": scorer.score,
         "components": list(scorer.component_names),
+        "views": scorer.family.views,  # inside the network: for the reader's information
         "preprocess": asdict(scorer.preprocess_config),
         "density": {"mean": density["mean"].cpu().tolist(),
                     "precision": density["precision"].cpu().tolist()},

@@ -91,6 +91,7 @@ class TrainConfig:
     critic_synthesis: str = "blobs"  # or "patches" (after AnatPaste), "mixed"
     critic_scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom
     critic_rotation_degrees: float = 0.0  # largest random tilt either way
+    critic_score_views: int = 2  # 1: the film alone (twice as fast); 2: with its mirror
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25
     batch_size: int = 64
@@ -136,7 +137,8 @@ class TrainConfig:
                             self.critic_weight_decay, self.critic_width,
                             tuple(self.critic_gamma_range), self.critic_shift_fraction,
                             self.seed, self.critic_opacity_prior, self.critic_synthesis,
-                            tuple(self.critic_scale_range), self.critic_rotation_degrees)
+                            tuple(self.critic_scale_range), self.critic_rotation_degrees,
+                            self.critic_score_views)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.critic_epochs <= 0:

@@ -489,3 +489,30 @@ def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, lab
         _auroc_of_default(critic_run, labelled_dir), abs=2e-3)
     for name in ("cells: mean", "cells: max", "cells: mean of the 8 largest"):
         assert 0 <= _row(out, name) <= 1
+
+
+def test_a_one_view_critic_scores_the_film_alone_and_exports_so(tmp_path, normal_dir):
+    """critic_score_views: 1 fits the density on the films alone and scores them so,
+    in PyTorch and in the exported network alike."""
+    from anomaly.export import CriticEmbedding
+
+    run = tmp_path / "one_view"
+    train_gan(TrainConfig(**CRITIC_ONLY, critic_score_views=1), normal_dir, run, **QUIET)
+    assert load_checkpoint(run)["critic"]["views"] == 1
+    scorer = Scorer.from_checkpoint(run, device="cpu")
+    family: CriticFamily = scorer.family
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    scores = scorer.score_tensor(images)
+    with torch.no_grad():
+        embedding = critic_embedding(family.critic, images, views=1)
+        expected = mahalanobis(embedding, family.density)
+        exported, logit = CriticEmbedding(family.critic, views=1)(images)
+    np.testing.assert_allclose(scores.density, expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(scores.logit, family.critic(images).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(exported, embedding)
+    assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
+    mirrored = scorer.score_tensor(images.flip(-1))
+    assert not np.allclose(mirrored.density, scores.density, rtol=1e-4)  # one view: not
+    with pytest.raises(ValueError, match="critic_score_views"):
+        TrainConfig(critic_score_views=3).critic_config()

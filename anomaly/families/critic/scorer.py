@@ -1,8 +1,8 @@
 """Score films with a trained opacity critic: the density of its features, its logit,
 and a heat map of where the density comes from.
 
-The embedding of a film is the critic's pooled features of the film and of its mirror
-image, averaged and L2-normalised; its ``density`` score is the Mahalanobis distance of
+The embedding of a film is the critic's pooled features of the film (``views: 1``) or
+of the film and its mirror image averaged (``views: 2``), L2-normalised; its ``density`` score is the Mahalanobis distance of
 that embedding from the Gaussian fitted to the training normals' (``anomaly.density``).
 The heat map is the density's gradient times the features at each cell of the critic's
 last feature map (16 x 16 at 128 px; Grad-CAM of the density), kept where positive: the
@@ -22,10 +22,13 @@ from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 
 
-def critic_embedding(critic: OpacityCritic, images: torch.Tensor) -> torch.Tensor:
-    """Flip-averaged, L2-normalised pooled features (B, C) of images (B, 1, S, S)."""
-    pooled = critic.pooled(critic.feature_map(images)).float() \
-        + critic.pooled(critic.feature_map(images.flip(-1))).float()
+def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int = 2
+                     ) -> torch.Tensor:
+    """L2-normalised pooled features (B, C) of images (B, 1, S, S): of the images alone
+    (``views=1``) or averaged with their mirror images' (``views=2``)."""
+    pooled = critic.pooled(critic.feature_map(images)).float()
+    if views == 2:
+        pooled = pooled + critic.pooled(critic.feature_map(images.flip(-1))).float()
     return F.normalize(pooled, dim=1)
 
 
@@ -33,8 +36,9 @@ class CriticFamily:
     """The critic family's scoring object behind the seam (:mod:`anomaly.families`).
 
     Components: ``density`` (Mahalanobis distance of the embedding) and ``logit`` (the
-    opacity logit, averaged over the film and its mirror). Scores: ``density`` (the
-    default) and ``logit``.
+    opacity logit, averaged over the film and its mirror with ``views=2``). Scores:
+    ``density`` (the default) and ``logit``. ``views`` (1 or 2) is the one the density
+    was fitted with, recorded in the checkpoint.
     """
 
     name = "critic"
@@ -45,7 +49,11 @@ class CriticFamily:
     reconstructs = False
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
-                 device: torch.device, amp: bool = False, heat_scale: float | None = None):
+                 device: torch.device, amp: bool = False, heat_scale: float | None = None,
+                 views: int = 2):
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
+        self.views = views
         self.critic = fold_batchnorm(critic).to(device, memory_format=torch.channels_last)
         self.critic.requires_grad_(False)
         self.density = {k: v.to(device) for k, v in density.items()}
@@ -59,7 +67,8 @@ class CriticFamily:
         """Build from a checkpoint's ``"critic"`` part."""
         critic = OpacityCritic(CriticArchitecture(**state["architecture"]))
         load_weights(critic, state["network"], "critic")
-        return cls(critic, state["density"], device, amp, state.get("heat_scale"))
+        return cls(critic, state["density"], device, amp, state.get("heat_scale"),
+                   int(state.get("views", 2)))  # runs before views were recorded: 2
 
     def settings(self) -> dict:
         """Settings that change the components: the mode, and reduced precision on CPU."""
@@ -75,7 +84,8 @@ class CriticFamily:
         images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), autocast(self.device, self.amp):
             maps = self.critic.feature_map(images).float()  # (B, C, S', S')
-            maps_flipped = self.critic.feature_map(images.flip(-1)).float()
+            maps_flipped = (self.critic.feature_map(images.flip(-1)).float()
+                            if self.views == 2 else None)
         heat = None
         if heatmaps:  # Grad-CAM of the density on the last feature map, upsampled
             density, cells = density_and_heat(maps, maps_flipped, self.density,
@@ -84,11 +94,12 @@ class CriticFamily:
                                  align_corners=False)[:, 0]
         else:
             with torch.no_grad():
-                pooled = self.critic.pooled(maps) + self.critic.pooled(maps_flipped)
+                pooled = sum(self.critic.pooled(m) for m in (maps, maps_flipped)
+                             if m is not None)
                 density = mahalanobis(F.normalize(pooled, dim=1), self.density)
         with torch.no_grad():
-            logit = (self.critic.logits(self.critic.pooled(maps))
-                     + self.critic.logits(self.critic.pooled(maps_flipped))) / 2
+            logit = sum(self.critic.logits(self.critic.pooled(m)) for m in (maps, maps_flipped)
+                        if m is not None) / self.views
         return FamilyOutput(
             components={"density": density.cpu().numpy(),
                         "logit": logit.cpu().numpy()},

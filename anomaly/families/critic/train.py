@@ -50,6 +50,9 @@ class CriticConfig:
         shift_fraction: largest random shift as a fraction of the side (0: none).
         scale_range: range of the random zoom about the centre (``[1, 1]``: none).
         rotation_degrees: largest random tilt either way (0: none).
+        score_views: how films are embedded for the density and scored: 1 (the film
+            alone, half the work) or 2 (the film and its mirror image averaged, so a
+            film and its mirror score the same).
         seed: random seed of the critic's own stream.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
@@ -68,8 +71,11 @@ class CriticConfig:
     synthesis: str = "blobs"
     scale_range: tuple[float, float] = (1.0, 1.0)
     rotation_degrees: float = 0.0
+    score_views: int = 2
 
     def __post_init__(self) -> None:
+        if self.score_views not in (1, 2):
+            raise ValueError(f"critic_score_views must be 1 or 2, not {self.score_views!r}")
         if self.synthesis not in SYNTHESES:
             raise ValueError(f"critic_synthesis must be one of {', '.join(SYNTHESES)}, not "
                              f"{self.synthesis!r}")
@@ -199,20 +205,21 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         log(f"critic weights identical on all {dist.world_size} ranks")
     final = state(max(start_epoch, config.epochs))
     if dist.is_main:
-        final["density"] = fit_critic_density(critic, images, device)
+        final["views"] = config.score_views
+        final["density"] = fit_critic_density(critic, images, device, config.score_views)
         sample = uint8_to_model(images[:256])
-        final["heat_scale"] = heat_scale_of(CriticFamily(critic, final["density"], device),
-                                            sample)
+        final["heat_scale"] = heat_scale_of(
+            CriticFamily(critic, final["density"], device, views=config.score_views), sample)
         log(f"critic: fitted the feature density on {len(images)} training images")
     return final
 
 
 @torch.no_grad()
 def fit_critic_density(critic: OpacityCritic, images: torch.Tensor, device: torch.device,
-                       batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings of (N, 1, S, S)
-    uint8 normal films."""
+                       views: int = 2, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings (``views`` as in
+    :func:`critic_embedding`) of (N, 1, S, S) uint8 normal films."""
     critic.eval()
-    embeddings = [critic_embedding(critic, uint8_to_model(images[i: i + batch_size]).to(device))
-                  .cpu() for i in range(0, len(images), batch_size)]
+    embeddings = [critic_embedding(critic, uint8_to_model(images[i: i + batch_size]).to(device),
+                                   views).cpu() for i in range(0, len(images), batch_size)]
     return fit_density(torch.cat(embeddings).numpy())
