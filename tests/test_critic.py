@@ -516,3 +516,24 @@ def test_a_one_view_critic_scores_the_film_alone_and_exports_so(tmp_path, normal
     assert not np.allclose(mirrored.density, scores.density, rtol=1e-4)  # one view: not
     with pytest.raises(ValueError, match="critic_score_views"):
         TrainConfig(critic_score_views=3).critic_config()
+
+
+def test_refitting_views_reproduces_the_run_and_records_one_view(critic_run, tmp_path):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        refit_views = importlib.import_module("refit_critic_views").refit_views
+    finally:
+        sys.path.pop(0)
+    original = load_checkpoint(critic_run)["critic"]
+    same = load_checkpoint(refit_views(critic_run, 2, tmp_path / "two", log=lambda *a: None))
+    torch.testing.assert_close(same["critic"]["density"]["mean"], original["density"]["mean"],
+                               rtol=1e-5, atol=1e-6)
+    one = load_checkpoint(refit_views(critic_run, 1, tmp_path / "one", log=lambda *a: None))
+    assert one["critic"]["views"] == 1 and "critic" in one["score_stats"]
+    assert not torch.allclose(one["critic"]["density"]["mean"], original["density"]["mean"])
+    with pytest.raises(FileExistsError):
+        refit_views(critic_run, 1, tmp_path / "one")

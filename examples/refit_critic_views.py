@@ -1,0 +1,77 @@
+"""Copy a trained run with its critic scoring another number of views, refitted.
+
+Re-embeds the run's training normals (its data folder less the held-out films) with
+``--views`` 1 (the film alone, half the work) or 2 (the film and its mirror averaged),
+refits the critic's density and heat scale on them, and refits the score statistics on
+the held-out normals, in a copy of the run: the weights are untouched, so the copy is
+what training with ``critic_score_views: N`` would have given with the same weights.
+
+    python examples/refit_critic_views.py --model runs/critic_s0/run --views 1 \
+        --out runs/critic_s0_one_view/run
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from anomaly.checkpoint import load_checkpoint, save_checkpoint
+from anomaly.data import find_images, load_images, uint8_to_model
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.scorer import CriticFamily, heat_scale_of
+from anomaly.families.critic.train import fit_critic_density
+from anomaly.score import Scorer
+from anomaly.train import checkpoint_path, fit_score_statistics
+
+
+def refit_views(model: str | Path, views: int, out: str | Path, log=print) -> Path:
+    """Write a copy of run ``model`` at ``out`` whose critic scores ``views`` views."""
+    if not Path(model).is_dir():
+        raise ValueError(f"{model}: give the run directory, which is copied whole")
+    source, out = checkpoint_path(Path(model)), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new folder")
+    shutil.copytree(model, out)
+    state = load_checkpoint(source)
+    part = state["critic"]
+    critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
+    critic.load_state_dict(part["network"])
+    config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
+    held_out = set(state.get("holdout_paths", []))
+    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
+    images = load_images(paths, config, progress=False).images
+    device = torch.device("cpu")
+    part["views"] = views
+    part["density"] = fit_critic_density(critic, images, device, views)
+    part["heat_scale"] = heat_scale_of(CriticFamily(critic, part["density"], device,
+                                                    views=views),
+                                       uint8_to_model(images[:256]))
+    state.pop("score_stats", None)
+    state.pop("thresholds", None)  # calibrated on the old density
+    target = checkpoint_path(out)
+    save_checkpoint(state, target)
+    fit_score_statistics(target, log=log)
+    log(f"{target}: the critic scores {views} view(s), density refitted on "
+        f"{len(images)} training normals")
+    return target
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="run directory or checkpoint")
+    parser.add_argument("--views", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--out", required=True, help="new run directory")
+    args = parser.parse_args(argv)
+    refit_views(args.model, args.views, args.out)
+
+
+if __name__ == "__main__":
+    main()
