@@ -3,7 +3,8 @@
 For a run with a critic, fits one Gaussian (Ledoit-Wolf) per embedding on the run's own
 training normals (its data folder minus the held-out films) and prints the AUROC of the
 Mahalanobis distance per labelled folder. Embeddings: each block's features, max-pooled
-as the network pools them, globally averaged, flip-averaged and L2-normalised; and
+as the network pools them, globally averaged, flip-averaged if the run's critic scores
+two views, and L2-normalised; and
 concatenations of the normalised blocks. ``block 4`` is the default ``density``.
 
     python examples/critic_block_probe.py --model RUN \\
@@ -35,14 +36,15 @@ COMBINATIONS = {"block 2": [1], "block 3": [2], "block 4": [3], "blocks 3+4": [2
 
 
 @torch.no_grad()
-def block_embeddings(critic: OpacityCritic, images: torch.Tensor, batch_size: int = 64
-                     ) -> list[torch.Tensor]:
-    """Per block (N, C_b): pooled, averaged with the mirror image's, L2-normalised."""
+def block_embeddings(critic: OpacityCritic, images: torch.Tensor, views: int,
+                     batch_size: int = 64) -> list[torch.Tensor]:
+    """Per block (N, C_b): pooled (averaged with the mirror image's for 2 views),
+    L2-normalised."""
     per_block: list[list[torch.Tensor]] = [[] for _ in critic.blocks]
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
         sums = None
-        for view in (batch, batch.flip(-1)):
+        for view in (batch, batch.flip(-1))[:views]:
             x, pooled = view, []
             for block in critic.blocks:
                 x = critic.pool(block(x))
@@ -62,18 +64,18 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
     scorer = Scorer.from_state(state, mode="critic", device="cpu")
-    critic = scorer.family.critic.eval()
+    critic, views = scorer.family.critic.eval(), scorer.family.views
     held_out = {str(p) for p in state.get("holdout_paths", [])}
     train_paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
     train = uint8_to_model(load_images(train_paths, scorer.preprocess_config,
                                        progress=False).images)
-    train_blocks = block_embeddings(critic, train)
+    train_blocks = block_embeddings(critic, train, views)
     densities = {name: fit_density(combined(train_blocks, idx).numpy())
                  for name, idx in COMBINATIONS.items()}
     columns = {}
     for folder_path in args.data:
         labels, images = load_labelled_images(folder_path, scorer.preprocess_config)
-        blocks = block_embeddings(critic, images)
+        blocks = block_embeddings(critic, images, views)
         columns[Path(folder_path).name] = {
             name: auroc(labels, mahalanobis(combined(blocks, idx), densities[name]).numpy())
             for name, idx in COMBINATIONS.items()}

@@ -49,7 +49,9 @@ def generator_scores(critic_scorer: Scorer, encoder_scorer: Scorer, images: torc
     encoded = encoder_scorer.score_tensor(images, heatmaps=False)
     reconstruction = encoded.reconstructions.to(images.device)
     maps, maps_rec = critic.feature_map(images), critic.feature_map(reconstruction)
-    emb, emb_rec = critic_embedding(critic, images), critic_embedding(critic, reconstruction)
+    views = critic_scorer.family.views  # as the run's density embeds films
+    emb, emb_rec = (critic_embedding(critic, images, views),
+                    critic_embedding(critic, reconstruction, views))
     scored = critic_scorer.score_tensor(images, heatmaps=False)
     return {
         "critic density (default)": scored.density,

@@ -1,8 +1,9 @@
 """AUROC of the opacity critic's density under other test-time views and densities.
 
 Each variant embeds the run's training normals the same way, refits its density on them
-(as training does) and scores each labelled folder: ``one view`` (the film alone, no
-mirror pass: half the work), ``mirror`` (the default: film and mirror image averaged),
+(as training does) and scores each labelled folder: ``one view`` (the film alone: the
+default, ``critic_score_views: 1``), ``mirror`` (film and mirror image averaged:
+``critic_score_views: 2``),
 ``one view, density of films and mirrors`` (one pass per film, the Gaussian fitted on
 the training films and their mirror images as separate samples), ``mirror, kNN`` (mean
 cosine distance to the 10 nearest training embeddings instead of the Gaussian) and, with
@@ -63,7 +64,7 @@ def embeddings(views: dict, keys: list[tuple[float, bool]]) -> torch.Tensor:
 
 VARIANTS = {
     "one view": [(1.0, False)],
-    "mirror (default)": [(1.0, False), (1.0, True)],
+    "mirror": [(1.0, False), (1.0, True)],
     "mirror x gamma": [(g, m) for g in GAMMAS for m in (False, True)],
 }
 
@@ -96,7 +97,7 @@ def main(argv=None) -> None:
                   for name, keys in variants.items()}
         column["one view, density of films and mirrors"] = auroc(labels, mahalanobis(
             embeddings(views, [(1.0, False)]), fitted_both).numpy())
-        keys = VARIANTS["mirror (default)"]
+        keys = VARIANTS["mirror"]
         column["mirror, kNN (k=10)"] = auroc(labels, knn_distance(
             embeddings(train_views, keys), embeddings(views, keys)))
         columns[Path(folder_path).name] = column

@@ -188,7 +188,8 @@ def test_density_score_is_the_mahalanobis_distance_of_the_embedding(critic_run, 
     scores = scorer.score_tensor(images)
     family: CriticFamily = scorer.family
     with torch.no_grad():
-        expected = mahalanobis(critic_embedding(family.critic, images), family.density)
+        expected = mahalanobis(critic_embedding(family.critic, images, family.views),
+                               family.density)
     np.testing.assert_allclose(scores.score, expected.numpy(), rtol=1e-4)
     np.testing.assert_allclose(scores.density, scores.score)
     assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
@@ -286,8 +287,10 @@ def test_config_refuses_a_run_that_trains_nothing():
     assert dataclasses.asdict(TrainConfig())["critic_epochs"] == 30
 
 
-def test_density_is_mirror_invariant(critic_run):
-    scorer = Scorer.from_checkpoint(critic_run, device="cpu")
+def test_density_is_mirror_invariant_with_two_views(tmp_path, normal_dir):
+    run = tmp_path / "two_views"
+    train_gan(TrainConfig(**CRITIC_ONLY, critic_score_views=2), normal_dir, run, **QUIET)
+    scorer = Scorer.from_checkpoint(run, device="cpu")
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     plain, mirrored = scorer.score_tensor(images), scorer.score_tensor(images.flip(-1))
     np.testing.assert_allclose(plain.density, mirrored.density, rtol=1e-4)
@@ -470,13 +473,13 @@ def _row(out: str, name: str) -> float:
 
 
 def test_view_probe_reproduces_the_default_density(critic_run, labelled_dir, capsys):
-    """Its mirror row refits the density the run fitted, on the same training films."""
+    """Its one-view row refits the density the run fitted, on the same training films."""
     run_example("critic_view_probe", ["--model", str(critic_run), "--data",
                                       str(labelled_dir), "--gamma"])
     out = capsys.readouterr().out
-    assert _row(out, "mirror (default)") == pytest.approx(
+    assert _row(out, "one view") == pytest.approx(
         _auroc_of_default(critic_run, labelled_dir), abs=2e-3)
-    for name in ("one view", "mirror x gamma", "one view, density of films and mirrors",
+    for name in ("mirror", "mirror x gamma", "one view, density of films and mirrors",
                  "mirror, kNN (k=10)"):
         assert 0 <= _row(out, name) <= 1
 
@@ -491,13 +494,12 @@ def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, lab
         assert 0 <= _row(out, name) <= 1
 
 
-def test_a_one_view_critic_scores_the_film_alone_and_exports_so(tmp_path, normal_dir):
-    """critic_score_views: 1 fits the density on the films alone and scores them so,
-    in PyTorch and in the exported network alike."""
+def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
+    """critic_score_views: 1 (the default) fits the density on the films alone and scores
+    them so, in PyTorch and in the exported network alike."""
     from anomaly.export import CriticEmbedding
 
-    run = tmp_path / "one_view"
-    train_gan(TrainConfig(**CRITIC_ONLY, critic_score_views=1), normal_dir, run, **QUIET)
+    run = critic_run
     assert load_checkpoint(run)["critic"]["views"] == 1
     scorer = Scorer.from_checkpoint(run, device="cpu")
     family: CriticFamily = scorer.family
@@ -529,11 +531,11 @@ def test_refitting_views_reproduces_the_run_and_records_one_view(critic_run, tmp
     finally:
         sys.path.pop(0)
     original = load_checkpoint(critic_run)["critic"]
-    same = load_checkpoint(refit_views(critic_run, 2, tmp_path / "two", log=lambda *a: None))
+    same = load_checkpoint(refit_views(critic_run, 1, tmp_path / "one", log=lambda *a: None))
     torch.testing.assert_close(same["critic"]["density"]["mean"], original["density"]["mean"],
                                rtol=1e-5, atol=1e-6)
-    one = load_checkpoint(refit_views(critic_run, 1, tmp_path / "one", log=lambda *a: None))
-    assert one["critic"]["views"] == 1 and "critic" in one["score_stats"]
-    assert not torch.allclose(one["critic"]["density"]["mean"], original["density"]["mean"])
+    two = load_checkpoint(refit_views(critic_run, 2, tmp_path / "two", log=lambda *a: None))
+    assert two["critic"]["views"] == 2 and "critic" in two["score_stats"]
+    assert not torch.allclose(two["critic"]["density"]["mean"], original["density"]["mean"])
     with pytest.raises(FileExistsError):
         refit_views(critic_run, 1, tmp_path / "one")

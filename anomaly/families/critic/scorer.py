@@ -22,7 +22,7 @@ from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 
 
-def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int = 2
+def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int
                      ) -> torch.Tensor:
     """L2-normalised pooled features (B, C) of images (B, 1, S, S): of the images alone
     (``views=1``) or averaged with their mirror images' (``views=2``)."""
@@ -50,7 +50,7 @@ class CriticFamily:
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
-                 views: int = 2):
+                 views: int = 1):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
         self.views = views

@@ -51,8 +51,8 @@ class CriticConfig:
         scale_range: range of the random zoom about the centre (``[1, 1]``: none).
         rotation_degrees: largest random tilt either way (0: none).
         score_views: how films are embedded for the density and scored: 1 (the film
-            alone, half the work) or 2 (the film and its mirror image averaged, so a
-            film and its mirror score the same).
+            alone, the default) or 2 (the film and its mirror image averaged, so a film
+            and its mirror score the same; twice the work).
         seed: random seed of the critic's own stream.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
@@ -71,7 +71,7 @@ class CriticConfig:
     synthesis: str = "blobs"
     scale_range: tuple[float, float] = (1.0, 1.0)
     rotation_degrees: float = 0.0
-    score_views: int = 2
+    score_views: int = 1
 
     def __post_init__(self) -> None:
         if self.score_views not in (1, 2):
@@ -216,7 +216,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
 
 @torch.no_grad()
 def fit_critic_density(critic: OpacityCritic, images: torch.Tensor, device: torch.device,
-                       views: int = 2, batch_size: int = 128) -> dict[str, torch.Tensor]:
+                       views: int = 1, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings (``views`` as in
     :func:`critic_embedding`) of (N, 1, S, S) uint8 normal films."""
     critic.eval()
