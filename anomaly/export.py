@@ -1,11 +1,11 @@
 """Export a run's one-pass scoring network to ONNX or TorchScript, with a JSON beside it.
 
 What is exported is the network of the critic mode (the default): preprocessed films
-(B, 1, S, S) in [-1, 1] -> the flip-averaged, L2-normalised embedding (B, C) and the
-opacity logit (B,). ``export.json`` holds everything else a scorer needs: the
-preprocessing, the density's mean and precision, the lung prior (for ``brightness``),
-the held-out normals' scores (for p-values) and the decision threshold, with a format
-version. :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and
+(B, 1, S, S) in [-1, 1] -> the L2-normalised embedding (B, C) and the opacity logit (B,),
+of the film alone or averaged with its mirror as the run's critic scores (``views``).
+``export.json`` holds everything else a scorer needs: the preprocessing, the density's
+mean and precision, the lung prior (for ``brightness``), the held-out normals' scores
+(for p-values) and the decision threshold, with a format version. :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and
 OpenCV. AnoGAN latent search is an optimisation loop, not a network, so it is refused.
 """
 
