@@ -6,7 +6,8 @@ of the film alone or averaged with its mirror as the run's critic scores (``view
 ``export.json`` holds everything else a scorer needs: the preprocessing, the density's
 mean and precision, the lung prior (for ``brightness``), the held-out normals' scores
 (for p-values) and the decision threshold, with a format version.
-:mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and OpenCV. AnoGAN latent search is an optimisation loop, not a network, so it is refused.
+:mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and OpenCV. AnoGAN
+latent search is an optimisation loop, not a network, so it is refused.
 """
 
 from __future__ import annotations
