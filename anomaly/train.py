@@ -89,8 +89,8 @@ class TrainConfig:
     critic_shift_fraction: float = 1 / 16
     critic_opacity_prior: str = "lung"  # or "wide": reaching the lung bases
     critic_synthesis: str = "blobs"  # or "patches" (after AnatPaste), "mixed"
-    critic_scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom
-    critic_rotation_degrees: float = 0.0  # largest random tilt either way
+    critic_scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])  # zoom
+    critic_rotation_degrees: float = 8.0  # largest random tilt either way
     critic_score_views: int = 1  # 1: the film alone; 2: with its mirror (twice the work)
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25

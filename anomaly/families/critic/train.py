@@ -69,8 +69,8 @@ class CriticConfig:
     seed: int = 0
     opacity_prior: str = "lung"
     synthesis: str = "blobs"
-    scale_range: tuple[float, float] = (1.0, 1.0)
-    rotation_degrees: float = 0.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    rotation_degrees: float = 8.0
     score_views: int = 1
 
     def __post_init__(self) -> None:
