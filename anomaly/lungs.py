@@ -47,12 +47,24 @@ def lung_field_prior(normal_images: torch.Tensor, fraction: float = LUNG_FRACTIO
         normal_images: (N, 1, S, S) normal images in the model range [-1, 1] (or uint8).
         fraction: share of the central ellipse's pixels to keep (the darkest).
     """
+    mean = mean_normal_image(normal_images)
+    size = mean.shape[-1]
+    mean = smooth(mean[None, None], smoothing_sigma(size))[0, 0]
+    return darkest_inside(mean, central_ellipse(size), fraction)
+
+
+def mean_normal_image(normal_images: torch.Tensor) -> torch.Tensor:
+    """The mean image (S, S), in the model range, of normal images (N, 1, S, S) in
+    [-1, 1] or uint8."""
     images = normal_images.float()
     if normal_images.dtype == torch.uint8:
         images = images / 127.5 - 1.0
-    size = images.shape[-1]
-    mean = smooth(images.mean(0, keepdim=True), smoothing_sigma(size))[0, 0]
-    inside = central_ellipse(size)
+    return images.mean(0)[0]
+
+
+def darkest_inside(mean: torch.Tensor, inside: torch.Tensor, fraction: float) -> torch.Tensor:
+    """0/1 mask (S, S) of the darkest ``fraction`` of a mean image's pixels within the
+    boolean region ``inside``."""
     cutoff = mean[inside].quantile(fraction)
     return ((mean <= cutoff) & inside).float()
 

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from anomaly.lungs import smooth
+from anomaly.lungs import darkest_inside, mean_normal_image, smooth
 
 
 def wide_lung_prior(normal_images: torch.Tensor, fraction: float = 0.35) -> torch.Tensor:
@@ -35,16 +35,11 @@ def wide_lung_prior(normal_images: torch.Tensor, fraction: float = 0.35) -> torc
     Args:
         normal_images: (N, 1, S, S) normal training films, uint8 or in [-1, 1].
     """
-    images = normal_images.float()
-    if normal_images.dtype == torch.uint8:
-        images = images / 127.5 - 1.0
-    mean = images.mean(0)[0]  # (S, S)
+    mean = mean_normal_image(normal_images)  # (S, S)
     size = mean.shape[-1]
     axis = torch.arange(size, dtype=torch.float32) / (size - 1) - 0.5
     y, x = torch.meshgrid(axis, axis, indexing="ij")
-    ellipse = (x / 0.42) ** 2 + (y / 0.45) ** 2 <= 1
-    cutoff = mean[ellipse].quantile(fraction)
-    return (ellipse & (mean <= cutoff)).float()
+    return darkest_inside(mean, (x / 0.42) ** 2 + (y / 0.45) ** 2 <= 1, fraction)
 
 
 def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
@@ -56,6 +51,36 @@ def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
 def _uniform(low: float, high: float, shape: tuple[int, ...], device: torch.device,
              generator: torch.Generator | None) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, device=device, generator=generator)
+
+
+def _lung_centres(prior: torch.Tensor, what: str) -> torch.Tensor:
+    """Flat indices of the pixels where a soft prior (S, S) exceeds 0.5: where ``what``
+    may be centred."""
+    inside = (prior > 0.5).flatten().nonzero().squeeze(1)
+    if inside.numel() == 0:
+        raise ValueError(f"the lung-field prior is empty; cannot place {what}")
+    return inside
+
+
+def _gaussian_blob(size: int, centre_y: torch.Tensor, centre_x: torch.Tensor,
+                   radius: tuple[float, float], generator: torch.Generator | None
+                   ) -> torch.Tensor:
+    """exp(-(dy/ry)^2 - (dx/rx)^2) (B, S, S) about centres (B, 1, 1), each semi-axis
+    drawn in ``radius`` times the side (first ry, then rx)."""
+    batch, device = centre_y.shape[0], centre_y.device
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    semi_y = _uniform(*radius, (batch, 1, 1), device, generator) * size
+    semi_x = _uniform(*radius, (batch, 1, 1), device, generator) * size
+    return torch.exp(-(((rows - centre_y) / semi_y) ** 2 + ((cols - centre_x) / semi_x) ** 2))
+
+
+def _resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, S, S) under affine maps ``theta`` (B, 2, 3) from output to input
+    coordinates in [-1, 1], bilinear, borders reflected."""
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
 
 
 def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: int = 3,
@@ -83,11 +108,7 @@ def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: i
     batch, _, size, _ = images.shape
     device = images.device
     prior = soft_prior.to(device).float()
-    inside = (prior > 0.5).flatten().nonzero().squeeze(1)  # candidate centres
-    if inside.numel() == 0:
-        raise ValueError("the lung-field prior is empty; cannot place opacities")
-    axis = torch.arange(size, device=device, dtype=torch.float32)
-    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    inside = _lung_centres(prior, "opacities")
     counts = torch.randint(1, max_count + 1, (batch,), device=device, generator=generator)
     out = (images + 1) / 2  # (B, 1, S, S) on [0, 1]
     masks = torch.zeros_like(out)
@@ -95,12 +116,9 @@ def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: i
     for index in range(max_count):
         centre = inside[torch.randint(inside.numel(), (batch,), device=device,
                                       generator=generator)]
-        centre_y = (centre // size).float().view(batch, 1, 1)
-        centre_x = (centre % size).float().view(batch, 1, 1)
-        semi_y = _uniform(*radius, (batch, 1, 1), device, generator) * size
-        semi_x = _uniform(*radius, (batch, 1, 1), device, generator) * size
-        blob = torch.exp(-(((rows - centre_y) / semi_y) ** 2
-                           + ((cols - centre_x) / semi_x) ** 2))  # (B, S, S)
+        blob = _gaussian_blob(size, (centre // size).float().view(batch, 1, 1),
+                              (centre % size).float().view(batch, 1, 1), radius,
+                              generator)  # (B, S, S)
         noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
                        sigma)[:, 0]
         noise = noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
@@ -139,9 +157,7 @@ def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
     batch, _, size, _ = images.shape
     device = images.device
     prior = soft_prior.to(device).float()
-    inside = (prior > 0.5).flatten().nonzero().squeeze(1)
-    if inside.numel() == 0:
-        raise ValueError("the lung-field prior is empty; cannot place patches")
+    inside = _lung_centres(prior, "patches")
     target = inside[torch.randint(inside.numel(), (batch,), device=device, generator=generator)]
     target_y, target_x = (target // size).float(), (target % size).float()  # (B,)
     source_y = _uniform(0.1, 0.9, (batch,), device, generator) * size
@@ -151,15 +167,9 @@ def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, 0, 2] = -2 * (target_x - source_x) / size
     theta[:, 1, 2] = -2 * (target_y - source_y) / size
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection",
-                          align_corners=False)
-    axis = torch.arange(size, device=device, dtype=torch.float32)
-    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
-    semi_y = _uniform(*radius, (batch, 1, 1), device, generator) * size
-    semi_x = _uniform(*radius, (batch, 1, 1), device, generator) * size
-    blob = torch.exp(-(((rows - target_y.view(-1, 1, 1)) / semi_y) ** 2
-                       + ((cols - target_x.view(-1, 1, 1)) / semi_x) ** 2)) * prior
+    moved = _resample(images.float(), theta)
+    blob = _gaussian_blob(size, target_y.view(-1, 1, 1), target_x.view(-1, 1, 1), radius,
+                          generator) * prior
     strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * blob[:, None]
     out, moved = (images + 1) / 2, (moved + 1) / 2
     out = out + strength * (moved - out).clamp(min=0)
@@ -219,9 +229,7 @@ def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.
         theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle) / zoom
         theta[:, 0, 1] = -torch.sin(angle) / zoom
         theta[:, 1, 0] = torch.sin(angle) / zoom
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
-                               align_corners=False)
+        images = _resample(images, theta)
     if max_shift > 0:
         shifts = torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator,
                                device=device).tolist()
