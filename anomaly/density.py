@@ -9,7 +9,7 @@ far from every normal film in feature space scores high.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -66,33 +66,32 @@ def fit_density_on_images(discriminator: Discriminator, batches: Iterable[torch.
     return fit_density(torch.cat(embeddings).numpy())
 
 
-def density_and_heat(maps: torch.Tensor, maps_flipped: torch.Tensor | None,
-                     density: dict[str, torch.Tensor],
+def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch.Tensor],
                      pool: Callable[[torch.Tensor], torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The density of (flip-averaged) embeddings, and its Grad-CAM on the feature maps.
 
-    The embedding is ``normalize(pool(maps) + pool(maps_flipped))`` (``normalize(pool(maps))``
-    without the mirror's maps); the heat of a cell is the density's gradient times the
-    features there, summed over channels and kept where positive (the mirror image's heat
-    flipped back), scaled by the number of cells: the cells whose features push the film
-    away from the normal films.
+    The embedding is ``normalize(sum of pool(maps) over the views)``; the heat of a cell
+    is the density's gradient times the features there, summed over channels and kept
+    where positive (the mirror image's heat flipped back), scaled by the number of
+    cells: the cells whose features push the film away from the normal films.
 
     Args:
-        maps, maps_flipped: (B, C, h, w) features of the images and of their mirrors
-            (None: the images alone).
+        view_maps: (B, C, h, w) features of the images, then (optionally) of their
+            mirror images.
         density: the fitted Gaussian (:func:`fit_density`).
         pool: (B, C, h, w) -> (B, C), how the network pools its map into an embedding.
 
     Returns:
         (density (B,), heat per cell (B, h, w)).
     """
-    views = [m.detach().float().requires_grad_(True)
-             for m in (maps, maps_flipped) if m is not None]
+    if not 1 <= len(view_maps) <= 2:
+        raise ValueError("density_and_heat takes the image's maps and at most its mirror's")
+    views = [m.detach().float().requires_grad_(True) for m in view_maps]
     with torch.enable_grad():
         pooled = sum(pool(view) for view in views)  # (B, C)
         distance = mahalanobis(torch.nn.functional.normalize(pooled, dim=1), density)
         grads = torch.autograd.grad(distance.sum(), views)
     heats = [(grad * view).sum(1).clamp(min=0) for grad, view in zip(grads, views)]
-    cells = heats[0] + (heats[1].flip(-1) if len(heats) > 1 else 0)  # (B, h, w)
+    cells = heats[0] + sum(heat.flip(-1) for heat in heats[1:])  # (B, h, w)
     return distance.detach(), (cells * cells.shape[-1] * cells.shape[-2]).detach()

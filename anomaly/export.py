@@ -26,6 +26,7 @@ from anomaly.atomic import write_text_atomically
 from anomaly.checkpoint import checkpoint_digest
 from anomaly.errors import CheckpointError
 from anomaly.families.critic.network import OpacityCritic
+from anomaly.families.critic.scorer import film_views
 from anomaly.score import Scorer
 
 EXPORT_FORMAT = "cxr-anomaly-export"
@@ -37,20 +38,17 @@ class CriticEmbedding(nn.Module):
     """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,)), with
     ``views`` 1 (the film) or 2 (the film and its mirror averaged) as its density."""
 
-    def __init__(self, critic: OpacityCritic, views: int = 2):
+    def __init__(self, critic: OpacityCritic, views: int):
         super().__init__()
         self.critic = critic
         self.views = views
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised embedding and opacity logit (flip-averaged with 2 views)."""
-        pooled = self.critic.pooled(self.critic.feature_map(images))
-        logit = self.critic.logits(pooled)
-        if self.views == 2:
-            pooled_flipped = self.critic.pooled(self.critic.feature_map(torch.flip(images, [3])))
-            pooled = pooled + pooled_flipped
-            logit = (logit + self.critic.logits(pooled_flipped)) / 2
-        return F.normalize(pooled, dim=1), logit
+        pooled = [self.critic.pooled(self.critic.feature_map(view))
+                  for view in film_views(images, self.views)]
+        logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
+        return F.normalize(sum(pooled), dim=1), logit
 
 
 def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",

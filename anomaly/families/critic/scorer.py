@@ -2,8 +2,8 @@
 and a heat map of where the density comes from.
 
 The embedding of a film is the critic's pooled features of the film (``views: 1``) or
-of the film and its mirror image averaged (``views: 2``), L2-normalised; its ``density`` score is the Mahalanobis distance of
-that embedding from the Gaussian fitted to the training normals' (``anomaly.density``).
+of the film and its mirror image averaged (``views: 2``), L2-normalised; its ``density``
+score is the Mahalanobis distance of that embedding from the Gaussian fitted to the training normals' (``anomaly.density``).
 The heat map is the density's gradient times the features at each cell of the critic's
 last feature map (16 x 16 at 128 px; Grad-CAM of the density), kept where positive: the
 cells whose features push the film away from the normal films.
@@ -22,13 +22,18 @@ from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 
 
+def film_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """What the critic looks at: the films (B, 1, S, S) alone (``views=1``), or the films
+    and their mirror images (``views=2``)."""
+    return [images] if views == 1 else [images, images.flip(-1)]
+
+
 def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int
                      ) -> torch.Tensor:
     """L2-normalised pooled features (B, C) of images (B, 1, S, S): of the images alone
     (``views=1``) or averaged with their mirror images' (``views=2``)."""
-    pooled = critic.pooled(critic.feature_map(images)).float()
-    if views == 2:
-        pooled = pooled + critic.pooled(critic.feature_map(images.flip(-1))).float()
+    pooled = sum(critic.pooled(critic.feature_map(view)).float()
+                 for view in film_views(images, views))
     return F.normalize(pooled, dim=1)
 
 
@@ -82,24 +87,21 @@ class CriticFamily:
                     heatmaps: bool = True) -> FamilyOutput:
         """Components (B,) of images (B, 1, S, S) in [-1, 1], and their heat maps."""
         images = images.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), autocast(self.device, self.amp):
-            maps = self.critic.feature_map(images).float()  # (B, C, S', S')
-            maps_flipped = (self.critic.feature_map(images.flip(-1)).float()
-                            if self.views == 2 else None)
+        with torch.no_grad(), autocast(self.device, self.amp):  # (B, C, S', S') per view
+            maps = [self.critic.feature_map(view).float()
+                    for view in film_views(images, self.views)]
         heat = None
         if heatmaps:  # Grad-CAM of the density on the last feature map, upsampled
-            density, cells = density_and_heat(maps, maps_flipped, self.density,
-                                              self.critic.pooled)
+            density, cells = density_and_heat(maps, self.density, self.critic.pooled)
             heat = F.interpolate(cells[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]
         else:
             with torch.no_grad():
-                pooled = sum(self.critic.pooled(m) for m in (maps, maps_flipped)
-                             if m is not None)
+                pooled = sum(self.critic.pooled(view_map) for view_map in maps)
                 density = mahalanobis(F.normalize(pooled, dim=1), self.density)
         with torch.no_grad():
-            logit = sum(self.critic.logits(self.critic.pooled(m)) for m in (maps, maps_flipped)
-                        if m is not None) / self.views
+            logit = sum(self.critic.logits(self.critic.pooled(view_map))
+                        for view_map in maps) / len(maps)
         return FamilyOutput(
             components={"density": density.cpu().numpy(),
                         "logit": logit.cpu().numpy()},

@@ -216,7 +216,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
 
 @torch.no_grad()
 def fit_critic_density(critic: OpacityCritic, images: torch.Tensor, device: torch.device,
-                       views: int = 1, batch_size: int = 128) -> dict[str, torch.Tensor]:
+                       views: int, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings (``views`` as in
     :func:`critic_embedding`) of (N, 1, S, S) uint8 normal films."""
     critic.eval()

@@ -184,7 +184,7 @@ class DCGANFamily:
             if self.feature_density is None:  # no mirror pass needed
                 return {"critic": critic, "density": np.full(batch, np.nan)}, features, None
             features_flipped = discriminator.features(images.flip(-1)).float()
-        density, cells = density_and_heat(features, features_flipped, self.feature_density,
+        density, cells = density_and_heat([features, features_flipped], self.feature_density,
                                           lambda maps: maps.mean(dim=(2, 3)))
         heat = torch.nn.functional.interpolate(
             cells[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] \
