@@ -22,10 +22,15 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 
 import torch
 import torch.nn.functional as F
-from probe_common import load_labelled_images, print_auroc_table, probe_arguments
+from probe_common import (
+    load_labelled_images,
+    print_auroc_table,
+    probe_arguments,
+    training_normals,
+)
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import find_images, load_images, uint8_to_model
+from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
 from anomaly.families.critic.network import OpacityCritic
@@ -65,10 +70,7 @@ def main(argv=None) -> None:
     state = load_checkpoint(args.model)
     scorer = Scorer.from_state(state, mode="critic", device="cpu")
     critic, views = scorer.family.critic.eval(), scorer.family.views
-    held_out = {str(p) for p in state.get("holdout_paths", [])}
-    train_paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
-    train = uint8_to_model(load_images(train_paths, scorer.preprocess_config,
-                                       progress=False).images)
+    train = uint8_to_model(training_normals(state, scorer.preprocess_config))
     train_blocks = block_embeddings(critic, train, views)
     densities = {name: fit_density(combined(train_blocks, idx).numpy())
                  for name, idx in COMBINATIONS.items()}

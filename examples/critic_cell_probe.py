@@ -31,6 +31,7 @@ from probe_common import (
 )
 
 from anomaly.checkpoint import load_checkpoint
+from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
 from anomaly.families.critic.network import OpacityCritic
@@ -62,6 +63,7 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
+    train = uint8_to_model(train)
     views = int(state["critic"].get("views", 2))
     train_cells, _ = cell_features(critic, train, views)
     densities = [fit_density(train_cells[:, i].numpy()) for i in range(train_cells.shape[1])]

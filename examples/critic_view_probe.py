@@ -34,6 +34,7 @@ from probe_common import (
 )
 
 from anomaly.checkpoint import load_checkpoint
+from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
 from anomaly.families.critic.network import OpacityCritic
@@ -83,6 +84,7 @@ def main(argv=None) -> None:
     variants = {k: v for k, v in VARIANTS.items() if with_gamma or k != "mirror x gamma"}
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
+    train = uint8_to_model(train)
     train_views = pooled_views(critic, train, gammas)
     fitted = {name: fit_density(embeddings(train_views, keys).numpy())
               for name, keys in variants.items()}

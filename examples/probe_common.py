@@ -41,10 +41,17 @@ def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, to
     return np.array([label_of[p] for p in loaded.paths]), uint8_to_model(loaded.images)
 
 
+def training_normals(state: dict, preprocess_config) -> torch.Tensor:
+    """The normal films a run was trained on (its data folder less the held-out films),
+    preprocessed, uint8 (N, 1, S, S)."""
+    held_out = {str(p) for p in state.get("holdout_paths", [])}
+    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
+    return load_images(paths, preprocess_config, progress=False).images
+
+
 def critic_and_its_training_normals(state: dict):
     """A run's critic (eval mode, BatchNorm unfolded), its preprocessing, and the normal
-    films it was trained on (the data folder less the held-out films), (N, 1, S, S) in
-    [-1, 1]."""
+    films it was trained on (:func:`training_normals`, uint8)."""
     from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
     from anomaly.score import Scorer
 
@@ -52,7 +59,4 @@ def critic_and_its_training_normals(state: dict):
     part = state["critic"]
     critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
     critic.load_state_dict(part["network"])
-    held_out = set(state.get("holdout_paths", []))
-    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
-    train = uint8_to_model(load_images(paths, config, progress=False).images)
-    return critic.eval(), config, train
+    return critic.eval(), config, training_normals(state, config)

@@ -22,13 +22,12 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from probe_common import critic_and_its_training_normals
 
 from anomaly.checkpoint import load_checkpoint, save_checkpoint
-from anomaly.data import find_images, load_images, uint8_to_model
-from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.data import uint8_to_model
 from anomaly.families.critic.scorer import CriticFamily, heat_scale_of
 from anomaly.families.critic.train import fit_critic_density
-from anomaly.score import Scorer
 from anomaly.train import checkpoint_path, fit_score_statistics
 
 
@@ -42,12 +41,7 @@ def refit_views(model: str | Path, views: int, out: str | Path, log=print) -> Pa
     shutil.copytree(model, out)
     state = load_checkpoint(source)
     part = state["critic"]
-    critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
-    critic.load_state_dict(part["network"])
-    config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
-    held_out = set(state.get("holdout_paths", []))
-    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
-    images = load_images(paths, config, progress=False).images
+    critic, _, images = critic_and_its_training_normals(state)
     device = torch.device("cpu")
     part["views"] = views
     part["density"] = fit_critic_density(critic, images, device, views)
