@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -132,13 +132,13 @@ class TrainConfig:
                                self.discriminator_width, self.max_channels, self.spectral_norm)
 
     def critic_config(self) -> CriticConfig:
-        """The critic's part of this config."""
-        return CriticConfig(self.critic_epochs, self.critic_batch_size, self.critic_lr,
-                            self.critic_weight_decay, self.critic_width,
-                            tuple(self.critic_gamma_range), self.critic_shift_fraction,
-                            self.seed, self.critic_opacity_prior, self.critic_synthesis,
-                            tuple(self.critic_scale_range), self.critic_rotation_degrees,
-                            self.critic_score_views)
+        """The critic's part of this config: each ``critic_<name>`` key as ``<name>``, the
+        run's seed, the ranges as tuples."""
+        values = {f.name: getattr(self, f"critic_{f.name}") for f in fields(CriticConfig)
+                  if f.name != "seed"}
+        return CriticConfig(**{**values, "seed": self.seed,
+                               "gamma_range": tuple(self.critic_gamma_range),
+                               "scale_range": tuple(self.critic_scale_range)})
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 and self.critic_epochs <= 0:
