@@ -325,16 +325,21 @@ def test_cli_choices_are_the_families_declarations():
                                        "lung-brightness"}
 
 
-def run_example(name: str, argv: list[str]) -> None:
+def example_module(name: str):
+    """examples/<name>.py imported as the script would run (its folder on the path)."""
     import importlib
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     try:
-        importlib.import_module(name).main(argv)
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def run_example(name: str, argv: list[str]) -> None:
+    example_module(name).main(argv)
 
 
 def test_critic_probes_example_prints_every_component(critic_run, labelled_dir, capsys):
@@ -399,18 +404,11 @@ def test_a_format_1_checkpoint_is_read_as_a_dcgan(trained_run, tmp_path):
 
 def test_block_probe_reproduces_the_default_density(critic_run, labelled_dir, capsys):
     """Its 'block 4' row is the density the critic scores with, so its AUROC matches."""
-    from anomaly.data import scan_labelled_folder
-    from anomaly.evaluate import auroc
-
     run_example("critic_block_probe", ["--model", str(critic_run), "--data",
                                        str(labelled_dir)])
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("| block 4 |"))
-    folder = scan_labelled_folder(labelled_dir)
-    result = Scorer.from_checkpoint(critic_run, device="cpu").score_paths(folder.paths,
-                                                                          progress=False)
-    assert float(row.split("|")[2]) == pytest.approx(auroc(folder.binary_labels,
-                                                           np.asarray(result.score)), abs=2e-3)
+    assert _row(out, "block 4") == pytest.approx(
+        _auroc_of_default(critic_run, labelled_dir), abs=2e-3)
     assert "| blocks 2+3+4 |" in out
 
 
@@ -521,15 +519,7 @@ def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
 
 
 def test_refitting_views_reproduces_the_run_and_records_one_view(critic_run, tmp_path):
-    import importlib
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    try:
-        refit_views = importlib.import_module("refit_critic_views").refit_views
-    finally:
-        sys.path.pop(0)
+    refit_views = example_module("refit_critic_views").refit_views
     original = load_checkpoint(critic_run)["critic"]
     same = load_checkpoint(refit_views(critic_run, 1, tmp_path / "one", log=lambda *a: None))
     torch.testing.assert_close(same["critic"]["density"]["mean"], original["density"]["mean"],
