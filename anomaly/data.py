@@ -113,16 +113,21 @@ def uint8_to_model(images: torch.Tensor) -> torch.Tensor:
 
 
 def iter_preprocessed(
-    paths: Sequence[str | os.PathLike], config: PreprocessConfig, workers: int = 4
+    paths: Sequence[str | os.PathLike], config: PreprocessConfig, workers: int = 4,
+    shapes: dict[Path, tuple[int, int]] | None = None
 ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
     """Yield (path, uint8 image or None, error or None) in order, decoding in threads.
 
     OpenCV releases the GIL while decoding, so threads overlap the reading work.
+    ``shapes``, when given, receives each read file's (height, width) as read.
     """
 
     def job(path: Path) -> tuple[Path, np.ndarray | None, str | None]:
         try:
-            return path, encode_uint8(load_preprocessed(path, config)), None
+            raw = read_image(path)
+            if shapes is not None:
+                shapes[path] = tuple(raw.shape[:2])
+            return path, encode_uint8(preprocess(raw, config)), None
         except ImageReadError as err:
             return path, None, err.reason
         except Exception as err:  # any decoder surprise is a bad file, not a crash
@@ -136,17 +141,19 @@ def iter_preprocessed(
 
 
 def iter_preprocessed_batches(
-    paths: Sequence[str | os.PathLike], config: PreprocessConfig, batch_size: int
+    paths: Sequence[str | os.PathLike], config: PreprocessConfig, batch_size: int,
+    shapes: dict[Path, tuple[int, int]] | None = None
 ) -> Iterator[tuple[list[Path], torch.Tensor, list[tuple[Path, str]]]]:
     """Yield (paths read, their uint8 images (B, 1, S, S), (path, reason) of files skipped).
 
     Batches hold ``batch_size`` readable images (the last may hold fewer, or none when
     only unreadable files remain), so memory stays flat however many files there are.
+    ``shapes`` receives each read file's (height, width).
     """
     good: list[Path] = []
     images: list[np.ndarray] = []
     failures: list[tuple[Path, str]] = []
-    for path, image, error in iter_preprocessed(paths, config):
+    for path, image, error in iter_preprocessed(paths, config, shapes=shapes):
         if image is None:
             failures.append((path, error))
             continue

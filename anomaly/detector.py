@@ -4,7 +4,7 @@ map at the input's resolution and, where the mode has one, the reconstruction.
 Example:
     >>> detector = Detector.from_run("runs/gan")            # the run's default mode
     >>> for p in detector.predict(["a.png", "b.dcm"]):
-    ...     print(p.source, p.score, p.label, p.heatmap.shape)
+    ...     print(p.source, p.score, p.label, p.heatmap.shape, p.regions)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from anomaly.data import uint8_to_model
 from anomaly.decision import Decision
 from anomaly.io import ImageReadError, display_path, read_image
 from anomaly.preprocess import encode_uint8, map_to_original, preprocess
+from anomaly.regions import Region
 from anomaly.score import Scorer
 
 
@@ -38,6 +39,9 @@ class Prediction:
         reconstruction: (S, S) G(z) in the model range [-1, 1], or None.
         components: every component of the score, by name.
         error: why the file could not be read, or None.
+        regions: the heat map's regions above the run's region threshold, boxes in the
+            input's pixels (:class:`anomaly.regions.Region`); None where the run has no
+            region threshold for this heat map, or the file is unreadable.
     """
 
     source: str
@@ -49,6 +53,7 @@ class Prediction:
     reconstruction: np.ndarray | None = None
     components: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    regions: list[Region] | None = None
 
 
 class Detector:
@@ -105,10 +110,12 @@ class Detector:
             for i, (index, source, shape, _) in enumerate(chunk):
                 reconstruction = None if scores.reconstructions is None \
                     else scores.reconstructions[i, 0].numpy()
+                heatmap = map_to_original(scores.heatmaps[i].numpy(), shape, config.resize)
                 predictions[index] = Prediction(
                     source, float(scores.score[i]), labels[i], float(p_values[i]),
-                    map_to_original(scores.heatmaps[i].numpy(), shape, config.resize),
-                    scores.heat_scale, reconstruction,
-                    {name: float(value[i]) for name, value in scores.components.items()})
+                    heatmap, scores.heat_scale, reconstruction,
+                    {name: float(value[i]) for name, value in scores.components.items()},
+                    regions=None if self.scorer.region_threshold is None
+                    else self.scorer.regions(heatmap))
         return predictions
 

@@ -112,8 +112,8 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     write_report(out_dir, report, paths, labels, scores,
                  title=f"GAN ({scorer.mode}, {scorer.score})",
                  panels=lambda chosen: heatmap_panels(scorer, chosen),
-                 heat_note=CRITIC_HEAT_NOTE if scorer.mode == "critic" else
-                 HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
+                 heat_note=(CRITIC_HEAT_NOTES.get(scorer.heat_name) if scorer.mode == "critic"
+                            else None) or HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
     return report
 
 
@@ -155,9 +155,14 @@ def describe_scorer(scorer: Scorer) -> str:
     return f"mode {scorer.mode}, score {scorer.score}{search}, device {scorer.device}"
 
 
-CRITIC_HEAT_NOTE = ("Left: the preprocessed input. Right: where the critic's features push "
-                    "the film away from the normal films (Grad-CAM of the density on its "
-                    "16 x 16 map; full red = the 99th percentile over training normals).")
+CRITIC_HEAT_NOTES = {
+    "gradcam": "Left: the preprocessed input. Right: where the critic's features push the "
+               "film away from the normal films (Grad-CAM of the density on its 16 x 16 "
+               "map; full red = the 99th percentile over training normals).",
+    "map": "Left: the preprocessed input. Right: the critic's opacity map (its map head's "
+           "probability of opacity per pixel; full red = 1). Boxes: the map's regions above "
+           "the threshold fitted on the held-out normals (95% of them have none above it).",
+}
 HEAT_NOTES = {
     "density": "Left: the preprocessed input. Right: where the discriminator's features "
                "push the film away from the normal films (Grad-CAM of the density on its "
@@ -169,7 +174,6 @@ HEAT_NOTES = {
                     "prior, what the score averages (full red = this image's largest).",
 }
 HEAT_NOTES["fused"] = HEAT_NOTES["lung-opacity"]
-HEAT_NOTES["logit"] = CRITIC_HEAT_NOTE
 
 
 def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192

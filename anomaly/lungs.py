@@ -16,6 +16,7 @@ air-filled lung usually lies in this collection's framing.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 LUNG_FRACTION = 0.3  # of the central ellipse's pixels
@@ -101,3 +102,22 @@ def geometric_lung_prior(size: int) -> torch.Tensor:
     axis = torch.linspace(-1, 1, size)
     y, x = torch.meshgrid(axis, axis, indexing="ij")
     return (((x.abs() - 0.42) / 0.3) ** 2 + ((y + 0.05) / 0.6) ** 2 <= 1).float()
+
+
+def lung_field(prior: torch.Tensor, margin: float = 1 / 16) -> torch.Tensor:
+    """The lung field a map is read in: the 0/1 prior (S, S) grown by ``margin`` of the
+    side in every direction (a square dilation), so the lung bases and edges a film's
+    framing moves about are inside. (S, S) of 0/1 floats."""
+    size = prior.shape[-1]
+    radius = max(0, int(round(margin * size)))
+    grown = F.max_pool2d((prior > 0.5).float().view(1, 1, size, size), 2 * radius + 1,
+                         stride=1, padding=radius)
+    return grown[0, 0]
+
+
+def top_mean(maps: torch.Tensor, field: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Per-image mean of the largest ``fraction`` of map values (B, S, S) inside a 0/1
+    field (S, S), (B,)."""
+    inside = maps.flatten(1)[:, field.flatten() > 0.5]  # (B, P)
+    count = max(1, int(round(fraction * inside.shape[1])))
+    return inside.topk(count, dim=1).values.mean(1)

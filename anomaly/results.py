@@ -20,6 +20,7 @@ class BatchScores:
     reconstructions: Any | None  # (B, 1, S, S) model range; None: no G(z)
     heatmaps: Any | None  # (B, S, S): what the score looks at; None: not asked
     heat_scale: float | None = None  # heat shown as full red (None: each image's max)
+    shapes: list[tuple[int, int]] | None = None  # (H, W) of each file as read; None: unknown
 
     def __getattr__(self, name: str):
         components = self.__dict__.get("components", {})

@@ -33,7 +33,8 @@ from anomaly.families import FAMILIES, MODES, SCORES, families_in, family_of_mod
 from anomaly.families.base import Family
 from anomaly.heatmap import heatmap_panel
 from anomaly.lungs import geometric_lung_prior, lung_brightness
-from anomaly.preprocess import PreprocessConfig, preprocess
+from anomaly.preprocess import PreprocessConfig, map_to_original, preprocess
+from anomaly.regions import Region, check_threshold, draw_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
 
 __all__ = ["MODES", "SCORES", "BatchScores", "ScoreResult", "Scorer", "available_modes",
@@ -97,6 +98,7 @@ class Scorer:
         self.normal_components = normal_components
         self.checkpoint_id: str | None = None  # set by from_checkpoint
         self.stored_thresholds: dict[str, dict] = {}  # by anomaly calibrate, per settings
+        self.region_threshold: float | None = None  # of this heat map, fitted on normals
 
     @classmethod
     def from_state(cls, state: dict, mode: str | None = None, score: str | None = None,
@@ -135,6 +137,8 @@ class Scorer:
         fitted = state.get("score_stats", {}).get(mode, {})
         if all(fitted.get(k) == v for k, v in scorer.settings().items()):
             scorer.normal_components = fitted.get("components")
+            scorer.region_threshold = (fitted.get("region_thresholds") or {}).get(
+                scorer.heat_name)
         if scorer.normal_components is None and scorer.needs_calibration:
             holdout = scorer.available_holdout()
             if len(holdout) < 2:
@@ -179,6 +183,14 @@ class Scorer:
     def reconstructs(self) -> bool:
         """Whether the mode draws a reconstruction G(z)."""
         return self.family.reconstructs
+
+    @property
+    def heat_name(self) -> str:
+        """What the heat map shows (the family's ``heat``: ``map``, ``gradcam``, ...;
+        ``lung-brightness`` for the baseline), the key of its region threshold."""
+        if self.score == "lung-brightness":
+            return "lung-brightness"
+        return getattr(self.family, "heat", "heat")
 
     @property
     def needs_calibration(self) -> bool:
@@ -263,16 +275,42 @@ class Scorer:
                            None if reconstructions is None else reconstructions.cpu(),
                            None if heat is None else heat.cpu(), heat_scale)
 
-    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256
-                      ) -> np.ndarray:
+    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256,
+                      regions: bool | None = None) -> np.ndarray:
         """The heatmap panel of image ``index`` of a scored batch: input, G(z) when the
-        mode reconstructs, and the heat over the input (:func:`anomaly.heatmap.heatmap_panel`)."""
+        mode reconstructs, and the heat over the input (:func:`anomaly.heatmap.heatmap_panel`),
+        with the map's regions boxed on the heat panel (``regions``; default: whenever
+        the run has a region threshold for this heat map)."""
         if scores.heatmaps is None:
             raise ValueError("these scores were computed without heat maps")
         reconstruction = (None if scores.reconstructions is None
                           else scores.reconstructions[index, 0].numpy())
-        return heatmap_panel(scores.inputs[index, 0].numpy(), reconstruction, display_size,
-                             scores.heat_scale, scores.heatmaps[index].numpy())
+        heat = scores.heatmaps[index].numpy()
+        panel = heatmap_panel(scores.inputs[index, 0].numpy(), reconstruction, display_size,
+                              scores.heat_scale, heat)
+        if regions is None:
+            regions = self.region_threshold is not None
+        if regions:  # boxes of the model input's map, drawn on the last (heat) panel
+            draw_regions(panel, self.regions(heat), scale=display_size / heat.shape[-1],
+                         offset_x=panel.shape[1] - display_size)
+        return panel
+
+    def regions(self, heat: np.ndarray) -> list[Region]:
+        """The regions of a heat map (H, W) above the stored region threshold
+        (:mod:`anomaly.regions`); refused in one line when the run has none."""
+        threshold = check_threshold(self.region_threshold,
+                                    f"this run's {self.heat_name} heat map")
+        return find_regions(heat, threshold)
+
+    def film_regions(self, scores: BatchScores, index: int) -> list[Region]:
+        """The regions of image ``index`` of a scored batch in its file's own pixels
+        (the heat map brought back to the file's shape, undoing the square step); in
+        the model input's pixels where the shape is unknown."""
+        heat = scores.heatmaps[index].numpy()
+        shape = scores.shapes[index] if scores.shapes is not None else None
+        if shape is not None:
+            heat = map_to_original(heat, shape, self.preprocess_config.resize)
+        return self.regions(heat)
 
     def score_arrays(self, images: Sequence[np.ndarray], heatmaps: bool = True) -> BatchScores:
         """Score raw grayscale arrays in [0, 1] (preprocessed with the model's settings)."""
@@ -288,10 +326,15 @@ class Scorer:
         Yields:
             (paths scored, their scores or None, (path, reason) for files skipped).
         """
+        shapes: dict[Path, tuple[int, int]] = {}
         for batch_paths, images, failures in iter_preprocessed_batches(
-                paths, self.preprocess_config, self.batch_size):
+                paths, self.preprocess_config, self.batch_size, shapes=shapes):
             scores = self.score_tensor(uint8_to_model(images), heatmaps) if batch_paths \
                 else None
+            if scores is not None:
+                scores.shapes = [shapes.get(path) for path in batch_paths]
+                for path in batch_paths:
+                    shapes.pop(path, None)
             yield batch_paths, scores, failures
 
     def score_paths(self, paths: Sequence[str | os.PathLike], progress: bool = True,

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import numpy as np
+
 from anomaly.atomic import write_text_atomically
 from anomaly.decision import Decision
 from anomaly.heatmap import write_png
@@ -24,11 +26,20 @@ if TYPE_CHECKING:  # any object with Scorer's file-scoring interface will do
     from anomaly.score import Scorer
 
 
-def csv_header(scorer: Scorer, decision: Decision | None = None) -> list[str]:
+def csv_header(scorer: Scorer, decision: Decision | None = None, regions: bool = False
+               ) -> list[str]:
     """A scores CSV's header: ``path,score``, ``label,p_value`` when a decision rule is
-    given, and then the scorer's components."""
+    given, then the scorer's components, and ``regions`` (their count) when asked."""
     return ["path", "score", *(["label", "p_value"] if decision else []),
-            *scorer.component_names]
+            *scorer.component_names, *(["regions"] if regions else [])]
+
+
+def regions_path(csv_path: str | os.PathLike) -> Path:
+    """Where the regions of a scores CSV's films are written: ``OUT.regions.jsonl``, one
+    JSON object per film (``path``, ``shape`` [H, W], ``threshold``, ``regions``: boxes
+    x, y, w, h in the film's pixels with their peak and mean heat and area)."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.name + ".regions.jsonl")
 
 
 def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
@@ -77,10 +88,15 @@ def write_settings(csv_path: str | os.PathLike, settings: dict) -> None:
     write_text_atomically(settings_path(csv_path), json.dumps(settings, indent=2) + "\n")
 
 
-def row_settings(scorer: Scorer, decision: Decision | None = None) -> dict:
-    """What makes a CSV's rows: the scorer's output settings and the decision rule."""
+def row_settings(scorer: Scorer, decision: Decision | None = None, regions: bool = False
+                 ) -> dict:
+    """What makes a CSV's rows: the scorer's output settings and the decision rule (and
+    the heat map and region threshold, with regions)."""
     rule = {"threshold": decision.threshold, "alpha": decision.alpha} if decision else {}
-    return {**scorer.output_settings(), **rule, "columns": csv_header(scorer, decision)}
+    boxes = {"heat": scorer.heat_name, "region_threshold": scorer.region_threshold} \
+        if regions else {}
+    return {**scorer.output_settings(), **rule, **boxes,
+            "columns": csv_header(scorer, decision, regions)}
 
 
 def heatmap_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -105,7 +121,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 heatmap_dir: str | os.PathLike | None = None, resume: bool = False,
                 on_row: Callable[..., None] | None = None,
                 progress: bool = True, names: dict[Path, str] | None = None,
-                record_settings: bool = True, decision: Decision | None = None) -> ScoreResult:
+                record_settings: bool = True, decision: Decision | None = None,
+                regions: bool = False) -> ScoreResult:
     """Score files, streaming rows to ``out_csv`` and heatmaps to ``heatmap_dir``.
 
     Args:
@@ -123,6 +140,9 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         record_settings: check the settings of a CSV to resume and record those of a
             new one (off for the shards of a sharded job, which checks once for all).
         decision: adds each image's label and conformal p-value (:mod:`anomaly.decision`).
+        regions: adds each image's regions (:meth:`Scorer.film_regions`): their count as
+            a ``regions`` column, the boxes to :func:`regions_path` of ``out_csv``, and
+            to ``on_row`` as a last argument (a list of dicts).
 
     Returns:
         The scores of the files scored in this call, and the files skipped.
@@ -132,12 +152,12 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
     """
     paths = [Path(p) for p in paths]
     names = heatmap_names(paths) if names is None else names
-    handle = writer = None
+    handle = writer = regions_handle = None
     if out_csv is not None:
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         if resume and record_settings:
-            check_resume_settings(out_csv, row_settings(scorer, decision))
+            check_resume_settings(out_csv, row_settings(scorer, decision, regions))
         done = read_scored_paths(out_csv) if resume else set()
         paths = [p for p in paths if str(p) not in done]
         append = resume and out_csv.exists() and out_csv.stat().st_size > 0
@@ -145,9 +165,12 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                       errors="surrogateescape")
         writer = csv.writer(handle)
         if not append:
-            writer.writerow(csv_header(scorer, decision))
+            writer.writerow(csv_header(scorer, decision, regions))
             if record_settings:
-                write_settings(out_csv, row_settings(scorer, decision))
+                write_settings(out_csv, row_settings(scorer, decision, regions))
+        if regions:
+            regions_handle = open(regions_path(out_csv), "a" if append else "w",
+                                  encoding="utf-8", errors="surrogateescape")
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
         labels = decision.labels(scores.score) if decision else None
@@ -155,25 +178,37 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         for i, path in enumerate(batch_paths):
             components = [float(scores.components[name][i]) for name in scorer.component_names]
             verdict = [labels[i], float(p_values[i])] if decision else []
-            row = (str(path), float(scores.score[i]), *verdict, *components)
+            boxes = [r.as_dict() for r in scorer.film_regions(scores, i)] if regions else None
+            row = (str(path), float(scores.score[i]), *verdict, *components,
+                   *([boxes] if regions else []))
             if writer is not None:
                 writer.writerow([spreadsheet_safe(str(path)), f"{scores.score[i]:.6f}",
                                  *([labels[i], f"{p_values[i]:.6f}"] if decision else []),
-                                 *(f"{v:.6f}" for v in components)])
+                                 *(f"{v:.6f}" for v in components),
+                                 *([len(boxes)] if regions else [])])
+            if regions_handle is not None:
+                shape = scores.shapes[i] if scores.shapes is not None else None
+                regions_handle.write(json.dumps({
+                    "path": str(path), "shape": None if shape is None else list(shape),
+                    "threshold": scorer.region_threshold, "regions": boxes}) + "\n")
             if heatmap_dir is not None:
                 write_png(Path(heatmap_dir) / names[path], scorer.heatmap_panel(scores, i))
             if on_row is not None:
                 on_row(*row)
-        if handle is not None:
-            handle.flush()
-            os.fsync(handle.fileno())
+        for open_file in (regions_handle, handle):  # the boxes first: a row means both
+            if open_file is not None:
+                open_file.flush()
+                os.fsync(open_file.fileno())
 
+    if regions:
+        scorer.regions(np.zeros((1, 1), dtype=np.float32))  # no threshold: refused up front
     try:
         return scorer.score_paths(paths, progress=progress, on_batch=write_batch,
-                                  heatmaps=heatmap_dir is not None)
+                                  heatmaps=heatmap_dir is not None or regions)
     finally:
-        if handle is not None:
-            handle.close()
+        for open_file in (handle, regions_handle):
+            if open_file is not None:
+                open_file.close()
 
 
 def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],

@@ -92,6 +92,9 @@ class TrainConfig:
     critic_scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])  # zoom
     critic_rotation_degrees: float = 8.0  # largest random tilt either way
     critic_score_views: int = 1  # 1: the film alone; 2: with its mirror (twice the work)
+    critic_map_width: int = 32  # the map head (opacity per pixel); 0: none, Grad-CAM heat
+    critic_map_weight: float = 1.0  # its loss (pixel BCE + Dice) beside the film's
+    critic_map_mask_level: float = 0.1  # blend weight that counts as opacity in its target
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25
     batch_size: int = 64
@@ -651,9 +654,11 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
 
     The components of normal images the GAN never trained on standardise the ``fused``
     score, and ``anomaly evaluate`` uses the 95% quantile of their scores as the
-    threshold when no labelled validation folder is given.
+    threshold when no labelled validation folder is given. Their heat maps' maxima give
+    each mode's region threshold (:func:`anomaly.regions.fit_region_threshold`).
     """
     from anomaly.families import ONE_PASS_MODES
+    from anomaly.regions import fit_region_threshold
     from anomaly.score import Scorer, available_modes, default_mode
 
     path = Path(model)
@@ -667,9 +672,16 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     state["score_stats"] = {}
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)
-        result = scorer.score_paths(holdout, progress=False)
-        state["score_stats"][mode] = {**result.statistics(), **scorer.settings(),
-                                      "components": result.components()}
+        maxima: list[float] = []  # of each held-out film's heat map, for its regions
+
+        def keep_maxima(paths, scores) -> None:
+            maxima.extend(scores.heatmaps.flatten(1).amax(1).tolist())
+
+        result = scorer.score_paths(holdout, progress=False, on_batch=keep_maxima,
+                                    heatmaps=True)
+        state["score_stats"][mode] = {
+            **result.statistics(), **scorer.settings(), "components": result.components(),
+            "region_thresholds": {scorer.heat_name: fit_region_threshold(maxima)}}
     save_checkpoint(state, path)
     log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
         f"{', '.join(modes)}")

@@ -103,6 +103,9 @@ def scorer_options(command):
         click.option("--cpu-bf16", is_flag=True,
                      help="bfloat16 autocast on CPUs with AVX512-BF16/AMX (about twice as "
                           "fast; scores within bfloat16 precision)."),
+        click.option("--heat", type=click.Choice(["map", "gradcam"]),
+                     help="Critic's heat map: map (its map head's opacity per pixel, the "
+                          "default where it has one) or gradcam (the density's Grad-CAM)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -124,13 +127,16 @@ def scorer_options(command):
               help="Label by conformal p-value instead: anomalous where p <= ALPHA (a "
                    "false-positive rate of at most ALPHA on normal films like the "
                    "training ones).")
+@click.option("--regions", is_flag=True,
+              help="Box the heat map's regions above the run's region threshold: their "
+                   "count as a CSV column, the boxes (film pixels) in OUT.regions.jsonl.")
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
 @click.option("--max-images", type=int, help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
-                  search_lr, lam, batch_size, seed, device, cpu_bf16, threshold, alpha, resume,
-                  max_images, no_progress):
+                  search_lr, lam, batch_size, seed, device, cpu_bf16, heat, threshold, alpha,
+                  regions, resume, max_images, no_progress):
     """Score images: higher = more anomalous. Prints one line per image: path, score,
     label (normal / anomalous) and conformal p-value."""
     if bool(images) == bool(folder):  # before torch is imported: a usage error is instant
@@ -140,7 +146,8 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
     from anomaly.exported import is_exported_model
     if is_exported_model(model):  # onnxruntime, NumPy and OpenCV only: no torch
         return score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
-                              iterations, batch_size, threshold, alpha, resume, max_images)
+                              iterations, batch_size, threshold, alpha, resume, max_images,
+                              regions, heat)
     from anomaly.data import find_images
     from anomaly.evaluate_gan import describe_scorer
     from anomaly.score import Scorer
@@ -151,20 +158,26 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
         paths = paths[:max_images]
     scorer = Scorer.from_checkpoint(model, mode=mode, score=score_kind, iterations=iterations,
                                     lr=search_lr, lam=lam, batch_size=batch_size,
-                                    device=device or "auto", seed=seed, cpu_bf16=cpu_bf16)
+                                    device=device or "auto", seed=seed, cpu_bf16=cpu_bf16,
+                                    heat=heat)
     decision = scorer.decision(threshold, alpha)
     click.echo(f"{describe_scorer(scorer)}; {decision.describe()}", err=True)
 
     def print_row(path, score, label, p_value, *components):
-        tqdm_write(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}")
+        boxes = f"\tregions={len(components[-1])}" if regions else ""
+        tqdm_write(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}{boxes}")
 
     if out_csv and os.environ.get("WORLD_SIZE", "1") != "1":
+        if regions:
+            raise click.UsageError("--regions is not written by sharded (torchrun) scoring; "
+                                   "score with one process")
         result = score_files_sharded(scorer, paths, out_csv, heatmap_dir, resume=resume,
                                      on_row=print_row, progress=not no_progress,
                                      decision=decision)
     else:
         result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume,
-                             on_row=print_row, progress=not no_progress, decision=decision)
+                             on_row=print_row, progress=not no_progress, decision=decision,
+                             regions=regions)
     report_failures(result, resume and out_csv)
 
 
@@ -235,7 +248,7 @@ def export_command(model, out_dir, fmt, mode, threshold):
 @user_errors_as_messages
 def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, mode,
                       score_kind, iterations, search_lr, lam, batch_size, seed, device, cpu_bf16,
-                      no_progress):
+                      heat, no_progress):
     """Pick the decision threshold on validation data and store it with the model."""
     from anomaly.evaluate_gan import calibrate_threshold
 
@@ -243,7 +256,7 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
                                  progress=not no_progress, mode=mode, score=score_kind,
                                  iterations=iterations, lr=search_lr, lam=lam,
                                  batch_size=batch_size, device=device or "auto", seed=seed,
-                                 cpu_bf16=cpu_bf16)
+                                 cpu_bf16=cpu_bf16, heat=heat)
     click.echo(f"stored threshold {stored['value']:.5g} ({stored['source']}, "
                f"{stored['n']} validation images) for mode {stored['mode']}, score "
                f"{stored['score']}")
@@ -258,7 +271,7 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
 @user_errors_as_messages
 def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
                      threshold_on_test, max_images, resamples, mode, score_kind, iterations,
-                     search_lr, lam, batch_size, seed, device, cpu_bf16, no_progress):
+                     search_lr, lam, batch_size, seed, device, cpu_bf16, heat, no_progress):
     """Score a labelled folder and write report.json, scores.csv and plots."""
     from anomaly.evaluate_gan import evaluate_gan
 
@@ -267,7 +280,7 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
                           progress=not no_progress, mode=mode, score=score_kind,
                           iterations=iterations,
                           lr=search_lr, lam=lam, batch_size=batch_size,
-                          device=device or "auto", seed=seed, cpu_bf16=cpu_bf16)
+                          device=device or "auto", seed=seed, cpu_bf16=cpu_bf16, heat=heat)
     print_report(report, out_dir)
 
 

@@ -6,7 +6,7 @@ What the family offers, declared without importing torch (the CLI reads it for -
 
 NAME = "critic"
 MODES = ("critic",)
-SCORES = ("density", "logit")
+SCORES = ("density", "logit", "map", "density+map")
 DEFAULT_SCORE = "density"
 
 

@@ -1,12 +1,18 @@
 """Score films with a trained opacity critic: the density of its features, its logit,
-and a heat map of where the density comes from.
+its opacity map, and a heat map of where the evidence lies.
 
 The embedding of a film is the critic's pooled features of the film (``views: 1``) or
 of the film and its mirror image averaged (``views: 2``), L2-normalised; its ``density``
-score is the Mahalanobis distance of that embedding from the Gaussian fitted to the training normals' (``anomaly.density``).
-The heat map is the density's gradient times the features at each cell of the critic's
-last feature map (16 x 16 at 128 px; Grad-CAM of the density), kept where positive: the
-cells whose features push the film away from the normal films.
+score is the Mahalanobis distance of that embedding from the Gaussian fitted to the
+training normals' (``anomaly.density``).
+
+A critic trained with a map head draws an opacity probability per pixel (the ``map``
+heat, the default heat map there): its ``map`` score is the mean of the map's top 1%
+inside the lung field, and ``density+map`` the sum of both scores, each standardised on
+the held-out normals. The ``gradcam`` heat (the only one of critics without a map head)
+is the density's gradient times the features at each cell of the critic's last feature
+map (16 x 16 at 128 px), kept where positive: the cells whose features push the film away
+from the normal films.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
+from anomaly.lungs import lung_field, top_mean
+
+HEATS = ("map", "gradcam")
 
 
 def film_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
@@ -40,40 +49,59 @@ def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int
 class CriticFamily:
     """The critic family's scoring object behind the seam (:mod:`anomaly.families`).
 
-    Components: ``density`` (Mahalanobis distance of the embedding) and ``logit`` (the
-    opacity logit, averaged over the film and its mirror with ``views=2``). Scores:
-    ``density`` (the default) and ``logit``. ``views`` (1 or 2) is the one the density
-    was fitted with, recorded in the checkpoint.
+    Components: ``density`` (Mahalanobis distance of the embedding), ``logit`` (the
+    opacity logit, averaged over the film and its mirror with ``views=2``) and, with a
+    map head, ``map`` (the mean of the opacity map's top 1% inside the lung field).
+    Scores: those, and ``density+map`` (both standardised on the held-out normals,
+    summed). ``views`` (1 or 2) is the one the density was fitted with, recorded in the
+    checkpoint; ``heat`` is ``map`` (the map head's opacity probability per pixel, the
+    default where there is a head) or ``gradcam`` (the density's Grad-CAM).
     """
 
     name = "critic"
     modes = ("critic",)
-    components = ("density", "logit")
-    score_kinds = {"density": "density", "logit": "logit"}
     default_score = "density"
     reconstructs = False
+    calibrated_scores = ("density+map",)  # standardised on the held-out normals
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
-                 views: int = 1):
+                 views: int = 1, lung_prior: torch.Tensor | None = None,
+                 heat: str | None = None):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
+        self.has_map = critic.map_head is not None
+        heat = heat or ("map" if self.has_map else "gradcam")
+        if heat not in HEATS:
+            raise ValueError(f"heat must be one of {', '.join(HEATS)}, not {heat!r}")
+        if heat == "map" and not self.has_map:
+            raise CheckpointError("this critic has no map head (trained before it existed, or "
+                                  "with critic_map_width 0); use heat 'gradcam'")
         self.views = views
+        self.heat = heat
         self.critic = fold_batchnorm(critic).to(device, memory_format=torch.channels_last)
         self.critic.requires_grad_(False)
         self.density = {k: v.to(device) for k, v in density.items()}
         self.device = device
         self.amp = amp
-        self.heat_scale = heat_scale
+        self.heat_scale = 1.0 if heat == "map" else heat_scale  # a probability: 1 is red
+        size = critic.arch.image_size
+        prior = torch.ones(size, size) if lung_prior is None else lung_prior.float()
+        self.lung_field = lung_field(prior).to(device)  # (S, S) 0/1
+        self.components = ("density", "logit", *(("map",) if self.has_map else ()))
+        self.score_kinds = {"density": "density", "logit": "logit",
+                            **({"map": "map", "density+map": None} if self.has_map else {})}
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device, amp: bool = False
+    def from_state(cls, state: dict, device: torch.device, amp: bool = False,
+                   lung_prior: torch.Tensor | None = None, heat: str | None = None
                    ) -> "CriticFamily":
         """Build from a checkpoint's ``"critic"`` part."""
         critic = OpacityCritic(CriticArchitecture(**state["architecture"]))
         load_weights(critic, state["network"], "critic")
         return cls(critic, state["density"], device, amp, state.get("heat_scale"),
-                   int(state.get("views", 2)))  # runs before views were recorded: 2
+                   int(state.get("views", 2)),  # runs before views were recorded: 2
+                   lung_prior=lung_prior, heat=heat)
 
     def settings(self) -> dict:
         """Settings that change the components: the mode, and reduced precision on CPU."""
@@ -83,15 +111,36 @@ class CriticFamily:
     def check_score(self, score: str) -> None:
         """Every score kind of the critic can be computed once it is trained."""
 
+    def combine(self, score: str, components: dict[str, np.ndarray],
+                normal_components: dict[str, list[float]] | None) -> np.ndarray:
+        """The ``density+map`` score: each standardised on the held-out normals, summed."""
+        if normal_components is None:
+            raise CheckpointError(f"the {score} score needs held-out normal statistics; call "
+                                  "calibrate() with normal images")
+        total = 0.0
+        for name in ("density", "map"):
+            normal = np.asarray(normal_components[name], dtype=np.float64)
+            total = total + (np.asarray(components[name], dtype=np.float64) - normal.mean()) \
+                / max(normal.std(), 1e-12)
+        return np.asarray(total, dtype=np.float64)
+
     def score_batch(self, images: torch.Tensor, score: str = "density",
                     heatmaps: bool = True) -> FamilyOutput:
         """Components (B,) of images (B, 1, S, S) in [-1, 1], and their heat maps."""
         images = images.contiguous(memory_format=torch.channels_last)
+        opacity = None
         with torch.no_grad(), autocast(self.device, self.amp):  # (B, C, S', S') per view
-            maps = [self.critic.feature_map(view).float()
-                    for view in film_views(images, self.views)]
+            if self.has_map:  # the map of the film itself; its mirror's only feeds the density
+                features = self.critic.block_features(images)
+                opacity = torch.sigmoid(self.critic.opacity_logits(features).float())[:, 0]
+                maps = [features[-1].float()] + [
+                    self.critic.feature_map(view).float()
+                    for view in film_views(images, self.views)[1:]]
+            else:
+                maps = [self.critic.feature_map(view).float()
+                        for view in film_views(images, self.views)]
         heat = None
-        if heatmaps:  # Grad-CAM of the density on the last feature map, upsampled
+        if heatmaps and self.heat == "gradcam":  # the density's Grad-CAM, upsampled
             density, cells = density_and_heat(maps, self.density, self.critic.pooled)
             heat = F.interpolate(cells[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]
@@ -99,13 +148,16 @@ class CriticFamily:
             with torch.no_grad():
                 pooled = sum(self.critic.pooled(view_map) for view_map in maps)
                 density = mahalanobis(F.normalize(pooled, dim=1), self.density)
+            if heatmaps:
+                heat = opacity
         with torch.no_grad():
             logit = sum(self.critic.logits(self.critic.pooled(view_map))
                         for view_map in maps) / len(maps)
-        return FamilyOutput(
-            components={"density": density.cpu().numpy(),
-                        "logit": logit.cpu().numpy()},
-            heatmaps=heat, heat_scale=self.heat_scale, reconstructions=None)
+        components = {"density": density.cpu().numpy(), "logit": logit.cpu().numpy()}
+        if opacity is not None:
+            components["map"] = top_mean(opacity, self.lung_field).cpu().numpy()
+        return FamilyOutput(components=components, heatmaps=heat,
+                            heat_scale=self.heat_scale, reconstructions=None)
 
 
 def heat_scale_of(family: CriticFamily, normal_images: torch.Tensor,
@@ -121,11 +173,12 @@ def heat_scale_of(family: CriticFamily, normal_images: torch.Tensor,
 
 def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
                  iterations: int | None = None, amp: bool = True, cpu_bf16: bool = False,
-                 **ignored) -> CriticFamily:
+                 heat: str | None = None, **ignored) -> CriticFamily:
     """The critic's scoring object from a checkpoint's ``"critic"`` part.
 
     ``amp``: float16 autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on CPUs that run
     it natively (AVX512-BF16/AMX; about twice as fast, scores within bfloat16 precision).
+    ``heat``: ``map`` or ``gradcam`` (default: ``map`` where the critic has a map head).
     ``iterations`` is refused (the critic searches nothing); the search settings ``lr``,
     ``lam`` and ``seed`` do not apply and are ignored.
     """
@@ -139,4 +192,4 @@ def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch
                          "not to mode 'critic'")
     fast = (amp if device.type == "cuda" else
             cpu_bf16 and device.type == "cpu" and cpu_bf16_supported())
-    return CriticFamily.from_state(part, device, amp=fast)
+    return CriticFamily.from_state(part, device, amp=fast, lung_prior=lung_prior, heat=heat)

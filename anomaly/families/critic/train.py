@@ -2,7 +2,8 @@
 
 ``train_critic`` reads top to bottom: build the network, its optimiser and one-cycle
 schedule (or restore them), then per batch vary the films' acquisition, paste synthetic
-opacities into a random half of them, and (1) update the critic to tell which. Every
+opacities into a random half of them, and (1) update the critic to tell which films hold
+one and, with its map head, which pixels (where the synthesis blended an opacity in). Every
 epoch ends with an atomic checkpoint (through the caller's ``save``); after the last one
 the Gaussian density of the critic's embeddings of the training normals is fitted.
 """
@@ -57,6 +58,11 @@ class CriticConfig:
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).
+        map_width: channels of the map head's finest level (0: no map head; the heat map
+            is then the density's Grad-CAM).
+        map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
+        map_mask_level: blend weight above which a pixel counts as opacity in the map
+            head's target.
     """
 
     epochs: int = 30
@@ -72,8 +78,15 @@ class CriticConfig:
     scale_range: tuple[float, float] = (0.85, 1.15)
     rotation_degrees: float = 8.0
     score_views: int = 1
+    map_width: int = 32
+    map_weight: float = 1.0
+    map_mask_level: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.map_width < 0 or not self.map_weight >= 0 or not 0 < self.map_mask_level < 1:
+            raise ValueError("critic_map_width and critic_map_weight must be >= 0 and "
+                             f"critic_map_mask_level in (0, 1), not {self.map_width!r}, "
+                             f"{self.map_weight!r}, {self.map_mask_level!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"critic_score_views must be 1 or 2, not {self.score_views!r}")
         if self.synthesis not in SYNTHESES:
@@ -110,7 +123,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
     """
     torch.manual_seed(config.seed)  # weights, then the films' changes and opacities
     size = images.shape[-1]
-    arch = CriticArchitecture(image_size=size, width=config.width)
+    arch = CriticArchitecture(image_size=size, width=config.width, map_width=config.map_width)
     critic = OpacityCritic(arch).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(critic.parameters(), config.lr / 2,
                                   weight_decay=config.weight_decay)
@@ -164,14 +177,18 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
             films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
                                      max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
             has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
-            pasted, _ = synthesise(films, prior, config.synthesis)
+            pasted, masks = synthesise(films, prior, config.synthesis)
             inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
+            targets = opacity_target(masks, has_opacity, config.map_mask_level)  # (B,1,S,S)
 
-            # (1) Update the critic: which films hold a synthetic opacity?
+            # (1) Update the critic: which films hold a synthetic opacity, and where?
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
-                logits = model(inputs.contiguous(memory_format=torch.channels_last)).float()
-            loss = F.binary_cross_entropy_with_logits(logits, has_opacity.float())
+                logits, pixel_logits = model(
+                    inputs.contiguous(memory_format=torch.channels_last), with_map=True)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), has_opacity.float())
+            if pixel_logits is not None:
+                loss = loss + config.map_weight * map_loss(pixel_logits.float(), targets)
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -209,9 +226,27 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         final["density"] = fit_critic_density(critic, images, device, config.score_views)
         sample = uint8_to_model(images[:256])
         final["heat_scale"] = heat_scale_of(
-            CriticFamily(critic, final["density"], device, views=config.score_views), sample)
+            CriticFamily(critic, final["density"], device, views=config.score_views,
+                         heat="gradcam"), sample)
         log(f"critic: fitted the feature density on {len(images)} training images")
     return final
+
+
+def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
+                   ) -> torch.Tensor:
+    """The map head's target (B, 1, S, S) of 0/1: pixels whose blend weight exceeds
+    ``level`` in the films that were given their opacities, zero in the clean ones."""
+    return ((masks > level) & has_opacity.view(-1, 1, 1, 1)).float()
+
+
+def map_loss(pixel_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Pixel BCE plus soft Dice over the whole batch (so clean films, whose target is
+    empty, still count) of per-pixel logits against a 0/1 target, both (B, 1, S, S)."""
+    bce = F.binary_cross_entropy_with_logits(pixel_logits, targets)
+    probability = torch.sigmoid(pixel_logits)
+    overlap = (probability * targets).sum()
+    dice = 1 - (2 * overlap + 1) / (probability.sum() + targets.sum() + 1)
+    return bce + dice
 
 
 @torch.no_grad()

@@ -42,7 +42,10 @@ from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
 
 def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
                  **options) -> "DCGANFamily":
-    """The DCGAN's scoring object for ``mode`` from a checkpoint (its top-level keys)."""
+    """The DCGAN's scoring object for ``mode`` from a checkpoint (its top-level keys);
+    ``heat`` is refused (the DCGAN has one heat map per mode)."""
+    if options.pop("heat", None):
+        raise ValueError(f"--heat applies to mode 'critic', not to mode {mode!r}")
     return DCGANFamily.from_state(state, mode, device, lung_prior, **options)
 
 
