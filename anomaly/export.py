@@ -2,10 +2,12 @@
 
 What is exported is the network of the critic mode (the default): preprocessed films
 (B, 1, S, S) in [-1, 1] -> the L2-normalised embedding (B, C) and the opacity logit (B,),
-of the film alone or averaged with its mirror as the run's critic scores (``views``).
+of the film alone or averaged with its mirror as the run's critic scores (``views``),
+and, where the critic has a map head, its opacity map (B, S, S) of the film.
 ``export.json`` holds everything else a scorer needs: the preprocessing, the density's
-mean and precision, the lung prior (for ``brightness``), the held-out normals' scores
-(for p-values) and the decision threshold, with a format version.
+mean and precision, the lung prior (for ``brightness``) and lung field (for ``map``),
+the held-out normals' scores (for p-values) and components (to standardise
+``density+map``), the decision threshold and the region threshold, with a format version.
 :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and OpenCV. AnoGAN
 latent search is an optimisation loop, not a network, so it is refused.
 """
@@ -36,23 +38,34 @@ FORMATS = ("onnx", "torchscript")
 
 class CriticEmbedding(nn.Module):
     """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,)), with
-    ``views`` 1 (the film) or 2 (the film and its mirror averaged) as its density."""
+    ``views`` 1 (the film) or 2 (the film and its mirror averaged) as its density, and
+    with a map head also the opacity map (B, S, S) of the film itself."""
 
     def __init__(self, critic: OpacityCritic, views: int):
         super().__init__()
         self.critic = critic
         self.views = views
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised embedding and opacity logit (flip-averaged with 2 views)."""
-        pooled = [self.critic.pooled(self.critic.feature_map(view))
-                  for view in film_views(images, self.views)]
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """L2-normalised embedding and opacity logit (flip-averaged with 2 views), and
+        the opacity probability per pixel where there is a map head."""
+        if self.critic.map_head is None:
+            pooled = [self.critic.pooled(self.critic.feature_map(view))
+                      for view in film_views(images, self.views)]
+            logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
+            return F.normalize(sum(pooled), dim=1), logit
+        features = self.critic.block_features(images)
+        opacity = torch.sigmoid(self.critic.opacity_logits(features))[:, 0]
+        pooled = [self.critic.pooled(features[-1])] + [
+            self.critic.pooled(self.critic.feature_map(view))
+            for view in film_views(images, self.views)[1:]]
         logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
-        return F.normalize(sum(pooled), dim=1), logit
+        return F.normalize(sum(pooled), dim=1), logit, opacity
 
 
 def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",
-               mode: str | None = None, threshold: float | None = None) -> Path:
+               mode: str | None = None, threshold: float | None = None,
+               score: str | None = None) -> Path:
     """Write ``out_dir/model.onnx`` (or ``model.pt``) and ``out_dir/export.json``.
 
     Args:
@@ -63,6 +76,7 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
             exportable.
         threshold: the decision threshold to store (default: the run's, see
             :meth:`Scorer.decision`).
+        score: the score kind to export (default: the mode's own).
 
     Returns:
         Path of the exported network file.
@@ -72,7 +86,7 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    scorer = Scorer.from_checkpoint(model, mode=mode, device="cpu")
+    scorer = Scorer.from_checkpoint(model, mode=mode, device="cpu", score=score)
     if scorer.mode in ("search", "encoder-search"):
         raise CheckpointError(f"mode {scorer.mode!r} is AnoGAN latent search, an optimisation "
                               "loop run per image, not a network: it cannot be exported "
@@ -88,10 +102,11 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
     example = torch.zeros(2, 1, size, size)
     if fmt == "onnx":
         path = out_dir / "model.onnx"
+        outputs = ["embedding", "logit", *(["opacity"] if scorer.family.has_map else [])]
         torch.onnx.export(network, (example,), str(path), input_names=["images"],
-                          output_names=["embedding", "logit"], opset_version=17,
-                          dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"},
-                                        "logit": {0: "batch"}}, dynamo=False)
+                          output_names=outputs, opset_version=17,
+                          dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
+                          dynamo=False)
     else:
         path = out_dir / "model.pt"
         torch.jit.trace(network, example).save(str(path))
@@ -110,5 +125,11 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
         "heldout_normal_scores": scorer.fitted_normal_scores(),
         "threshold": {"value": decision.threshold, "source": decision.source},
     }
+    if scorer.family.has_map:
+        normal = scorer.normal_components or {}
+        info.update({
+            "heat": scorer.heat_name, "lung_field": scorer.family.lung_field.cpu().tolist(),
+            "heldout_normal_components": {name: normal.get(name) for name in ("density", "map")},
+            "region_threshold": scorer.region_threshold})
     write_text_atomically(out_dir / "export.json", json.dumps(info) + "\n")
     return path

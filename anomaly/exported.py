@@ -2,9 +2,10 @@
 OpenCV: no torch at run time.
 
 Files are read and preprocessed exactly as the toolkit does (CLAHE, resize, the uint8
-rounding of stored inputs), the network gives each film's embedding and logit, and the
-density, brightness, threshold and p-values come from ``export.json``. The scores equal
-the run's own (``anomaly score --model RUN``) to float precision.
+rounding of stored inputs), the network gives each film's embedding and logit (and, with
+a map head, its opacity map), and the density, brightness, map score, threshold, regions
+and p-values come from ``export.json``. The scores, maps and regions equal the run's own
+(``anomaly score --model RUN``) to float precision.
 
 Example:
     >>> scorer = ExportedScorer("exported/")      # or exported/model.onnx
@@ -22,8 +23,10 @@ import numpy as np
 
 from anomaly.decision import Decision, make_decision
 from anomaly.errors import CheckpointError
+from anomaly.heatmap import heatmap_panel
 from anomaly.io import ImageReadError, display_path, read_image
 from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
+from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
 
 EXPORT_FORMAT = "cxr-anomaly-export"
@@ -70,6 +73,12 @@ class ExportedScorer:
         self.mean = np.asarray(info["density"]["mean"], dtype=np.float64)
         self.precision = np.asarray(info["density"]["precision"], dtype=np.float64)
         self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
+        self.has_map = "map" in self.component_names
+        self.heat_name = info.get("heat", "none")
+        self.region_threshold = info.get("region_threshold")
+        if self.has_map:
+            self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
+            self.normal_components = info.get("heldout_normal_components") or {}
         self.batch_size = batch_size
 
     def output_settings(self) -> dict:
@@ -86,7 +95,7 @@ class ExportedScorer:
     def score_inputs(self, images: np.ndarray) -> BatchScores:
         """Score preprocessed films (B, 1, S, S) in [-1, 1]."""
         images = np.ascontiguousarray(images, dtype=np.float32)
-        embedding, logit = self.session.run(None, {"images": images})
+        embedding, logit, *opacity = self.session.run(None, {"images": images})
         centred = embedding.astype(np.float64) - self.mean
         density = np.sqrt(np.clip(np.einsum("bi,ij,bj->b", centred, self.precision, centred),
                                   0, None))
@@ -94,32 +103,82 @@ class ExportedScorer:
             / self.lung_prior.sum()
         components = {"density": density, "logit": logit.astype(np.float64),
                       "brightness": brightness.astype(np.float64)}
-        score = components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
-        return BatchScores(np.asarray(score, dtype=np.float64), components, images, None, None)
+        heat = None
+        if self.has_map:
+            heat = opacity[0].astype(np.float32)  # (B, S, S)
+            inside = heat.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
+            count = max(1, int(round(0.01 * inside.shape[1])))  # the top 1% (lungs.top_mean)
+            components["map"] = np.sort(inside, axis=1)[:, -count:].mean(1)
+        if self.score == "density+map":
+            score = self.standardised_sum(components, ("density", "map"))
+        else:
+            score = components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
+        return BatchScores(np.asarray(score, dtype=np.float64), components, images, None, heat,
+                           1.0 if heat is not None else None)
+
+    def standardised_sum(self, components: dict, names: Sequence[str]) -> np.ndarray:
+        """The components ``names``, each standardised on the held-out normals, summed."""
+        total = 0.0
+        for name in names:
+            normal = self.normal_components.get(name)
+            if not normal:
+                raise CheckpointError(f"export.json holds no held-out normal {name} values "
+                                      f"to standardise the {self.score} score")
+            normal = np.asarray(normal, dtype=np.float64)
+            total = total + (components[name] - normal.mean()) / max(normal.std(), 1e-12)
+        return np.asarray(total, dtype=np.float64)
+
+    def regions(self, heat: np.ndarray) -> list[Region]:
+        """The regions of a map (H, W) above the exported region threshold."""
+        return find_regions(heat, check_threshold(self.region_threshold, "export.json"))
+
+    def film_regions(self, scores: BatchScores, index: int) -> list[Region]:
+        """The regions of image ``index`` of a scored batch in its file's own pixels."""
+        if scores.heatmaps is None:
+            raise ValueError("this exported model has no opacity map (a critic exported "
+                             "without a map head)")
+        shape = scores.shapes[index] if scores.shapes is not None else None
+        return film_regions(scores.heatmaps[index], shape, self.preprocess_config.resize,
+                            self.region_threshold, "export.json")
+
+    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256
+                      ) -> np.ndarray:
+        """Input and opacity map side by side, the map's regions boxed (as the run's)."""
+        heat = scores.heatmaps[index]
+        panel = heatmap_panel(scores.inputs[index, 0], None, display_size, 1.0, heat)
+        if self.region_threshold is not None:
+            draw_regions(panel, self.regions(heat), scale=display_size / heat.shape[-1],
+                         offset_x=panel.shape[1] - display_size)
+        return panel
 
     def score_paths(self, paths: Sequence[str | os.PathLike], progress: bool = False,
                     on_batch: Callable[[list[Path], BatchScores], None] | None = None,
                     heatmaps: bool = False) -> ScoreResult:
         """Score files, skipping unreadable ones (listed in ``failures``)."""
-        if heatmaps:
-            raise ValueError("an exported model has no heat maps; score with the run itself")
+        if heatmaps and not self.has_map:
+            raise ValueError("this exported model has no heat maps (a critic without a map "
+                             "head); score with the run itself")
         result = ScoreResult()
         batch_paths: list[Path] = []
         batch: list[np.ndarray] = []
+        shapes: list[tuple[int, int]] = []
 
         def flush() -> None:
             if batch:
                 stored = np.stack(batch)[:, None].astype(np.float32) / 127.5 - 1.0
                 scores = self.score_inputs(stored)
+                scores.shapes = list(shapes)
                 result.add(list(batch_paths), scores)
                 if on_batch is not None:
                     on_batch(list(batch_paths), scores)
                 batch.clear()
                 batch_paths.clear()
+                shapes.clear()
 
         for path in map(Path, paths):
             try:
-                image = encode_uint8(preprocess(read_image(path), self.preprocess_config))
+                raw = read_image(path)
+                image = encode_uint8(preprocess(raw, self.preprocess_config))
             except ImageReadError as err:
                 result.failures.append((path, err.reason))
                 continue
@@ -129,6 +188,7 @@ class ExportedScorer:
                 continue
             batch_paths.append(path)
             batch.append(image)
+            shapes.append(tuple(raw.shape[:2]))
             if len(batch) == self.batch_size:
                 flush()
         flush()

@@ -16,6 +16,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from anomaly.preprocess import map_to_original
+
 REGION_QUANTILE = 0.95  # of the held-out normals' map maxima
 MIN_AREA_FRACTION = 1 / 1024  # smallest region kept, as a share of the film's area
 
@@ -95,6 +97,17 @@ def find_regions(heat: np.ndarray, threshold: float, min_area: int | None = None
         values = heat[labels == label]
         regions.append(Region(x, y, w, h, float(values.max()), float(values.mean()), area))
     return sorted(regions, key=lambda r: -r.peak)
+
+
+def film_regions(heat: np.ndarray, shape: tuple[int, int] | None, resize: str,
+                 threshold: float | None, source: str = "this run's heat map") -> list[Region]:
+    """The regions of a model-resolution map (S, S) in its film's own pixels: the map
+    brought back to ``shape`` (H, W) undoing the square step ``resize``, then
+    :func:`find_regions` (in the model input's pixels when ``shape`` is None)."""
+    threshold = check_threshold(threshold, source)
+    if shape is not None:
+        heat = map_to_original(heat, shape, resize)
+    return find_regions(heat, threshold)
 
 
 def draw_regions(image_bgr: np.ndarray, regions: list[Region], scale: float = 1.0,

@@ -33,8 +33,8 @@ from anomaly.families import FAMILIES, MODES, SCORES, families_in, family_of_mod
 from anomaly.families.base import Family
 from anomaly.heatmap import heatmap_panel
 from anomaly.lungs import geometric_lung_prior, lung_brightness
-from anomaly.preprocess import PreprocessConfig, map_to_original, preprocess
-from anomaly.regions import Region, check_threshold, draw_regions, find_regions
+from anomaly.preprocess import PreprocessConfig, preprocess
+from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
 
 __all__ = ["MODES", "SCORES", "BatchScores", "ScoreResult", "Scorer", "available_modes",
@@ -304,13 +304,12 @@ class Scorer:
 
     def film_regions(self, scores: BatchScores, index: int) -> list[Region]:
         """The regions of image ``index`` of a scored batch in its file's own pixels
-        (the heat map brought back to the file's shape, undoing the square step); in
-        the model input's pixels where the shape is unknown."""
-        heat = scores.heatmaps[index].numpy()
+        (:func:`anomaly.regions.film_regions`; the model input's where the shape is
+        unknown)."""
         shape = scores.shapes[index] if scores.shapes is not None else None
-        if shape is not None:
-            heat = map_to_original(heat, shape, self.preprocess_config.resize)
-        return self.regions(heat)
+        return film_regions(scores.heatmaps[index].numpy(), shape,
+                            self.preprocess_config.resize, self.region_threshold,
+                            f"this run's {self.heat_name} heat map")
 
     def score_arrays(self, images: Sequence[np.ndarray], heatmaps: bool = True) -> BatchScores:
         """Score raw grayscale arrays in [0, 1] (preprocessed with the model's settings)."""

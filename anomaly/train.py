@@ -674,7 +674,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
         scorer = Scorer.from_state(state, mode=mode)
         maxima: list[float] = []  # of each held-out film's heat map, for its regions
 
-        def keep_maxima(paths, scores) -> None:
+        def keep_maxima(paths, scores, maxima=maxima) -> None:
             maxima.extend(scores.heatmaps.flatten(1).amax(1).tolist())
 
         result = scorer.score_paths(holdout, progress=False, on_batch=keep_maxima,

@@ -182,17 +182,20 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
 
 
 def score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,
-                   batch_size, threshold, alpha, resume, max_images) -> None:
+                   batch_size, threshold, alpha, resume, max_images, regions=False,
+                   heat=None) -> None:
     """``anomaly score`` for an exported model (``anomaly export``)."""
     from anomaly.exported import ExportedScorer
     from anomaly.io import find_images
     from anomaly.score_files import score_files
 
-    if heatmap_dir or mode or score_kind or iterations:
-        raise click.UsageError("an exported model scores with its exported mode and score "
-                               "and has no heat maps: drop --heatmaps, --mode, --score and "
-                               "--iterations")
+    if mode or score_kind or iterations or heat:
+        raise click.UsageError("an exported model scores with its exported mode, score and "
+                               "heat map: drop --mode, --score, --heat and --iterations")
     scorer = ExportedScorer(model, batch_size=batch_size)
+    if (heatmap_dir or regions) and not scorer.has_map:
+        raise click.UsageError("this exported model has no opacity map (a critic without a "
+                               "map head): drop --heatmaps and --regions")
     paths = [Path(p) for p in images] if images else find_images(folder)
     paths = paths[:max_images] if max_images else paths
     decision = scorer.decision(threshold, alpha)
@@ -200,10 +203,11 @@ def score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind
                f"{decision.describe()}", err=True)
 
     def print_row(path, score, label, p_value, *components):
-        click.echo(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}")
+        boxes = f"\tregions={len(components[-1])}" if regions else ""
+        click.echo(f"{display_path(path)}\t{score:.6f}\t{label}\tp={p_value:.4g}{boxes}")
 
-    result = score_files(scorer, paths, out_csv, resume=resume, on_row=print_row,
-                         progress=False, decision=decision)
+    result = score_files(scorer, paths, out_csv, heatmap_dir, resume=resume, on_row=print_row,
+                         progress=False, decision=decision, regions=regions)
     report_failures(result, resume and out_csv)
 
 
