@@ -50,8 +50,8 @@ class Region:
 def check_threshold(threshold: float | None, source: str = "the checkpoint") -> float:
     """The region threshold as a float, refused in one line when missing or not finite."""
     if threshold is None:
-        raise ValueError(f"{source} holds no region threshold; refit the run's score "
-                         "statistics (anomaly calibrate, or a run trained with this version)")
+        raise ValueError(f"{source} holds no region threshold (fitted on the held-out "
+                         "normals when a run is trained; runs of older versions have none)")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or threshold <= 0:
         raise ValueError(f"{source}: region threshold {threshold!r} is not a positive "

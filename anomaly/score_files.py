@@ -150,6 +150,8 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
     Raises:
         ResumeMismatch: ``resume`` on a CSV made with other settings.
     """
+    if regions:
+        scorer.regions(np.zeros((1, 1), dtype=np.float32))  # no threshold: refused up front
     paths = [Path(p) for p in paths]
     names = heatmap_names(paths) if names is None else names
     handle = writer = regions_handle = None
@@ -200,8 +202,6 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 open_file.flush()
                 os.fsync(open_file.fileno())
 
-    if regions:
-        scorer.regions(np.zeros((1, 1), dtype=np.float32))  # no threshold: refused up front
     try:
         return scorer.score_paths(paths, progress=progress, on_batch=write_batch,
                                   heatmaps=heatmap_dir is not None or regions)

@@ -649,6 +649,17 @@ def fit_feature_density(model: str | os.PathLike, images: torch.Tensor, device: 
     log(f"fitted the feature density on {len(images)} training images")
 
 
+def _score_with_heat_maxima(scorer, paths: list[Path]):
+    """The scores of ``paths`` and each film's heat-map maximum (for its regions)."""
+    maxima: list[float] = []
+
+    def keep_maxima(batch_paths, scores) -> None:
+        maxima.extend(scores.heatmaps.flatten(1).amax(1).tolist())
+
+    result = scorer.score_paths(paths, progress=False, on_batch=keep_maxima, heatmaps=True)
+    return result, maxima
+
+
 def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     """Score the run's held-out normal images with the default mode and store them.
 
@@ -672,16 +683,16 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     state["score_stats"] = {}
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)
-        maxima: list[float] = []  # of each held-out film's heat map, for its regions
-
-        def keep_maxima(paths, scores, maxima=maxima) -> None:
-            maxima.extend(scores.heatmaps.flatten(1).amax(1).tolist())
-
-        result = scorer.score_paths(holdout, progress=False, on_batch=keep_maxima,
-                                    heatmaps=True)
+        result, maxima = _score_with_heat_maxima(scorer, holdout)
+        thresholds = {scorer.heat_name: fit_region_threshold(maxima)}
+        for heat in getattr(scorer.family, "heats", ()):  # the family's other heat maps
+            if heat not in thresholds:
+                other = Scorer.from_state(state, mode=mode, heat=heat)
+                thresholds[heat] = fit_region_threshold(_score_with_heat_maxima(
+                    other, holdout)[1])
         state["score_stats"][mode] = {
             **result.statistics(), **scorer.settings(), "components": result.components(),
-            "region_thresholds": {scorer.heat_name: fit_region_threshold(maxima)}}
+            "region_thresholds": thresholds}
     save_checkpoint(state, path)
     log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
         f"{', '.join(modes)}")

@@ -79,6 +79,7 @@ class CriticFamily:
                                   "with critic_map_width 0); use heat 'gradcam'")
         self.views = views
         self.heat = heat
+        self.heats = HEATS if self.has_map else ("gradcam",)  # the heat maps it can draw
         self.critic = fold_batchnorm(critic).to(device, memory_format=torch.channels_last)
         self.critic.requires_grad_(False)
         self.density = {k: v.to(device) for k, v in density.items()}

@@ -1,0 +1,335 @@
+"""The critic's opacity map: its head, its loss, regions above a threshold fitted on
+normals, maps in the film's own pixels, the export and the localisation measures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.detector import Detector
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
+from anomaly.families.critic.train import map_loss, opacity_target
+from anomaly.localisation import mass_inside, maximum_inside, pixel_auroc, pointing_game
+from anomaly.preprocess import map_to_original
+from anomaly.regions import check_threshold, film_regions, find_regions, fit_region_threshold
+from anomaly.score import Scorer
+from cli.anomaly_cli import main as anomaly_main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
+
+
+def scored(scorer, paths):
+    """The one batch of scores (with heat maps and film shapes) of a few files."""
+    batches = []
+    scorer.score_paths(paths, on_batch=lambda _, scores: batches.append(scores),
+                       heatmaps=True, **({"progress": False} if isinstance(scorer, Scorer)
+                                         else {}))
+    assert len(batches) == 1
+    return batches[0]
+
+
+def test_the_map_head_gives_one_logit_per_input_pixel():
+    critic = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4)).eval()
+    logits, pixel_logits = critic(torch.randn(3, 1, 32, 32), with_map=True)
+    assert logits.shape == (3,) and pixel_logits.shape == (3, 1, 32, 32)
+    assert torch.isfinite(pixel_logits).all() and pixel_logits.std() > 0
+    without = OpacityCritic(CriticArchitecture(image_size=32, width=4)).eval()
+    assert without.map_head is None
+    assert without(torch.randn(1, 1, 32, 32), with_map=True)[1] is None
+    with pytest.raises(ValueError, match="no map head"):
+        without.opacity_logits(without.block_features(torch.randn(1, 1, 32, 32)))
+
+
+def test_the_film_logit_does_not_depend_on_asking_for_the_map():
+    torch.manual_seed(0)
+    critic = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(critic(x), critic(x, with_map=True)[0])
+
+
+def test_folding_batchnorm_keeps_the_map():
+    torch.manual_seed(0)
+    critic = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4))
+    critic.train()(torch.randn(16, 1, 32, 32) * 3, with_map=True)  # running stats move
+    critic.eval()
+    x = torch.randn(4, 1, 32, 32)
+    expected = critic(x, with_map=True)
+    folded = fold_batchnorm(critic)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for got, want in zip(folded(x, with_map=True), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_map_target_is_the_thresholded_blend_of_films_given_an_opacity():
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, 2:4, 2:4] = 0.5
+    masks[:, :, 5, 5] = 0.05  # a faint edge of a blob: below the level
+    target = opacity_target(masks, torch.tensor([True, False]), level=0.1)
+    assert target[0].sum() == 4 and target[0, 0, 5, 5] == 0
+    assert target[1].sum() == 0  # a clean film: nothing to find, whatever its mask
+    assert set(target.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_map_loss_prefers_the_right_map_and_counts_clean_films():
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, 2:4, 2:4] = 1
+    right = torch.where(target > 0, 6.0, -6.0)
+    wrong = -right
+    assert map_loss(right, target) < 0.1 < map_loss(wrong, target)
+    clean = torch.zeros(1, 1, 8, 8)
+    assert map_loss(torch.full((1, 1, 8, 8), 4.0), clean) > map_loss(
+        torch.full((1, 1, 8, 8), -4.0), clean)  # heat on a clean film costs
+    logits = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    map_loss(logits, target).backward()
+    assert logits.grad[0, 0, 2, 2] < 0 < logits.grad[1, 0, 0, 0]  # up on the lesion, down off
+
+
+def test_regions_are_the_connected_parts_above_the_threshold_largest_peak_first():
+    heat = np.zeros((64, 96), np.float32)
+    heat[10:20, 30:45] = 0.6  # 15 wide, 10 tall
+    heat[40:50, 5:10] = 0.9
+    heat[45, 7] = 0.95
+    heat[60, 90] = 0.99  # one pixel: below the smallest area kept
+    regions = find_regions(heat, 0.5)
+    assert [(r.x, r.y, r.w, r.h) for r in regions] == [(5, 40, 5, 10), (30, 10, 15, 10)]
+    assert regions[0].peak == pytest.approx(0.95) and regions[1].area == 150
+    assert regions[1].mean == pytest.approx(0.6)
+    assert find_regions(heat, 0.999) == []
+    assert len(find_regions(heat, 0.5, min_area=1)) == 3
+    with pytest.raises(ValueError, match="NaN"):
+        find_regions(np.full((8, 8), np.nan), 0.5)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        find_regions(np.zeros((2, 8, 8)), 0.5)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), 0.0, -1.0, True, "0.5"])
+def test_a_missing_or_meaningless_region_threshold_is_refused(bad):
+    with pytest.raises(ValueError, match="region threshold"):
+        check_threshold(bad)
+
+
+def test_the_region_threshold_is_a_quantile_of_the_normals_maxima():
+    maxima = np.linspace(0, 1, 101)
+    assert fit_region_threshold(maxima, 0.95) == pytest.approx(0.95)
+    assert np.mean(maxima >= fit_region_threshold(maxima)) <= 0.06  # ~5% get a region
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_region_threshold([0.3])
+    with pytest.raises(ValueError, match="finite"):
+        fit_region_threshold([0.3, float("nan")])
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+def test_a_region_lands_where_it_is_on_the_film_for_every_resize_mode(resize):
+    from anomaly.preprocess import PreprocessConfig, preprocess
+
+    film = np.zeros((120, 200), np.float32)
+    film[40:60, 90:110] = 1.0  # a bright square in the middle of a wide film
+    model_input = preprocess(film, PreprocessConfig(image_size=64, clahe=False, resize=resize))
+    heat = (model_input > 0.5).astype(np.float32)  # a map that is the square, in model pixels
+    [region] = film_regions(heat, film.shape, resize, threshold=0.5)
+    assert abs(region.x - 90) <= 4 and abs(region.y - 40) <= 4
+    assert abs(region.w - 20) <= 6 and abs(region.h - 20) <= 6
+    assert map_to_original(heat, film.shape, resize).shape == film.shape
+
+
+def test_the_default_run_stores_a_region_threshold_and_its_heat_is_the_map(default_run):
+    state = load_checkpoint(default_run)
+    threshold = state["score_stats"]["critic"]["region_thresholds"]["map"]
+    assert 0 < threshold < 1  # a probability
+    scorer = Scorer.from_checkpoint(default_run, device="cpu")
+    assert scorer.heat_name == "map" and scorer.region_threshold == threshold
+    scores = scored(scorer, EXAMPLES)
+    assert scores.heatmaps.shape == (8, 32, 32)
+    assert 0 <= scores.heatmaps.min() and scores.heatmaps.max() <= 1
+    assert "map" in scores.components
+
+
+def test_gradcam_stays_an_option_with_a_threshold_of_its_own(default_run):
+    scorer = Scorer.from_checkpoint(default_run, device="cpu", heat="gradcam")
+    assert scorer.heat_name == "gradcam"
+    maps = scored(scorer, EXAMPLES[:2]).heatmaps
+    default = Scorer.from_checkpoint(default_run, device="cpu")
+    assert not np.allclose(maps, scored(default, EXAMPLES[:2]).heatmaps)
+    stored = load_checkpoint(default_run)["score_stats"]["critic"]["region_thresholds"]
+    assert scorer.region_threshold == stored["gradcam"] > 0
+    assert scorer.region_threshold != default.region_threshold
+
+
+def test_the_dcgan_refuses_a_heat_choice(default_run):
+    with pytest.raises(ValueError, match="heat"):
+        Scorer.from_checkpoint(default_run, mode="encoder", device="cpu", heat="map")
+
+
+def test_map_scores_read_the_top_of_the_map_inside_the_lungs(default_run):
+    from anomaly.lungs import lung_field, top_mean
+
+    scorer = Scorer.from_checkpoint(default_run, device="cpu", score="map")
+    scores = scored(scorer, EXAMPLES)
+    field = lung_field(scorer.lung_prior.cpu())
+    expected = top_mean(torch.as_tensor(scores.heatmaps), field, 0.01).numpy()
+    np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
+    both = Scorer.from_checkpoint(default_run, device="cpu", score="density+map")
+    combined = both.score_paths(EXAMPLES, progress=False).score
+    normal = both.normal_components
+    standard = sum((np.asarray(scores.components[name]) - np.mean(normal[name]))
+                   / np.std(normal[name]) for name in ("density", "map"))
+    np.testing.assert_allclose(combined, standard, rtol=1e-4, atol=1e-6)
+
+
+def test_score_regions_writes_a_count_column_and_boxes_in_film_pixels(default_run, tmp_path):
+    out = tmp_path / "scores.csv"
+    done = CliRunner().invoke(anomaly_main, [
+        "score", "--model", str(default_run), "--dir", str(ROOT / "examples/data/test"),
+        "--out", str(out), "--regions", "--heatmaps", str(tmp_path / "maps"),
+        "--no-progress"])
+    assert done.exit_code == 0, done.output
+    import csv
+    rows = list(csv.DictReader(open(out)))
+    films = [json.loads(line) for line in open(str(out) + ".regions.jsonl")]
+    assert len(rows) == len(films) == 8
+    for row, film in zip(rows, films):
+        assert row["path"] == film["path"] and int(row["regions"]) == len(film["regions"])
+        height, width = film["shape"]
+        assert math.isfinite(film["threshold"])
+        for box in film["regions"]:
+            assert 0 <= box["x"] and box["x"] + box["w"] <= width
+            assert 0 <= box["y"] and box["y"] + box["h"] <= height
+            assert box["peak"] >= film["threshold"] and box["area"] > 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 8
+
+
+def test_score_regions_is_refused_up_front_without_a_threshold(default_run, tmp_path):
+    state = load_checkpoint(default_run)
+    del state["score_stats"]["critic"]["region_thresholds"]  # as a run of an older version
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    default_run = old
+    done = CliRunner().invoke(anomaly_main, [
+        "score", "--model", str(default_run), "--dir", str(ROOT / "examples/data/test"),
+        "--out", str(tmp_path / "s.csv"), "--regions", "--no-progress"])
+    assert done.exit_code != 0 and "region threshold" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "s.csv").exists()
+
+
+def test_detector_returns_the_regions_score_regions_writes(default_run, tmp_path):
+    from anomaly.score_files import score_files
+
+    detector = Detector.from_run(default_run, device="cpu")
+    predictions = detector.predict(EXAMPLES)
+    scorer = detector.scorer
+    out = tmp_path / "s.csv"
+    score_files(scorer, EXAMPLES, out, progress=False, regions=True)
+    films = [json.loads(line) for line in open(str(out) + ".regions.jsonl")]
+    assert sum(len(film["regions"]) for film in films) > 0  # something to compare
+    for prediction, film in zip(predictions, films):
+        assert prediction.heatmap.shape == tuple(film["shape"])
+        mine = [r.as_dict() for r in prediction.regions]
+        assert [{k: v for k, v in r.items() if k not in ("peak", "mean")} for r in mine] == \
+            [{k: v for k, v in r.items() if k not in ("peak", "mean")} for r in film["regions"]]
+        assert [r["peak"] for r in mine] == pytest.approx([r["peak"] for r in film["regions"]])
+
+
+@pytest.fixture(scope="module")
+def exported(default_run, tmp_path_factory):
+    from anomaly.export import export_run
+
+    out = tmp_path_factory.mktemp("exported_map")
+    export_run(default_run, out)
+    return out
+
+
+def test_the_export_carries_the_map_and_reproduces_maps_and_regions(exported, default_run):
+    from anomaly.exported import ExportedScorer
+
+    info = json.loads((exported / "export.json").read_text())
+    assert info["heat"] == "map" and info["region_threshold"] > 0
+    onnx = ExportedScorer(exported)
+    ours = Scorer.from_checkpoint(default_run, device="cpu")
+    got, want = scored(onnx, EXAMPLES), scored(ours, EXAMPLES)
+    np.testing.assert_allclose(got.heatmaps, want.heatmaps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.components["map"], want.components["map"], rtol=1e-4)
+    assert onnx.region_threshold == pytest.approx(ours.region_threshold)
+    for index in range(len(EXAMPLES)):
+        mine = [r.as_dict() for r in onnx.film_regions(got, index)]
+        theirs = [r.as_dict() for r in ours.film_regions(want, index)]
+        assert [(r["x"], r["y"], r["w"], r["h"]) for r in mine] == \
+            [(r["x"], r["y"], r["w"], r["h"]) for r in theirs]
+        assert [r["peak"] for r in mine] == pytest.approx([r["peak"] for r in theirs],
+                                                          rel=1e-4)
+
+
+def test_an_exported_map_score_needs_no_torch(exported, default_run, tmp_path):
+    code = ("import json, sys\n"
+            "from anomaly.exported import ExportedScorer\n"
+            f"s = ExportedScorer({str(exported)!r})\n"
+            "b = []\n"
+            f"s.score_paths({[str(p) for p in EXAMPLES]!r}, heatmaps=True,"
+            " on_batch=lambda p, r: b.append(r))\n"
+            "n = [len(s.film_regions(b[0], i)) for i in range(len(b[0].score))]\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch'\n"
+            "print(json.dumps(n))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads(done.stdout)) == 8
+
+
+def test_pixel_auroc_and_the_pointing_game_know_a_perfect_map_from_a_wrong_one():
+    masks = np.zeros((3, 16, 16))
+    masks[:, 4:8, 4:8] = 1
+    perfect = masks + 0.01 * np.random.default_rng(0).random(masks.shape)
+    inverted = 1 - perfect
+    assert pixel_auroc(perfect, masks) == pytest.approx(1.0)
+    assert pixel_auroc(inverted, masks) == pytest.approx(0.0)
+    assert pointing_game(perfect, masks) == 1.0 and pointing_game(inverted, masks) == 0.0
+    field = np.zeros((16, 16))
+    field[:, :8] = 1
+    assert pixel_auroc(perfect, masks, field) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="lesion and healthy"):
+        pixel_auroc(perfect, np.zeros_like(masks))
+    with pytest.raises(ValueError, match="NaN"):
+        pointing_game(np.full_like(masks, np.nan), masks)
+
+
+def test_heat_inside_a_field_is_measured_per_film():
+    maps = np.zeros((2, 4, 4))
+    maps[0, 0, 0] = 3
+    maps[0, 3, 3] = 1
+    maps[1, 3, 3] = 2
+    field = np.zeros((4, 4))
+    field[:2, :2] = 1
+    np.testing.assert_allclose(mass_inside(maps, field), [0.75, 0.0])
+    assert maximum_inside(maps, field).tolist() == [True, False]
+    assert mass_inside(np.zeros((1, 4, 4)), field).tolist() == [0.0]
+
+
+def test_the_localisation_benchmark_prints_both_maps_and_the_baseline(default_run,
+                                                                      labelled_dir, tmp_path):
+    out = tmp_path / "loc.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "localisation_benchmark.py"),
+         "--model", str(default_run), "--data", str(labelled_dir), "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    synthetic = report["synthetic"]["map"]
+    assert 0 <= synthetic["pixel_auroc"] <= 1 and 0 <= synthetic["pointing_game"] <= 1
+    assert "lung-brightness" in done.stdout
+
+
+def test_a_blob_drawn_in_a_map_becomes_one_region_with_its_box():
+    heat = np.zeros((32, 32), np.float32)
+    cv2.circle(heat, (20, 10), 4, 1.0, -1)
+    [region] = find_regions(heat, 0.5)
+    assert (region.x, region.y, region.w, region.h) == (16, 6, 9, 9)
