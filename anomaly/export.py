@@ -28,7 +28,7 @@ from anomaly.atomic import write_text_atomically
 from anomaly.checkpoint import checkpoint_digest
 from anomaly.errors import CheckpointError
 from anomaly.families.critic.network import OpacityCritic
-from anomaly.families.critic.scorer import film_views
+from anomaly.families.critic.scorer import views_and_opacity
 from anomaly.score import Scorer
 
 EXPORT_FORMAT = "cxr-anomaly-export"
@@ -49,18 +49,11 @@ class CriticEmbedding(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """L2-normalised embedding and opacity logit (flip-averaged with 2 views), and
         the opacity probability per pixel where there is a map head."""
-        if self.critic.map_head is None:
-            pooled = [self.critic.pooled(self.critic.feature_map(view))
-                      for view in film_views(images, self.views)]
-            logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
-            return F.normalize(sum(pooled), dim=1), logit
-        features = self.critic.block_features(images)
-        opacity = torch.sigmoid(self.critic.opacity_logits(features))[:, 0]
-        pooled = [self.critic.pooled(features[-1])] + [
-            self.critic.pooled(self.critic.feature_map(view))
-            for view in film_views(images, self.views)[1:]]
+        maps, opacity = views_and_opacity(self.critic, images, self.views)
+        pooled = [self.critic.pooled(view_map) for view_map in maps]
         logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
-        return F.normalize(sum(pooled), dim=1), logit, opacity
+        embedding = F.normalize(sum(pooled), dim=1)
+        return (embedding, logit) if opacity is None else (embedding, logit, opacity)
 
 
 def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "onnx",

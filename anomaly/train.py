@@ -684,12 +684,17 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)
         result, maxima = _score_with_heat_maxima(scorer, holdout)
-        thresholds = {scorer.heat_name: fit_region_threshold(maxima)}
-        for heat in getattr(scorer.family, "heats", ()):  # the family's other heat maps
-            if heat not in thresholds:
-                other = Scorer.from_state(state, mode=mode, heat=heat)
-                thresholds[heat] = fit_region_threshold(_score_with_heat_maxima(
-                    other, holdout)[1])
+        thresholds = {}
+        if len(holdout) >= 2:  # a quantile of one film's maximum would mean nothing
+            thresholds[scorer.heat_name] = fit_region_threshold(maxima)
+            for heat in getattr(scorer.family, "heats", ()):  # the family's other heat maps
+                if heat not in thresholds:
+                    other = Scorer.from_state(state, mode=mode, heat=heat)
+                    thresholds[heat] = fit_region_threshold(_score_with_heat_maxima(
+                        other, holdout)[1])
+        else:
+            log("only one held-out normal image: no region threshold (score --regions "
+                "will refuse this run)")
         state["score_stats"][mode] = {
             **result.statistics(), **scorer.settings(), "components": result.components(),
             "region_thresholds": thresholds}

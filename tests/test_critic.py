@@ -193,7 +193,10 @@ def test_density_score_is_the_mahalanobis_distance_of_the_embedding(critic_run, 
     np.testing.assert_allclose(scores.score, expected.numpy(), rtol=1e-4)
     np.testing.assert_allclose(scores.density, scores.score)
     assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
-    assert scores.heat_scale == load_checkpoint(critic_run)["critic"]["heat_scale"]
+    assert scores.heat_scale == 1.0  # the map is a probability: full red at 1
+    gradcam = Scorer.from_checkpoint(critic_run, device="cpu", heat="gradcam")
+    assert gradcam.score_tensor(images).heat_scale == \
+        load_checkpoint(critic_run)["critic"]["heat_scale"]
     logit = Scorer.from_checkpoint(critic_run, score="logit").score_tensor(images)
     np.testing.assert_allclose(logit.score, scores.logit, rtol=1e-5)
     no_maps = scorer.score_tensor(images, heatmaps=False)
@@ -507,12 +510,13 @@ def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
     with torch.no_grad():
         embedding = critic_embedding(family.critic, images, views=1)
         expected = mahalanobis(embedding, family.density)
-        exported, logit = CriticEmbedding(family.critic, views=1)(images)
+        exported, logit, opacity = CriticEmbedding(family.critic, views=1)(images)
     np.testing.assert_allclose(scores.density, expected.numpy(), rtol=1e-4)
     np.testing.assert_allclose(scores.logit, family.critic(images).numpy(), rtol=1e-4,
                                atol=1e-5)
     torch.testing.assert_close(exported, embedding)
     assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
+    torch.testing.assert_close(opacity, torch.as_tensor(scores.heatmaps), rtol=1e-4, atol=1e-5)
     mirrored = scorer.score_tensor(images.flip(-1))
     assert not np.allclose(mirrored.density, scores.density, rtol=1e-4)  # one view: not
     with pytest.raises(ValueError, match="critic_score_views"):

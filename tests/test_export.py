@@ -74,10 +74,12 @@ def test_search_cannot_be_exported_and_torchscript_matches(default_run, tmp_path
     network = torch.jit.load(str(path))
     scorer = Scorer.from_checkpoint(default_run, device="cpu")
     images = torch.rand(3, 1, 32, 32) * 2 - 1
-    embedding, logit = network(images)
+    embedding, logit, opacity = network(images)
     np.testing.assert_allclose(logit.detach().numpy(), scorer.score_tensor(images).logit,
                                rtol=1e-4, atol=1e-5)
     assert embedding.shape[0] == 3
+    np.testing.assert_allclose(opacity.detach().numpy(), scorer.score_tensor(images).heatmaps,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_an_export_from_a_newer_version_or_not_ours_is_refused(exported, tmp_path):

@@ -37,6 +37,22 @@ def film_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
     return [images] if views == 1 else [images, images.flip(-1)]
 
 
+def views_and_opacity(critic: OpacityCritic, images: torch.Tensor, views: int
+                      ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The critic's feature maps of each view (:func:`film_views`) and, with a map head,
+    its opacity probability per pixel (B, S, S), averaged with the mirror's map mirrored
+    back when ``views=2`` (None without a head)."""
+    if critic.map_head is None:
+        return [critic.feature_map(view) for view in film_views(images, views)], None
+    maps, opacities = [], []
+    for index, view in enumerate(film_views(images, views)):
+        features = critic.block_features(view)
+        maps.append(features[-1])
+        opacity = torch.sigmoid(critic.opacity_logits(features).float())[:, 0]
+        opacities.append(opacity.flip(-1) if index == 1 else opacity)
+    return maps, sum(opacities) / len(opacities)
+
+
 def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int
                      ) -> torch.Tensor:
     """L2-normalised pooled features (B, C) of images (B, 1, S, S): of the images alone
@@ -129,17 +145,9 @@ class CriticFamily:
                     heatmaps: bool = True) -> FamilyOutput:
         """Components (B,) of images (B, 1, S, S) in [-1, 1], and their heat maps."""
         images = images.contiguous(memory_format=torch.channels_last)
-        opacity = None
         with torch.no_grad(), autocast(self.device, self.amp):  # (B, C, S', S') per view
-            if self.has_map:  # the map of the film itself; its mirror's only feeds the density
-                features = self.critic.block_features(images)
-                opacity = torch.sigmoid(self.critic.opacity_logits(features).float())[:, 0]
-                maps = [features[-1].float()] + [
-                    self.critic.feature_map(view).float()
-                    for view in film_views(images, self.views)[1:]]
-            else:
-                maps = [self.critic.feature_map(view).float()
-                        for view in film_views(images, self.views)]
+            maps, opacity = views_and_opacity(self.critic, images, self.views)
+            maps = [view_map.float() for view_map in maps]
         heat = None
         if heatmaps and self.heat == "gradcam":  # the density's Grad-CAM, upsampled
             density, cells = density_and_heat(maps, self.density, self.critic.pooled)
