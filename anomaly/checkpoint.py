@@ -43,7 +43,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def resolve_checkpoint_path(model: str | os.PathLike) -> Path:
-    """Accept a run directory or a ``.pt`` file; return the checkpoint file."""
+    """Accept a run directory, a ``.pt`` file or ``pretrained`` (the bundled model, where
+    no file of that name exists); return the checkpoint file."""
+    from anomaly import pretrained
+
+    if pretrained.is_pretrained(model) and not Path(str(model)).exists():
+        return pretrained.bundled_checkpoint()
     model = Path(model)
     if model.is_dir():
         model = model / "checkpoints" / "last.pt"

@@ -80,6 +80,14 @@ class Detector:
         scorer = Scorer.from_checkpoint(model, mode=mode, **options)
         return cls(scorer, scorer.decision(threshold, alpha))
 
+    @classmethod
+    def pretrained(cls, **options) -> "Detector":
+        """The bundled pretrained critic (:mod:`anomaly.pretrained`, docs/model_card.md),
+        with :meth:`from_run`'s options."""
+        from anomaly import pretrained
+
+        return cls.from_run(pretrained.bundled_checkpoint(), **options)
+
     def predict(self, images: Sequence[str | os.PathLike | np.ndarray]) -> list[Prediction]:
         """Predict for files (any readable format) or grayscale arrays in [0, 1], in order.
 

@@ -130,10 +130,20 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
     Returns:
         The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``.
     """
-    from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+    from anomaly import pretrained
+    from anomaly.checkpoint import (
+        CheckpointError,
+        load_checkpoint,
+        resolve_checkpoint_path,
+        save_checkpoint,
+    )
     from anomaly.decision import threshold_key
 
     path = resolve_checkpoint_path(model)
+    if path.resolve() == (pretrained.folder() / pretrained.CHECKPOINT_NAME).resolve():
+        raise CheckpointError("the bundled pretrained model is part of the installed package "
+                              "and is not changed: copy it (anomaly.pretrained.checkpoint()) "
+                              "and calibrate the copy")
     scorer = Scorer.from_checkpoint(path, **scorer_options)
     val = read_validation_folder(val_dir, normal_class)
     _, labels, scores = score_labelled(scorer, val, progress, log)

@@ -113,7 +113,9 @@ def scorer_options(command):
 
 
 @main.command("score")
-@click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
+@click.option("--model", type=click.Path(),
+              help="Run directory, .pt file or exported model (default: the bundled "
+                   "pretrained critic, also named 'pretrained').")
 @click.option("--image", "images", multiple=True, type=click.Path(), help="Image file (repeatable).")
 @click.option("--dir", "folder", type=click.Path(), help="Folder of images (recursive).")
 @click.option("--out", "out_csv", type=click.Path(),
@@ -143,6 +145,10 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
         raise click.UsageError("give either --image (one or more) or --dir")
     if threshold is not None and alpha is not None:
         raise click.UsageError("give --threshold or --alpha, not both")
+    from anomaly import pretrained
+    if pretrained.is_pretrained(model):
+        click.echo(f"model: {pretrained.DESCRIPTION}", err=True)
+        model = str(pretrained.bundled_checkpoint())
     from anomaly.exported import is_exported_model
     if is_exported_model(model):  # onnxruntime, NumPy and OpenCV only: no torch
         return score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
@@ -297,6 +303,32 @@ def print_report(report: dict, out_dir) -> None:
                f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
                f"accuracy {report['accuracy']:.3f}")
     click.echo(f"report: {display_path(Path(out_dir) / 'report.json')}")
+
+
+@main.command("serve")
+@click.option("--model", type=click.Path(),
+              help="Run directory, .pt file or exported model (default: the bundled "
+                   "pretrained critic).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (the default answers this machine only).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threshold", type=float, help="Label at or above this score.")
+@click.option("--alpha", type=float, help="Label by conformal p-value <= ALPHA instead.")
+@click.option("--max-upload-mb", type=float, help="Largest film accepted (default: the "
+              "toolkit's file limit, CXR_ANOMALY_MAX_FILE_MB).")
+@device_option
+@user_errors_as_messages
+def serve_command(model, host, port, threshold, alpha, max_upload_mb, device):
+    """A local page to look at films and their heat maps, and POST /score for scripts."""
+    if threshold is not None and alpha is not None:
+        raise click.UsageError("give --threshold or --alpha, not both")
+    from anomaly.io import MAX_FILE_MB
+    from anomaly.serve import serve
+
+    click.echo(f"serving on http://{host}:{port}/ (Ctrl+C stops)", err=True)
+    serve(model, host=host, port=port, threshold=threshold, alpha=alpha,
+          max_upload_mb=MAX_FILE_MB if max_upload_mb is None else max_upload_mb,
+          device=device or "auto")
 
 
 @main.command("compare")
