@@ -21,6 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 
 HELDOUT_QUANTILE = 0.95
+NOT_FINITE = "not-finite"  # the label of a film whose score is NaN or infinite
+
+
+def check_threshold_value(value, source: str = "--threshold") -> float:
+    """A decision threshold as a float, refused in one line when it is not a finite
+    number (a NaN threshold would label every film normal)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"{source}: threshold {value!r} is not a finite number")
+    return float(value)
 
 
 def conformal_p_values(scores, normal_scores) -> np.ndarray:
@@ -56,19 +68,24 @@ class Decision:
     alpha: float | None = None
 
     def p_values(self, scores) -> np.ndarray:
-        """Conformal p-values of the scores (NaN without held-out normals)."""
+        """Conformal p-values of the scores (NaN without held-out normals, and for a
+        score that is not finite)."""
+        scores = np.asarray(scores, dtype=np.float64)
         if self.normal_scores is None or len(self.normal_scores) == 0:
-            return np.full(len(np.asarray(scores)), np.nan)
-        return conformal_p_values(scores, self.normal_scores)
+            return np.full(len(scores), np.nan)
+        return np.where(np.isfinite(scores), conformal_p_values(scores, self.normal_scores),
+                        np.nan)
 
     def labels(self, scores) -> list[str]:
-        """``anomalous`` or ``normal`` for each score (empty without any threshold)."""
+        """``anomalous`` or ``normal`` for each score (empty without any threshold);
+        a score that is not finite is labelled :data:`NOT_FINITE`, never ``normal``."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.threshold is None and self.alpha is None:
-            return [""] * len(scores)
+            return [NOT_FINITE if not np.isfinite(s) else "" for s in scores]
         flagged = (self.p_values(scores) <= self.alpha) if self.alpha is not None \
             else scores >= self.threshold
-        return ["anomalous" if f else "normal" for f in flagged]
+        return [NOT_FINITE if not np.isfinite(s) else "anomalous" if f else "normal"
+                for s, f in zip(scores, flagged)]
 
     def describe(self) -> str:
         """One line: what flags a film."""
@@ -96,16 +113,19 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
     """
     normal = None if normal_scores is None else np.asarray(normal_scores, dtype=np.float64)
     if alpha is not None:
-        if not 0 < alpha < 1:
+        if not 0 < alpha < 1:  # NaN fails this too
             raise ValueError(f"--alpha must be between 0 and 1, not {alpha}")
         if normal is None or len(normal) == 0:
             raise ValueError("--alpha needs the scores of the normal films held out from "
                              "training, and this run has none")
         return Decision(None, "conformal", normal, alpha)
+    if alpha is None and normal is not None and not np.isfinite(normal).all():
+        raise ValueError("the held-out normals' scores hold NaN or infinite values")
     if threshold is not None:
-        return Decision(float(threshold), "given", normal)
+        return Decision(check_threshold_value(threshold), "given", normal)
     if stored is not None:
-        return Decision(float(stored["value"]), stored["source"], normal)
+        return Decision(check_threshold_value(stored.get("value"), "the stored threshold"),
+                        str(stored.get("source")), normal)
     if normal is not None and len(normal):
         return Decision(float(np.quantile(normal, HELDOUT_QUANTILE)),
                         "heldout-normal-quantile", normal)

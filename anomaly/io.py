@@ -199,15 +199,15 @@ def _decode_dicom(path: Path, data: bytes) -> np.ndarray:
 
 def spreadsheet_safe(text: str) -> str:
     """A CSV cell a spreadsheet shows as text: one starting like a formula (``=``, ``+``,
-    ``-``, ``@``, tab, CR) gets a leading apostrophe (:func:`from_spreadsheet_safe`
-    undoes it)."""
-    return "'" + text if text.startswith(SPREADSHEET_TRIGGERS) else text
+    ``-``, ``@``, tab, CR) or with an apostrophe gets a leading apostrophe, so that
+    :func:`from_spreadsheet_safe` gives back exactly ``text``."""
+    return "'" + text if text.startswith((*SPREADSHEET_TRIGGERS, "'")) else text
 
 
 def from_spreadsheet_safe(text: str) -> str:
     """The text :func:`spreadsheet_safe` was given."""
-    return text[1:] if text.startswith("'") and text[1:].startswith(SPREADSHEET_TRIGGERS) \
-        else text
+    return text[1:] if text.startswith("'") and text[1:].startswith(
+        (*SPREADSHEET_TRIGGERS, "'")) else text
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

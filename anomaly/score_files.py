@@ -43,13 +43,51 @@ def regions_path(csv_path: str | os.PathLike) -> Path:
 
 
 def read_scored_paths(csv_path: str | os.PathLike) -> set[str]:
-    """Paths already present in a scores CSV (empty if the file does not exist)."""
+    """Paths of the complete rows of a scores CSV (empty if the file does not exist): a
+    row counts when it has the header's columns and a score that parses."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
         return set()
     with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        return {from_spreadsheet_safe(row["path"]) for row in csv.DictReader(handle)
-                if row.get("score")}
+        rows = list(csv.reader(handle))
+    return {from_spreadsheet_safe(row[0]) for row in rows[1:] if complete_row(row, rows[0])}
+
+
+def complete_row(row: list[str], header: list[str]) -> bool:
+    """Whether a CSV row was written whole: the header's column count, a parseable score."""
+    if len(row) != len(header) or len(row) < 2:
+        return False
+    try:
+        float(row[1])
+    except ValueError:
+        return False
+    return True
+
+
+def keep_complete_rows(csv_path: Path) -> set[str]:
+    """Before appending to a CSV being resumed: rewrite it (atomically) with its complete
+    rows only when any row is cut short or the file does not end a line (a disk-full or
+    killed write), so the next row starts on a fresh line. Returns their paths."""
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        text = handle.read()
+    rows = list(csv.reader(text.splitlines(keepends=True)))
+    if not rows:
+        return set()
+    kept = [row for row in rows[1:] if complete_row(row, rows[0])]
+    if len(kept) != len(rows) - 1 or not text.endswith("\n"):
+        from anomaly.atomic import atomic_file
+
+        with atomic_file(csv_path, "w", newline="", encoding="utf-8",
+                         errors="surrogateescape") as handle:
+            csv.writer(handle).writerows([rows[0], *kept])
+    return {from_spreadsheet_safe(row[0]) for row in kept}
+
+
+def same_files(paths: Sequence[Path], done: set[str]) -> set[Path]:
+    """The paths among ``paths`` already scored in ``done`` (as written, or as the same
+    file spelled another way: relative or absolute, through ``..``)."""
+    resolved = {os.path.realpath(p) for p in done}
+    return {p for p in paths if str(p) in done or os.path.realpath(p) in resolved}
 
 
 class ResumeMismatch(ValueError):
@@ -160,9 +198,10 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         if resume and record_settings:
             check_resume_settings(out_csv, row_settings(scorer, decision, regions))
-        done = read_scored_paths(out_csv) if resume else set()
-        paths = [p for p in paths if str(p) not in done]
         append = resume and out_csv.exists() and out_csv.stat().st_size > 0
+        done = keep_complete_rows(out_csv) if append else set()
+        already = same_files(paths, done)
+        paths = [p for p in paths if p not in already]
         handle = open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
                       errors="surrogateescape")
         writer = csv.writer(handle)
@@ -241,8 +280,8 @@ def score_files_sharded(scorer: Scorer, paths: Sequence[str | os.PathLike],
         merge_shards(out_csv, leftovers, csv_header(scorer, decision), append=resume)
         write_settings(out_csv, row_settings(scorer, decision))
     dist.barrier()
-    done = read_scored_paths(out_csv)
-    todo = [p for p in paths if str(p) not in done]
+    already = same_files(paths, read_scored_paths(out_csv))
+    todo = [p for p in paths if p not in already]
     shard = out_csv.with_name(f"{out_csv.name}.rank{dist.rank}")
     result = score_files(scorer, todo[dist.rank :: dist.world_size], shard, heatmap_dir,
                          on_row=on_row, progress=progress and dist.is_main,

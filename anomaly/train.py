@@ -317,7 +317,8 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
-              resume: bool = False, progress: bool = True, log=print) -> Path:
+              resume: bool = False, progress: bool = True, log=print,
+              overwrite: bool = False) -> Path:
     """Train a run on the normal images under ``data_dir``: the opacity critic
     (``critic_epochs``), then the DCGAN (``epochs``) and its encoder (``encoder_epochs``).
 
@@ -331,14 +332,21 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         resume: continue from ``run_dir``'s last checkpoint (each part where it stopped).
         progress: show a progress bar.
         log: where messages go (rank 0 only under torchrun).
+        overwrite: replace a trained run already in ``run_dir`` (refused otherwise,
+            unless ``resume``).
 
     Returns:
         Path of the final checkpoint.
 
     Raises:
         TrainingDiverged: a loss became NaN or infinite.
+        ConfigError: ``run_dir`` already holds a run and neither ``resume`` nor
+            ``overwrite`` is set.
     """
     run_dir = Path(run_dir)
+    if not resume and not overwrite and checkpoint_path(run_dir).exists():
+        raise ConfigError(f"{display_path(checkpoint_path(run_dir))}: this run is already "
+                          "trained; pass --resume to continue it or --overwrite to replace it")
     dist = distributed.setup()
     log = log if dist.is_main else (lambda *a, **k: None)
     device = dist.device if dist.world_size > 1 else resolve_device(config.device)

@@ -31,7 +31,7 @@ def main() -> None:
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
-@click.option("--max-images", type=int, help="Use only the first N images (a quick try).")
+@click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images (a quick try).")
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)
 @device_option
@@ -39,11 +39,14 @@ def main() -> None:
               help="Continue from RUN_DIR/checkpoints/last.pt with the settings it was "
                    "trained with; only more --epochs / --encoder-epochs and where it runs "
                    "may change.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a run already trained in RUN_DIR (refused without it).")
 @click.option("--dry-run", is_flag=True,
               help="At most one epoch of each part, on at most 64 images.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @user_errors_as_messages
-def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, **overrides):
+def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, overwrite,
+                      **overrides):
     """Train on normal images only: the opacity critic, then a DCGAN and its encoder."""
     from anomaly.config import load_config
     from anomaly.train import TrainConfig, resume_config, train_gan
@@ -55,7 +58,10 @@ def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resu
             config, epochs=min(config.epochs, 1), critic_epochs=min(config.critic_epochs, 1),
             encoder_epochs=min(config.encoder_epochs, 1),
             max_images=min(config.max_images or 64, 64))
-    last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress)
+    if resume and overwrite:
+        raise click.UsageError("give --resume or --overwrite, not both")
+    last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress,
+                     overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 of a torchrun job, or alone
         click.echo(f"checkpoint: {display_path(last)}")
 
@@ -133,7 +139,7 @@ def scorer_options(command):
               help="Box the heat map's regions above the run's region threshold: their "
                    "count as a CSV column, the boxes (film pixels) in OUT.regions.jsonl.")
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
-@click.option("--max-images", type=int, help="Score only the first N images.")
+@click.option("--max-images", type=click.IntRange(min=1), help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,

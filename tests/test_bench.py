@@ -118,3 +118,14 @@ def test_bench_start(tiny_run, tmp_path):
     assert figures["score one image (default mode)"]["exit_code"] == 0
     assert figures["a usage error (score without --image/--dir)"]["exit_code"] == 2
     assert "score one image" in out
+
+
+def test_bench_serve(tmp_path, normal_dir):
+    from anomaly.train import TrainConfig, train_gan
+    from tests.conftest import TINY_DEFAULT
+
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0})
+    train_gan(config, normal_dir, run, progress=False, log=lambda *a: None)
+    out = run_script("bench_serve.py", "--model", run, "--repeats", 2, "--clients", 2)
+    assert "one film, request to answer" in out and out.count(" ms |") == 2

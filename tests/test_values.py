@@ -1,0 +1,126 @@
+"""Values as well as formats: thresholds, counts, resumed CSVs, existing runs (each of
+these once went silently wrong)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from anomaly.decision import NOT_FINITE, make_decision
+from anomaly.io import from_spreadsheet_safe, spreadsheet_safe
+from anomaly.score import Scorer
+from anomaly.score_files import read_scored_paths, score_files
+from cli.anomaly_cli import main as anomaly_main
+
+
+def rows_of(path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_finite_is_refused(default_run, normal_dir, tmp_path, value):
+    for command in (["score", "--model", str(default_run), "--dir", str(normal_dir),
+                     "--threshold", value],
+                    ["export", "--model", str(default_run), "--out", str(tmp_path / "x"),
+                     "--threshold", value]):
+        done = CliRunner().invoke(anomaly_main, command)
+        assert done.exit_code != 0 and "not a finite number" in done.output, done.output
+    assert not (tmp_path / "x" / "export.json").exists()
+
+
+def test_a_score_that_is_not_finite_is_never_labelled_normal():
+    decision = make_decision([1.0, 2.0, 3.0], threshold=10.0)
+    scores = [np.nan, np.inf, 1.0]
+    assert decision.labels(scores) == [NOT_FINITE, NOT_FINITE, "normal"]
+    assert np.isnan(decision.p_values(scores)[:2]).all()
+    conformal = make_decision([1.0, 2.0, 3.0], alpha=0.5)
+    assert conformal.labels([np.nan])[0] == NOT_FINITE
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        make_decision([1.0, np.nan], threshold=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        make_decision([1.0, 2.0], stored={"value": float("nan"), "source": "val"})
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_images_below_one_is_refused(trained_run, normal_dir, value):
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(trained_run), "--dir",
+                                             str(normal_dir), "--max-images", value])
+    assert done.exit_code == 2 and "--max-images" in done.output
+
+
+def test_training_onto_a_trained_run_needs_resume_or_overwrite(trained_run, normal_dir,
+                                                               tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    args = ["train-gan", "--data", str(normal_dir), "--out", str(run), "--image-size", "32",
+            "--critic-epochs", "0", "--epochs", "1", "--batch-size", "8", "--no-progress",
+            "--encoder-epochs", "0"]
+    done = CliRunner().invoke(anomaly_main, args)
+    assert done.exit_code == 1 and "--overwrite" in done.output
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    both = CliRunner().invoke(anomaly_main, [*args, "--resume", "--overwrite"])
+    assert both.exit_code == 2
+    replaced = CliRunner().invoke(anomaly_main, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (run / "checkpoints" / "last.pt").read_bytes() != before
+
+
+@pytest.mark.parametrize("name", ["'=cmd.png", "'plain.png", "=sum.png", "''x.png", "-a.png"])
+def test_the_formula_guard_round_trips_every_name(name):
+    assert from_spreadsheet_safe(spreadsheet_safe(name)) == name
+    assert not spreadsheet_safe(name).startswith(("=", "+", "-", "@"))
+
+
+def test_resume_after_a_cut_last_row_rescores_that_film_on_a_fresh_line(trained_run,
+                                                                        normal_dir, tmp_path):
+    paths = sorted(normal_dir.glob("*.png"))[:6]
+    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+    out = tmp_path / "scores.csv"
+    score_files(scorer, paths, out, progress=False)
+    whole = rows_of(out)
+    text = out.read_text()
+    out.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])  # the last row cut
+    assert len(read_scored_paths(out)) == 5
+    score_files(scorer, paths, out, progress=False, resume=True)
+    resumed = rows_of(out)
+    assert len(resumed) == len(whole) == 7 and all(len(r) == len(whole[0]) for r in resumed)
+    assert [r[0] for r in resumed] == [r[0] for r in whole]
+    assert out.read_text().endswith("\n")
+
+
+def test_the_same_folder_spelled_two_ways_is_not_scored_twice(trained_run, normal_dir,
+                                                              tmp_path, monkeypatch):
+    images = tmp_path / "img"
+    shutil.copytree(normal_dir, images)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "s.csv"
+    first = CliRunner().invoke(anomaly_main, ["score", "--model", str(trained_run), "--dir",
+                                              "img", "--out", str(out), "--no-progress"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(anomaly_main, ["score", "--model", str(trained_run), "--dir",
+                                              str(images.resolve()), "--out", str(out),
+                                              "--resume", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert len(rows_of(out)) == 1 + len(list(images.glob("*.png")))
+
+
+def test_a_name_starting_with_an_apostrophe_is_resumed_once(trained_run, normal_dir, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    source = sorted(normal_dir.glob("*.png"))[0]
+    shutil.copy(source, folder / "'=odd.png")
+    shutil.copy(source, folder / "plain.png")
+    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+    out = tmp_path / "s.csv"
+    paths = sorted(folder.glob("*.png"))
+    for _ in range(3):
+        score_files(scorer, paths, out, progress=False, resume=True)
+    assert len(rows_of(out)) == 3
+    assert {os.path.basename(p) for p in read_scored_paths(out)} == {"'=odd.png", "plain.png"}
