@@ -19,7 +19,7 @@ import torch
 
 from anomaly.data import uint8_to_model
 from anomaly.decision import Decision
-from anomaly.io import ImageReadError, display_path, read_image
+from anomaly.io import ImageReadError, display_path, film_from_array, read_image
 from anomaly.preprocess import encode_uint8, map_to_original, preprocess
 from anomaly.regions import Region
 from anomaly.score import Scorer
@@ -89,21 +89,24 @@ class Detector:
         return cls.from_run(pretrained.bundled_checkpoint(), **options)
 
     def predict(self, images: Sequence[str | os.PathLike | np.ndarray]) -> list[Prediction]:
-        """Predict for files (any readable format) or grayscale arrays in [0, 1], in order.
+        """Predict for files (any readable format) or arrays, in order.
 
-        An unreadable file gets ``label="unreadable"`` and its reason; the others are
-        scored as ``anomaly score`` scores them (the same numbers).
+        Arrays follow :func:`anomaly.io.film_from_array`: uint8 and uint16 are scaled,
+        floats must lie in [0, 1], colour (RGB) is made grayscale. An unreadable file or
+        refused array gets ``label="unreadable"`` and its reason; the others are scored
+        as ``anomaly score`` scores them (the same numbers).
         """
         config = self.scorer.preprocess_config
         predictions: list[Prediction | None] = [None] * len(images)
         pending: list[tuple[int, str, tuple[int, int], np.ndarray]] = []
         for index, item in enumerate(images):
-            source = f"array {index}" if isinstance(item, np.ndarray) else str(item)
+            is_array = isinstance(item, np.ndarray)
+            source = f"array {index}" if is_array else str(item)
             try:
-                raw = item if isinstance(item, np.ndarray) else read_image(item)
+                raw = film_from_array(item, source) if is_array else read_image(item)
             except ImageReadError as err:
-                predictions[index] = Prediction(display_path(Path(item)), float("nan"),
-                                                "unreadable", float("nan"), None,
+                predictions[index] = Prediction(source if is_array else display_path(Path(item)),
+                                                float("nan"), "unreadable", float("nan"), None,
                                                 error=err.reason)
                 continue
             stored = encode_uint8(preprocess(raw, config))  # as anomaly score reads files

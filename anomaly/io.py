@@ -43,6 +43,26 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(os.fsdecode(path)).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file, never more than ``limit`` of them (whatever its size
+    on disk claims); a FIFO, device or socket is refused without blocking."""
+    import stat
+
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(path, "is not a regular file (a FIFO, device or socket)")
+        if info.st_size > limit:
+            raise ImageReadError(path, f"is {info.st_size / 2**20:.0f} MB, more than the limit "
+                                       f"of {MAX_FILE_MB:g} MB (CXR_ANOMALY_MAX_FILE_MB)")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ImageReadError(path, f"holds more than the limit of {MAX_FILE_MB:g} MB "
+                                   "(CXR_ANOMALY_MAX_FILE_MB)")
+    return data
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an X-ray file as a grayscale float32 array in [0, 1].
 
@@ -60,11 +80,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_MB * 2**20:
-            raise ImageReadError(path, f"is {size / 2**20:.0f} MB, more than the limit of "
-                                       f"{MAX_FILE_MB:g} MB (CXR_ANOMALY_MAX_FILE_MB)")
-        data = path.read_bytes()
+        data = _read_regular_file(path, int(MAX_FILE_MB * 2**20))
     except OSError as err:
         raise ImageReadError(path, f"cannot be read ({err.strerror or err})") from None
     if not data:
@@ -139,6 +155,51 @@ def _decode_raster(path: Path, data: bytes) -> np.ndarray:
         else:
             image = image[..., 0]
     return _to_unit_range(image)
+
+
+def film_from_array(array, source: str = "array") -> np.ndarray:
+    """A film given as an array, read under the rules files follow: (H, W), (1, H, W),
+    (H, W, 1), or (H, W, 3 | 4) in RGB(A) order (made grayscale); uint8 (0-255) and
+    uint16 (0-65535) scaled to [0, 1]; floating point taken as [0, 1] already. An empty,
+    too small, non-finite, out-of-range or otherwise typed array is refused in one line.
+
+    Returns:
+        (H, W) float32 in [0, 1].
+    """
+    if not isinstance(array, np.ndarray):
+        raise ImageReadError(source, f"is a {type(array).__name__}, not a NumPy array")
+    image = array
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.size == 0:
+        raise ImageReadError(source, f"is empty (shape {array.shape})")
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        if image.dtype not in (np.uint8, np.uint16, np.float32):
+            image = image.astype(np.float32)
+        code = cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY
+        image = cv2.cvtColor(np.ascontiguousarray(image), code)
+    if image.ndim != 2:
+        raise ImageReadError(source, f"has shape {array.shape}; a film is (H, W), (1, H, W) "
+                                     "or (H, W, 3|4)")
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
+        raise ImageReadError(source, f"is only {image.shape[1]}x{image.shape[0]} pixels "
+                                     f"(need at least {MIN_SIDE})")
+    if image.dtype in (np.uint8, np.uint16):
+        return _to_unit_range(image)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ImageReadError(source, f"has dtype {array.dtype}; give uint8, uint16 or "
+                                     "floating point in [0, 1]")
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise ImageReadError(source, "holds NaN or infinite pixel values")
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ImageReadError(source, f"has floating-point values from {low:.4g} to "
+                                     f"{high:.4g}; floats must lie in [0, 1] (pass uint8 or "
+                                     "uint16 for raw pixel values)")
+    return np.clip(image, 0.0, 1.0)
 
 
 def _to_unit_range(image: np.ndarray) -> np.ndarray:

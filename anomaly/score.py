@@ -32,6 +32,7 @@ from anomaly.device import resolve_device
 from anomaly.families import FAMILIES, MODES, SCORES, families_in, family_of_mode
 from anomaly.families.base import Family
 from anomaly.heatmap import heatmap_panel
+from anomaly.io import film_from_array
 from anomaly.lungs import geometric_lung_prior, lung_brightness
 from anomaly.preprocess import PreprocessConfig, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
@@ -312,8 +313,14 @@ class Scorer:
                             f"this run's {self.heat_name} heat map")
 
     def score_arrays(self, images: Sequence[np.ndarray], heatmaps: bool = True) -> BatchScores:
-        """Score raw grayscale arrays in [0, 1] (preprocessed with the model's settings)."""
-        batch = np.stack([preprocess(image, self.preprocess_config) for image in images])
+        """Score films given as arrays (:func:`anomaly.io.film_from_array`: uint8/uint16
+        scaled, floats in [0, 1]), preprocessed with the model's settings.
+
+        Raises:
+            ImageReadError: an array that is not a film, in one line naming which.
+        """
+        films = [film_from_array(image, f"array {i}") for i, image in enumerate(images)]
+        batch = np.stack([preprocess(image, self.preprocess_config) for image in films])
         return self.score_tensor(torch.from_numpy(batch).unsqueeze(1), heatmaps)
 
     # -- scoring files ---------------------------------------------------------------

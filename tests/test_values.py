@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from anomaly.io import from_spreadsheet_safe, spreadsheet_safe
 from anomaly.score import Scorer
 from anomaly.score_files import read_scored_paths, score_files
 from cli.anomaly_cli import main as anomaly_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows_of(path) -> list[list[str]]:
@@ -124,3 +127,53 @@ def test_a_name_starting_with_an_apostrophe_is_resumed_once(trained_run, normal_
         score_files(scorer, paths, out, progress=False, resume=True)
     assert len(rows_of(out)) == 3
     assert {os.path.basename(p) for p in read_scored_paths(out)} == {"'=odd.png", "plain.png"}
+
+
+def test_arrays_follow_the_rules_files_follow(default_run, tmp_path):
+    import cv2
+
+    from anomaly.detector import Detector
+
+    film = cv2.imread(str(sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0]),
+                      cv2.IMREAD_GRAYSCALE)
+    path = tmp_path / "film.png"
+    cv2.imwrite(str(path), film)
+    detector = Detector.from_run(default_run, device="cpu")
+    as_file, as_uint8, as_float, as_rgb, as_channel = detector.predict(
+        [path, film, film / 255.0, np.repeat(film[..., None], 3, axis=2), film[None]])
+    for other in (as_uint8, as_float, as_rgb, as_channel):
+        assert other.score == pytest.approx(as_file.score, rel=1e-4), other.source
+    refused = detector.predict([np.full((64, 64), np.nan), np.zeros((1, 1)), film * 1.0,
+                                np.zeros((0, 0)), np.zeros((4, 64, 64)),
+                                film.astype(np.int64)])
+    reasons = [p.error for p in refused]
+    assert all(p.label == "unreadable" for p in refused), reasons
+    assert "NaN" in reasons[0] and "pixels" in reasons[1] and "[0, 1]" in reasons[2]
+    assert "empty" in reasons[3] and "shape" in reasons[4] and "dtype" in reasons[5]
+    with pytest.raises(ValueError, match="array 0"):
+        detector.scorer.score_arrays([np.full((64, 64), np.inf)])
+
+
+def test_a_fifo_or_a_device_named_png_is_refused_without_blocking(tmp_path):
+    from anomaly.io import ImageReadError, read_image
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(fifo)
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(zero)
+
+
+def test_a_file_larger_than_the_limit_is_refused_even_when_its_size_lies(tmp_path,
+                                                                         monkeypatch):
+    from anomaly import io
+    from anomaly.io import ImageReadError, read_image
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"0" * 4000)
+    monkeypatch.setattr(io, "MAX_FILE_MB", 0.001)
+    with pytest.raises(ImageReadError, match="limit"):
+        read_image(big)
