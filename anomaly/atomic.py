@@ -45,3 +45,39 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return path
+
+
+def open_for_streaming(path: str | os.PathLike, append: bool = False, lock: bool = False,
+                       **open_options) -> IO:
+    """Open a text file that is written row by row (a scores CSV, its regions), never
+    through a symbolic link planted at ``path`` (refused with ``PermissionError``).
+
+    With ``lock``, an exclusive lock is taken *before* anything is truncated, and a file
+    another process holds is refused with :class:`FileLocked`: two jobs never write one
+    output.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        if path.is_symlink():
+            raise PermissionError(f"{path}: is a symbolic link; refusing to write through "
+                                  "it") from None
+        raise err
+    if lock:
+        import fcntl
+
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise FileLocked(f"{path}: another process is writing it; wait for it to end "
+                             "or write to another --out") from None
+    if not append:
+        os.ftruncate(descriptor, 0)
+    return os.fdopen(descriptor, "a" if append else "w", **open_options)
+
+
+class FileLocked(PermissionError):
+    """An output file another process is writing."""

@@ -61,11 +61,15 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray | None,
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a uint8 grayscale or BGR image as PNG, creating folders; returns the path."""
+    """Write a uint8 grayscale or BGR image as PNG, creating folders, atomically (a link
+    planted at ``path`` is replaced, never followed); returns the path."""
+    from anomaly.atomic import atomic_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"{path}: could not encode the image as PNG")
-    path.write_bytes(encoded.tobytes())
+    with atomic_file(path, "wb") as handle:
+        handle.write(encoded.tobytes())
     return path

@@ -9,6 +9,7 @@ settings is refused rather than mixing two kinds of score in one file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from anomaly.atomic import write_text_atomically
+from anomaly.atomic import open_for_streaming, write_text_atomically
 from anomaly.decision import Decision
 from anomaly.heatmap import write_png
 from anomaly.io import display_path, from_spreadsheet_safe, spreadsheet_safe
@@ -64,23 +65,34 @@ def complete_row(row: list[str], header: list[str]) -> bool:
     return True
 
 
-def keep_complete_rows(csv_path: Path) -> set[str]:
-    """Before appending to a CSV being resumed: rewrite it (atomically) with its complete
-    rows only when any row is cut short or the file does not end a line (a disk-full or
-    killed write), so the next row starts on a fresh line. Returns their paths."""
-    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        text = handle.read()
-    rows = list(csv.reader(text.splitlines(keepends=True)))
+def keep_complete_rows(csv_path: Path, handle) -> set[str]:
+    """Before appending to a CSV being resumed (``handle``: its locked, open handle): cut
+    a last row left incomplete by a disk-full or killed write, in place, so the next row
+    starts on a fresh line. Returns the paths of the complete rows.
+
+    Raises:
+        ResumeMismatch: a damaged row before the last complete one (not a cut write).
+    """
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as reader:
+        text = reader.read()
+    rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         return set()
-    kept = [row for row in rows[1:] if complete_row(row, rows[0])]
-    if len(kept) != len(rows) - 1 or not text.endswith("\n"):
-        from anomaly.atomic import atomic_file
-
-        with atomic_file(csv_path, "w", newline="", encoding="utf-8",
-                         errors="surrogateescape") as handle:
-            csv.writer(handle).writerows([rows[0], *kept])
-    return {from_spreadsheet_safe(row[0]) for row in kept}
+    complete = [complete_row(row, rows[0]) for row in rows[1:]]
+    kept = len(complete) - complete[::-1].index(True) if any(complete) else 0
+    if not all(complete[:kept]):
+        raise ResumeMismatch(f"{display_path(csv_path)}: cannot resume, row "
+                             f"{complete.index(False) + 2} is damaged; write to a new --out")
+    if kept < len(complete) or not text.endswith("\n"):
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(rows[: kept + 1])
+        prefix = buffer.getvalue()
+        if not text.startswith(prefix):
+            raise ResumeMismatch(f"{display_path(csv_path)}: cannot resume, its last rows "
+                                 "are damaged; write to a new --out")
+        handle.flush()
+        os.ftruncate(handle.fileno(), len(prefix.encode("utf-8", "surrogateescape")))
+    return {from_spreadsheet_safe(row[0]) for row in rows[1: kept + 1]}
 
 
 def same_files(paths: Sequence[Path], done: set[str]) -> set[Path]:
@@ -198,20 +210,22 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         if resume and record_settings:
             check_resume_settings(out_csv, row_settings(scorer, decision, regions))
-        append = resume and out_csv.exists() and out_csv.stat().st_size > 0
-        done = keep_complete_rows(out_csv) if append else set()
-        already = same_files(paths, done)
-        paths = [p for p in paths if p not in already]
-        handle = open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
-                      errors="surrogateescape")
+        handle = open_for_streaming(out_csv, append=True, lock=True, newline="",
+                                    encoding="utf-8", errors="surrogateescape")
+        append = resume and os.fstat(handle.fileno()).st_size > 0
+        if append:
+            already = same_files(paths, keep_complete_rows(out_csv, handle))
+            paths = [p for p in paths if p not in already]
+        else:
+            handle.truncate(0)
         writer = csv.writer(handle)
         if not append:
             writer.writerow(csv_header(scorer, decision, regions))
             if record_settings:
                 write_settings(out_csv, row_settings(scorer, decision, regions))
         if regions:
-            regions_handle = open(regions_path(out_csv), "a" if append else "w",
-                                  encoding="utf-8", errors="surrogateescape")
+            regions_handle = open_for_streaming(regions_path(out_csv), append,
+                                                encoding="utf-8", errors="surrogateescape")
 
     def write_batch(batch_paths: list[Path], scores: BatchScores) -> None:
         labels = decision.labels(scores.score) if decision else None

@@ -88,14 +88,14 @@ def test_resume_after_a_cut_last_row_rescores_that_film_on_a_fresh_line(trained_
     out = tmp_path / "scores.csv"
     score_files(scorer, paths, out, progress=False)
     whole = rows_of(out)
-    text = out.read_text()
-    out.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])  # the last row cut
+    data = out.read_bytes()
+    out.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 12])  # the last row cut
     assert len(read_scored_paths(out)) == 5
     score_files(scorer, paths, out, progress=False, resume=True)
     resumed = rows_of(out)
     assert len(resumed) == len(whole) == 7 and all(len(r) == len(whole[0]) for r in resumed)
     assert [r[0] for r in resumed] == [r[0] for r in whole]
-    assert out.read_text().endswith("\n")
+    assert out.read_bytes().endswith(b"\r\n")
 
 
 def test_the_same_folder_spelled_two_ways_is_not_scored_twice(trained_run, normal_dir,
@@ -177,3 +177,36 @@ def test_a_file_larger_than_the_limit_is_refused_even_when_its_size_lies(tmp_pat
     monkeypatch.setattr(io, "MAX_FILE_MB", 0.001)
     with pytest.raises(ImageReadError, match="limit"):
         read_image(big)
+
+
+def test_two_jobs_never_write_one_output(trained_run, normal_dir, tmp_path):
+    from anomaly.atomic import FileLocked, open_for_streaming
+
+    out = tmp_path / "s.csv"
+    out.write_bytes(b"path,score\r\n")
+    holder = open_for_streaming(out, append=True, lock=True)  # another job writing it
+    try:
+        scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+        with pytest.raises(FileLocked, match="another process"):
+            score_files(scorer, sorted(normal_dir.glob("*.png"))[:2], out, progress=False)
+        assert out.read_bytes() == b"path,score\r\n"  # not truncated by the refused job
+    finally:
+        holder.close()
+
+
+def test_no_file_is_written_through_a_planted_link(trained_run, normal_dir, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    paths = sorted(normal_dir.glob("*.png"))[:1]
+    (maps / (paths[0].stem + ".png")).symlink_to(victim)
+    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+    score_files(scorer, paths, tmp_path / "s.csv", heatmap_dir=maps, progress=False)
+    assert victim.read_text() == "keep me"
+    assert not (maps / (paths[0].stem + ".png")).is_symlink()  # the link was replaced
+    link = tmp_path / "out.csv"
+    link.symlink_to(victim)
+    with pytest.raises(PermissionError, match="symbolic link"):
+        score_files(scorer, paths, link, progress=False)
+    assert victim.read_text() == "keep me"
