@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from anomaly import validate
 from anomaly.atomic import atomic_file
 from anomaly.errors import CheckpointError
 from anomaly.io import display_path
+from anomaly.validate import BadValue
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "checkpoint_digest",
            "load_checkpoint", "load_weights", "resolve_checkpoint_path", "save_checkpoint"]
@@ -91,12 +93,87 @@ def load_checkpoint(model: str | os.PathLike, expected_format: str = FORMAT) -> 
         ) from None
     if not isinstance(state, dict) or state.get("format") != expected_format:
         raise CheckpointError(f"{display_path(path)}: not a {expected_format} checkpoint")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+    version = state.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{display_path(path)}: format_version {version!r} is not a "
+                              "whole number")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{display_path(path)}: written by a newer version (format "
             f"{state['format_version']}); upgrade the toolkit"
         )
+    try:
+        check_values(state)
+    except (BadValue, ValueError, TypeError) as err:
+        raise CheckpointError(f"{display_path(path)}: {err}") from None
     return state
+
+
+def check_values(state: dict[str, Any]) -> None:
+    """Refuse what a safely loaded checkpoint cannot hold: bad preprocessing settings, a
+    lung prior, density, heat scale or stored threshold that is not finite, of the wrong
+    shape or type (:mod:`anomaly.validate`; the networks' weights are checked against
+    their architecture when they are loaded).
+
+    Raises:
+        BadValue: naming the field.
+    """
+    from anomaly.preprocess import PreprocessConfig
+
+    preprocess = state.get("preprocess")
+    if not isinstance(preprocess, dict):
+        raise BadValue("preprocess is missing")
+    try:
+        size = PreprocessConfig(**preprocess).image_size
+    except (TypeError, ValueError) as err:
+        raise BadValue(f"preprocess: {err}") from None
+    families = state.get("families", ["dcgan"])
+    if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
+        raise BadValue(f"families is {families!r}, not a list of names")
+    if state.get("lung_prior") is not None:
+        validate.lung_prior(state["lung_prior"], "lung_prior", size)
+    critic = state.get("critic")
+    if critic is not None:
+        check_critic_part(critic)
+    feature_density = state.get("feature_density")
+    if feature_density is not None:
+        if not isinstance(feature_density, dict):
+            raise BadValue("feature_density is not a dict")
+        validate.density(feature_density.get("mean"), feature_density.get("precision"),
+                         "feature_density")
+    for mode, stats in (state.get("score_stats") or {}).items():
+        if not isinstance(stats, dict):
+            raise BadValue(f"score_stats.{mode} is not a dict")
+        for heat, value in (stats.get("region_thresholds") or {}).items():
+            validate.positive_number(value, f"score_stats.{mode}.region_thresholds.{heat}")
+    for entry in (state.get("thresholds") or {}).values():
+        if not isinstance(entry, dict):
+            raise BadValue("thresholds holds an entry that is not a dict")
+        validate.finite_number(entry.get("value"), "thresholds.value")
+
+
+def check_critic_part(part: Any) -> None:
+    """The critic's architecture, density and heat scale (see :func:`check_values`)."""
+    from anomaly.families.critic.network import CriticArchitecture
+
+    if not isinstance(part, dict):
+        raise BadValue("critic is not a dict")
+    arch = part.get("architecture")
+    if not isinstance(arch, dict):
+        raise BadValue("critic.architecture is missing")
+    try:
+        dim = CriticArchitecture(**arch).feature_dim
+    except (TypeError, ValueError) as err:
+        raise BadValue(f"critic.architecture: {err}") from None
+    density = part.get("density")
+    if density is not None:
+        if not isinstance(density, dict):
+            raise BadValue("critic.density is not a dict")
+        validate.density(density.get("mean"), density.get("precision"), "critic.density", dim)
+    validate.positive_number(part.get("heat_scale"), "critic.heat_scale", allow_none=True)
+    views = part.get("views", 1)
+    if views not in (1, 2) or isinstance(views, bool):
+        raise BadValue(f"critic.views is {views!r}, not 1 or 2")
 
 
 def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:

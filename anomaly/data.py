@@ -255,6 +255,20 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def readable_digest(path: str | os.PathLike) -> str | None:
+    """:func:`file_digest` of a readable regular file; None for a file that cannot be
+    read (a dangling or looping link, a FIFO, no permission), which scoring then skips
+    and names like every unreadable file."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        return file_digest(path)
+    except OSError:
+        return None
+
+
 def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
                         test_name: str, val_name: str) -> None:
     """Refuse a validation set that shares any file, by content, with the test set (a
@@ -265,8 +279,11 @@ def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
     """
     test = {}
     for path in test_paths:
-        test.setdefault(file_digest(path), path)
-    shared = [(test[d], path) for path in val_paths if (d := file_digest(path)) in test]
+        digest = readable_digest(path)
+        if digest is not None:
+            test.setdefault(digest, path)
+    shared = [(test[d], path) for path in val_paths
+              if (d := readable_digest(path)) is not None and d in test]
     if shared:
         first_test, first_val = shared[0]
         raise DataError(f"{val_name} and {test_name} share {len(shared)} file(s) by content "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from anomaly import __version__
 from anomaly.atomic import write_text_atomically
 from anomaly.checkpoint import checkpoint_digest
 from anomaly.errors import CheckpointError
+from anomaly.exported import file_sha256
 from anomaly.families.critic.network import OpacityCritic
 from anomaly.families.critic.scorer import views_and_opacity
 from anomaly.score import Scorer
@@ -87,27 +89,36 @@ def export_run(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = 
     if scorer.mode != "critic":
         raise CheckpointError(f"mode {scorer.mode!r} is not exportable yet; export the "
                               "default mode, critic")
+    decision = scorer.decision(threshold)  # a refused threshold writes nothing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     network = CriticEmbedding(scorer.family.critic, scorer.family.views).eval()
     network = network.to(memory_format=torch.contiguous_format)
     size = scorer.preprocess_config.image_size
     example = torch.zeros(2, 1, size, size)
-    if fmt == "onnx":
-        path = out_dir / "model.onnx"
-        outputs = ["embedding", "logit", *(["opacity"] if scorer.family.has_map else [])]
-        torch.onnx.export(network, (example,), str(path), input_names=["images"],
-                          output_names=outputs, opset_version=17,
-                          dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
-                          dynamo=False)
-    else:
-        path = out_dir / "model.pt"
-        torch.jit.trace(network, example).save(str(path))
-    decision = scorer.decision(threshold)
+    path = out_dir / ("model.onnx" if fmt == "onnx" else "model.pt")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=out_dir)
+    os.close(descriptor)
+    try:  # the network is written beside its target, then renamed over it
+        if fmt == "onnx":
+            outputs = ["embedding", "logit", *(["opacity"] if scorer.family.has_map else [])]
+            torch.onnx.export(network, (example,), temporary, input_names=["images"],
+                              output_names=outputs, opset_version=17,
+                              dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
+                              dynamo=False)
+        else:
+            torch.jit.trace(network, example).save(temporary)
+        digest = file_sha256(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     density = scorer.family.density
     info = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "toolkit": __version__,
-        "network": path.name, "network_format": fmt, "checkpoint": checkpoint_digest(model),
+        "network": path.name, "network_format": fmt, "network_sha256": digest,
+        "checkpoint": checkpoint_digest(model),
         "mode": scorer.mode, "score": scorer.score,
         "components": list(scorer.component_names),
         "views": scorer.family.views,  # inside the network: for the reader's information

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from anomaly import validate
 from anomaly.decision import Decision, make_decision
 from anomaly.errors import CheckpointError
 from anomaly.heatmap import heatmap_panel
@@ -28,6 +29,7 @@ from anomaly.io import ImageReadError, display_path, read_image
 from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
+from anomaly.validate import BadValue
 
 EXPORT_FORMAT = "cxr-anomaly-export"
 EXPORT_VERSION = 1
@@ -38,6 +40,65 @@ def is_exported_model(model: str | os.PathLike) -> bool:
     ``export.json``."""
     model = Path(model)
     return model.suffix == ".onnx" or (model / "export.json").is_file()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, in hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export(info: dict, folder: Path) -> None:
+    """Refuse an export.json whose values it cannot hold (:mod:`anomaly.validate`), a
+    network other than the ``model.onnx`` beside it, or one whose bytes are not those
+    exported with it (a re-export cut short by a full disk).
+
+    Raises:
+        BadValue: naming the field.
+    """
+    if info.get("network") != "model.onnx":
+        raise BadValue(f"network is {info.get('network')!r}; an export's network is the "
+                       "model.onnx beside its export.json")
+    network = folder / "model.onnx"
+    if not network.is_file():
+        raise BadValue("model.onnx is missing beside it")
+    expected = info.get("network_sha256")
+    if expected is not None and file_sha256(network) != expected:
+        raise BadValue("model.onnx is not the network exported with this export.json (its "
+                       "SHA-256 differs: an export cut short?); export again")
+    if info.get("mode") != "critic" or not isinstance(info.get("score"), str):
+        raise BadValue(f"mode {info.get('mode')!r} / score {info.get('score')!r} is not an "
+                       "exported critic's")
+    components = info.get("components")
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise BadValue("components is not a list of names")
+    if not isinstance(info.get("preprocess"), dict):
+        raise BadValue("preprocess is missing")
+    size = PreprocessConfig(**info["preprocess"]).image_size
+    density = info.get("density")
+    if not isinstance(density, dict):
+        raise BadValue("density is missing")
+    validate.density(density.get("mean"), density.get("precision"), "density")
+    validate.lung_prior(info.get("lung_prior"), "lung_prior", size)
+    validate.number_list(info.get("heldout_normal_scores"), "heldout_normal_scores")
+    threshold = info.get("threshold")
+    if not isinstance(threshold, dict) or not isinstance(threshold.get("source"), str):
+        raise BadValue("threshold must be {value, source}")
+    validate.finite_number(threshold.get("value"), "threshold.value", allow_none=True)
+    if "map" in components:
+        validate.lung_prior(info.get("lung_field"), "lung_field", size)
+        validate.positive_number(info.get("region_threshold"), "region_threshold",
+                                 allow_none=True)
+        normal = info.get("heldout_normal_components")
+        if not isinstance(normal, dict):
+            raise BadValue("heldout_normal_components is missing")
+        for name, values in normal.items():
+            validate.number_list(values, f"heldout_normal_components.{name}")
 
 
 class ExportedScorer:
@@ -62,6 +123,10 @@ class ExportedScorer:
         if info.get("network_format") != "onnx":
             raise CheckpointError(f"{display_path(folder)}: a TorchScript export; load it "
                                   "with torch.jit.load, or export with --format onnx")
+        try:
+            check_export(info, folder)
+        except (BadValue, ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{display_path(folder / 'export.json')}: {err}") from None
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(folder / info["network"]),
@@ -89,8 +154,9 @@ class ExportedScorer:
     def decision(self, threshold: float | None = None, alpha: float | None = None
                  ) -> Decision:
         """The exported threshold (or ``threshold``), or flagging p <= ``alpha``."""
-        return make_decision(self.info.get("heldout_normal_scores"), self.info["threshold"],
-                             threshold, alpha)
+        stored = self.info["threshold"] if self.info["threshold"].get("value") is not None \
+            else None
+        return make_decision(self.info.get("heldout_normal_scores"), stored, threshold, alpha)
 
     def score_inputs(self, images: np.ndarray) -> BatchScores:
         """Score preprocessed films (B, 1, S, S) in [-1, 1]."""

@@ -35,10 +35,25 @@ class PreprocessConfig:
     resize: str = "squash"
 
     def __post_init__(self) -> None:
+        import math
+
+        def whole(name: str, low: int, high: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, not "
+                                 f"{value!r}")
+
         if self.resize not in ("squash", "crop", "pad"):
             raise ValueError(f"resize must be squash, crop or pad, not {self.resize!r}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, not {self.image_size}")
+        whole("image_size", 8, 4096)
+        whole("clahe_tile_grid", 1, 64)
+        whole("clahe_working_size", 16, 8192)
+        if not isinstance(self.clahe, bool):
+            raise ValueError(f"clahe must be true or false, not {self.clahe!r}")
+        limit = self.clahe_clip_limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) \
+                or not math.isfinite(limit) or limit <= 0:
+            raise ValueError(f"clahe_clip_limit must be a positive number, not {limit!r}")
 
 
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:

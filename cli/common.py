@@ -12,7 +12,7 @@ from anomaly.errors import CheckpointError, DataError, TrainingDiverged
 from anomaly.io import ImageReadError
 
 USER_ERRORS = (CheckpointError, ConfigError, DataError, ImageReadError, TrainingDiverged,
-               ValueError, FileNotFoundError, PermissionError)
+               ValueError, OSError)  # OSError: a full disk, a read-only folder, ...
 
 
 def user_errors_as_messages(command):

@@ -4,6 +4,7 @@ these once went silently wrong)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -210,3 +211,134 @@ def test_no_file_is_written_through_a_planted_link(trained_run, normal_dir, tmp_
     with pytest.raises(PermissionError, match="symbolic link"):
         score_files(scorer, paths, link, progress=False)
     assert victim.read_text() == "keep me"
+
+
+HOSTILE = [float("nan"), 0, -1.0, None, "x", [], True]
+
+
+def tampered_checkpoint(run, tmp_path, setter) -> Path:
+    import torch
+
+    from anomaly.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run)
+    setter(state)
+    path = tmp_path / "tampered.pt"
+    torch.save(state, path)
+    return path
+
+
+def either_finite_or_refused(output: str, exit_code: int) -> None:
+    """What every tampered model file must give: finite scores and real labels, or one
+    line of error and nothing scored."""
+    assert "Traceback" not in output, output
+    if exit_code == 0:
+        rows = [line.split("\t") for line in output.splitlines() if "\t" in line]
+        assert rows and all(np.isfinite(float(r[1])) for r in rows), output
+    else:
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert exit_code == 1 and len(errors) == 1, output
+
+
+CHECKPOINT_FIELDS = {
+    "format_version": lambda s, v: s.__setitem__("format_version", v),
+    "preprocess.clahe_tile_grid": lambda s, v: s["preprocess"].__setitem__("clahe_tile_grid", v),
+    "preprocess.clahe_clip_limit": lambda s, v: s["preprocess"].__setitem__("clahe_clip_limit",
+                                                                            v),
+    "preprocess.image_size": lambda s, v: s["preprocess"].__setitem__("image_size", v),
+    "critic.density.mean": lambda s, v: s["critic"]["density"].__setitem__(
+        "mean", s["critic"]["density"]["mean"] * (v if isinstance(v, float) else 1)
+        if isinstance(v, float) else v),
+    "critic.density.precision": lambda s, v: s["critic"]["density"].__setitem__(
+        "precision", s["critic"]["density"]["precision"] * v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) else v),
+    "critic.heat_scale": lambda s, v: s["critic"].__setitem__("heat_scale", v),
+    "lung_prior": lambda s, v: s.__setitem__("lung_prior", s["lung_prior"] * v
+                                             if isinstance(v, float) else v),
+}
+
+
+@pytest.mark.parametrize("field", sorted(CHECKPOINT_FIELDS))
+@pytest.mark.parametrize("value", HOSTILE, ids=repr)
+def test_a_tampered_checkpoint_scores_finitely_or_is_refused_in_one_line(
+        default_run, tmp_path, field, value):
+    path = tampered_checkpoint(default_run, tmp_path,
+                               lambda state: CHECKPOINT_FIELDS[field](state, value))
+    film = sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0]
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(path), "--image",
+                                             str(film), "--no-progress"])
+    either_finite_or_refused(done.output, done.exit_code)
+
+
+def test_a_nan_density_or_a_zero_tile_grid_is_named_in_the_refusal(default_run, tmp_path):
+    import torch
+
+    path = tampered_checkpoint(default_run, tmp_path, lambda s: s["critic"]["density"]
+                               .__setitem__("mean", torch.full_like(
+                                   s["critic"]["density"]["mean"], float("nan"))))
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(path), "--dir",
+                                             str(ROOT / "examples/data/test")])
+    assert done.exit_code == 1 and "critic.density.mean holds NaN" in done.output
+    path = tampered_checkpoint(default_run, tmp_path,
+                               lambda s: s["preprocess"].__setitem__("clahe_tile_grid", 0))
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(path), "--dir",
+                                             str(ROOT / "examples/data/test")])
+    assert done.exit_code == 1 and "clahe_tile_grid" in done.output
+
+
+@pytest.fixture(scope="module")
+def exported_folder(default_run, tmp_path_factory):
+    from anomaly.export import export_run
+
+    out = tmp_path_factory.mktemp("export_values")
+    export_run(default_run, out)
+    return out
+
+
+EXPORT_FIELDS = ["threshold.value", "density.precision", "density.mean", "network",
+                 "region_threshold", "lung_prior", "heldout_normal_scores", "preprocess",
+                 "mode", "components", "threshold"]
+
+
+def set_field(info: dict, field: str, value):
+    keys = field.split(".")
+    target = info
+    for key in keys[:-1]:
+        target = target[key]
+    old = target.get(keys[-1])
+    if isinstance(value, float) and isinstance(old, list) and all(
+            isinstance(v, (int, float, list)) for v in old):  # scale every number
+        value = (np.asarray(old, dtype=float) * value).tolist()
+    target[keys[-1]] = value
+
+
+@pytest.mark.parametrize("field", EXPORT_FIELDS)
+@pytest.mark.parametrize("value", [*HOSTILE, "../../../../etc/passwd", "delete"], ids=repr)
+def test_a_tampered_export_scores_finitely_or_is_refused_in_one_line(
+        exported_folder, tmp_path, field, value):
+    folder = tmp_path / "export"
+    shutil.copytree(exported_folder, folder)
+    info = json.loads((folder / "export.json").read_text())
+    if value == "delete":
+        keys = field.split(".")
+        target = info
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+    else:
+        set_field(info, field, value)
+    (folder / "export.json").write_text(json.dumps(info))
+    film = sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0]
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(folder), "--image",
+                                             str(film)])
+    either_finite_or_refused(done.output, done.exit_code)
+
+
+def test_an_export_whose_network_changed_is_refused(exported_folder, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(exported_folder, folder)
+    with open(folder / "model.onnx", "ab") as handle:
+        handle.write(b"\0")  # a re-export that wrote the network but not its JSON
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(folder), "--dir",
+                                             str(ROOT / "examples/data/test")])
+    assert done.exit_code == 1 and "SHA-256" in done.output
