@@ -342,3 +342,43 @@ def test_an_export_whose_network_changed_is_refused(exported_folder, tmp_path):
     done = CliRunner().invoke(anomaly_main, ["score", "--model", str(folder), "--dir",
                                              str(ROOT / "examples/data/test")])
     assert done.exit_code == 1 and "SHA-256" in done.output
+
+
+def test_unreadable_files_in_val_and_data_are_skipped(default_run, labelled_dir, val_dir,
+                                                      tmp_path):
+    data, val = tmp_path / "data", tmp_path / "val"
+    shutil.copytree(labelled_dir, data)
+    shutil.copytree(val_dir, val)
+    (val / "NORMAL" / "loop.png").symlink_to("loop.png")
+    (data / "NORMAL" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    done = CliRunner().invoke(anomaly_main, ["evaluate", "--model", str(default_run),
+                                             "--data", str(data), "--val", str(val), "--out",
+                                             str(tmp_path / "report"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert "skipped" in done.output and "loop.png" in done.output and "gone.png" in done.output
+    assert (tmp_path / "report" / "report.json").is_file()
+
+
+def test_a_full_disk_is_one_line(default_run, tmp_path, monkeypatch):
+    import errno
+
+    from anomaly import atomic
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
+    monkeypatch.setattr("anomaly.export.tempfile.mkstemp", full)
+    commands = [["export", "--model", str(default_run), "--out", str(tmp_path / "x")],
+                ["score", "--model", str(default_run), "--dir", str(ROOT / "examples/data/test"),
+                 "--out", str(tmp_path / "s.csv"), "--no-progress"],
+                ["train-gan", "--data", str(ROOT / "examples/data/train"), "--out",
+                 str(tmp_path / "run"), "--image-size", "32", "--critic-epochs", "1",
+                 "--epochs", "0", "--no-progress"],
+                ["evaluate", "--model", str(default_run), "--data",
+                 str(ROOT / "examples/data/test"), "--out", str(tmp_path / "r"),
+                 "--no-progress"]]
+    for command in commands:
+        done = CliRunner().invoke(anomaly_main, command)
+        assert done.exit_code == 1, done.output
+        assert "No space left on device" in done.output and "Traceback" not in done.output
