@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="bfloat16 autocast where the CPU runs it natively")
+    parser.add_argument("--heat", choices=["map", "gradcam"],
+                        help="the critic's heat map (default: the run's, map with a map head)")
     parser.add_argument("--json", help="write the figures here")
     return parser.parse_args(argv)
 
@@ -48,13 +50,15 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     scorer = Scorer.from_checkpoint(args.model, mode=args.mode, device=str(device),
-                                    batch_size=args.batch_size, cpu_bf16=args.cpu_bf16)
+                                    batch_size=args.batch_size, cpu_bf16=args.cpu_bf16,
+                                    **({"heat": args.heat} if args.heat else {}))
     paths = find_images(args.data)
     paths = (paths * (args.images // len(paths) + 1))[: args.images]
     info = machine_info(device)
     print("# Default scoring benchmark\n")
     print_machine(info)
-    print(f"Model: {args.model}, mode {scorer.mode}, score {scorer.score}, settings "
+    print(f"Model: {args.model}, mode {scorer.mode}, score {scorer.score}, heat "
+          f"{scorer.heat_name}, settings "
           f"{scorer.settings()}, "
           f"{scorer.preprocess_config.image_size} px, batch {args.batch_size}; "
           f"{len(paths)} files from {args.data}; medians of {args.repeats} runs.\n")
