@@ -60,6 +60,14 @@ def heatmap_panel(image: np.ndarray, reconstruction: np.ndarray | None,
     return np.concatenate([gray, recon, overlay], axis=1)
 
 
+def with_caption(panel: np.ndarray, text: str) -> np.ndarray:
+    """The panel (H, W, 3) with a strip of one line of text below it."""
+    strip = np.full((24, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, text, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.concatenate([panel, strip], axis=0)
+
+
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write a uint8 grayscale or BGR image as PNG, creating folders, atomically (a link
     planted at ``path`` is replaced, never followed); returns the path."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from anomaly.atomic import open_for_streaming, write_text_atomically
 from anomaly.decision import Decision
-from anomaly.heatmap import write_png
+from anomaly.heatmap import with_caption, write_png
 from anomaly.io import display_path, from_spreadsheet_safe, spreadsheet_safe
 from anomaly.results import BatchScores, ScoreResult
 
@@ -166,6 +166,22 @@ def heatmap_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def panel_caption(score: float, decision: Decision | None, labels, p_values, index: int,
+                  boxes: list | None) -> str:
+    """One line under a heat-map PNG: the score, the threshold and label, the p-value and
+    the number of regions."""
+    text = f"score {score:.4g}"
+    if decision is not None and decision.threshold is not None:
+        text += f" (threshold {decision.threshold:.4g}, {decision.source})"
+    if labels is not None and labels[index]:
+        text += f": {labels[index]}"
+    if p_values is not None and np.isfinite(p_values[index]):
+        text += f", p = {p_values[index]:.3g}"
+    if boxes is not None:
+        text += f"; {len(boxes)} region(s) boxed"
+    return text
+
+
 def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                 out_csv: str | os.PathLike | None = None,
                 heatmap_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -247,7 +263,13 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                     "path": str(path), "shape": None if shape is None else list(shape),
                     "threshold": scorer.region_threshold, "regions": boxes}) + "\n")
             if heatmap_dir is not None:
-                write_png(Path(heatmap_dir) / names[path], scorer.heatmap_panel(scores, i))
+                panel = scorer.heatmap_panel(scores, i)
+                drawn = boxes
+                if drawn is None and getattr(scorer, "region_threshold", None) is not None:
+                    drawn = scorer.regions(np.asarray(scores.heatmaps[i]))  # as drawn
+                write_png(Path(heatmap_dir) / names[path], with_caption(
+                    panel, panel_caption(scores.score[i], decision, labels, p_values, i,
+                                         drawn)))
             if on_row is not None:
                 on_row(*row)
         for open_file in (regions_handle, handle):  # the boxes first: a row means both
