@@ -104,13 +104,14 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     threshold, source = choose_threshold(val_labels, val_scores, normal_scores, labels, scores,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
-    report.update(mode=scorer.mode, score=scorer.score, iterations=scorer.iterations,
-                  lam=scorer.lam,
-                  val_auroc=_val_auroc(val_labels, val_scores),
-                  fidelity_heldout_normals=fidelity.summary() or reconstruction_fidelity(
-                      scorer, scorer.available_holdout()))
+    report.update(family=scorer.family.name, mode=scorer.mode, score=scorer.score,
+                  **scorer.family.report_settings(),
+                  val_auroc=_val_auroc(val_labels, val_scores))
+    if scorer.reconstructs:
+        report["fidelity_heldout_normals"] = fidelity.summary() or reconstruction_fidelity(
+            scorer, scorer.available_holdout())
     write_report(out_dir, report, paths, labels, scores,
-                 title=f"GAN ({scorer.mode}, {scorer.score})",
+                 title=f"{scorer.family.title} ({scorer.mode}, {scorer.score})",
                  panels=lambda chosen: heatmap_panels(scorer, chosen),
                  heat_note=(CRITIC_HEAT_NOTES.get(scorer.heat_name) if scorer.mode == "critic"
                             else None) or HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))

@@ -37,6 +37,7 @@ class Family(Protocol):
 
     Attributes:
         name: the family (``critic``, ``dcgan``).
+        title: its name for people (report titles).
         modes: the modes it implements.
         components: the per-image components it measures, in CSV order.
         score_kinds: score kind -> the component it reads, or None where the family
@@ -47,6 +48,7 @@ class Family(Protocol):
     """
 
     name: str
+    title: str
     modes: tuple[str, ...]
     components: tuple[str, ...]
     score_kinds: dict[str, str | None]
@@ -56,6 +58,9 @@ class Family(Protocol):
 
     def settings(self) -> dict:
         """Settings that change the components (``mode`` first)."""
+
+    def report_settings(self) -> dict:
+        """What a report of this family lists beside its scores (its own settings)."""
 
     def check_score(self, score: str) -> None:
         """Refuse, in one line, a score kind this checkpoint cannot compute."""

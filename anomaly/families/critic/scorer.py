@@ -75,6 +75,7 @@ class CriticFamily:
     """
 
     name = "critic"
+    title = "Opacity critic"
     modes = ("critic",)
     default_score = "density"
     reconstructs = False
@@ -119,6 +120,10 @@ class CriticFamily:
         return cls(critic, state["density"], device, amp, state.get("heat_scale"),
                    int(state.get("views", 2)),  # runs before views were recorded: 2
                    lung_prior=lung_prior, heat=heat)
+
+    def report_settings(self) -> dict:
+        """What a report of this family lists beside its scores."""
+        return {"heat": self.heat, "views": self.views, "map_head": self.has_map}
 
     def settings(self) -> dict:
         """Settings that change the components: the mode, and reduced precision on CPU."""

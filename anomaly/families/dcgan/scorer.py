@@ -53,6 +53,7 @@ class DCGANFamily:
     """The DCGAN's scoring object behind the seam (:mod:`anomaly.families`)."""
 
     name = "dcgan"
+    title = "DCGAN"
     modes = MODES
     components = ("residual", "discrimination", "opacity", "critic", "density")
     score_kinds = {"density": "density", "lung-opacity": "opacity", "anogan": None,
@@ -128,6 +129,12 @@ class DCGANFamily:
         if score == "density" and self.feature_density is None:
             raise CheckpointError("this checkpoint has no feature density (trained by an "
                                   "older version); use --score lung-opacity")
+
+    def report_settings(self) -> dict:
+        """What a report of this family lists beside its scores."""
+        searched = self.mode in ("search", "encoder-search")
+        return {"iterations": self.iterations, "lam": self.lam if searched else None,
+                "search_lr": self.lr if searched else None}
 
     def settings(self) -> dict:
         """The settings that change the components."""
