@@ -15,7 +15,8 @@ OUT = HERE / "output" / "python_api"
 # the recommended kind at toy size: the opacity critic, then a DCGAN and its encoder
 config = TrainConfig(image_size=32, critic_epochs=5, epochs=2, batch_size=16,
                      encoder_epochs=1)
-train_gan(config, HERE / "data" / "train" / "NORMAL", OUT / "run", progress=False)
+train_gan(config, HERE / "data" / "train" / "NORMAL", OUT / "run", progress=False,
+          overwrite=True)  # this example replaces its own earlier run
 test_images = sorted((HERE / "data" / "test").rglob("*.jpeg"))
 
 scorer = Scorer.from_checkpoint(OUT / "run")  # the default: critic, density

@@ -11,7 +11,7 @@ OUT=${OUT:-output}
 echo "== the bundled pretrained critic (docs/model_card.md): scores, maps and regions =="
 anomaly score --dir data/test --out "$OUT/scores_pretrained.csv" --regions \
     --heatmaps "$OUT/heatmaps_pretrained" --no-progress
-anomaly train-gan --data data/train/NORMAL --out "$OUT/run" --image-size 32 \
+anomaly train-gan --data data/train/NORMAL --out "$OUT/run" --overwrite --image-size 32 \
     --critic-epochs 5 --epochs 3 --batch-size 16 --encoder-epochs 2 --no-progress
 echo "== default: the critic's feature density (one pass), with heat maps =="
 anomaly score --model "$OUT/run" --dir data/test --out "$OUT/scores_critic.csv" \

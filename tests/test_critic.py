@@ -452,9 +452,15 @@ def test_weights_that_do_not_fit_their_architecture_are_refused_in_one_line(crit
     from anomaly.checkpoint import save_checkpoint
 
     state = load_checkpoint(critic_run)
-    state["critic"]["architecture"] = {**state["critic"]["architecture"], "width": 8}
+    state["critic"]["architecture"] = {**state["critic"]["architecture"], "map_width": 8}
     save_checkpoint(state, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="critic weights do not fit") as err:
+        Scorer.from_checkpoint(tmp_path / "odd.pt")
+    assert "\n" not in str(err.value)
+    state["critic"]["architecture"] = {**state["critic"]["architecture"], "map_width": 4,
+                                       "width": 8}  # its density no longer fits either
+    save_checkpoint(state, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="critic.density.mean has 32 values") as err:
         Scorer.from_checkpoint(tmp_path / "odd.pt")
     assert "\n" not in str(err.value)
 
