@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from anomaly.models import Discriminator
+from anomaly.families.dcgan.networks import Discriminator
 
 
 def flip_embedding(discriminator: Discriminator, images: torch.Tensor

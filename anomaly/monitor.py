@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from anomaly.data import load_images, uint8_to_model
-from anomaly.models import Encoder, Generator
+from anomaly.families.dcgan.networks import Encoder, Generator
 
 WATCHED_COUNT = 8
 

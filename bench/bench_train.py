@@ -1,6 +1,6 @@
 """Training throughput: a PyTorch-DCGAN-example data pipeline against the toolkit's.
 
-Both paths run the same DCGAN (anomaly.models) with the same D and G updates; only the
+Both paths run the same DCGAN (anomaly.families.dcgan.networks) with the same D and G updates; only the
 way batches are produced differs:
   (a) reference: every image decoded from disk every epoch with PIL and the DCGAN
       example's transforms (Resize, CenterCrop, Grayscale, ToTensor, Normalize) through a
@@ -37,7 +37,12 @@ from torchvision import transforms
 from anomaly.config import load_config
 from anomaly.data import find_images, load_images, uint8_to_model
 from anomaly.device import autocast, cpu_bf16_supported, resolve_device
-from anomaly.models import Discriminator, GANArchitecture, Generator, init_dcgan_weights
+from anomaly.families.dcgan.networks import (
+    Discriminator,
+    GANArchitecture,
+    Generator,
+    init_dcgan_weights,
+)
 from anomaly.train import TrainConfig
 from bench.common import machine_info, markdown_table, print_machine, synchronize
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly.augment import diff_augment, translate
 from anomaly.checkpoint import load_checkpoint
+from anomaly.families.dcgan.augment import diff_augment, translate
 from anomaly.train import TrainConfig, train_gan
 from tests.conftest import TINY_CONFIG
 
@@ -35,7 +35,7 @@ def test_off_is_identity_and_gradients_flow():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_training_augments_what_d_sees_only_when_asked(tmp_path, normal_dir, monkeypatch,
                                                         enabled):
-    import anomaly.train as train_module
+    import anomaly.families.dcgan.train as train_module
 
     seen = []
 

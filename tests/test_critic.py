@@ -19,8 +19,9 @@ from anomaly.families.critic.synthesis import (
     synthesise,
     vary_acquisition,
 )
+from anomaly.families.dcgan.train import train_encoder
 from anomaly.score import Scorer, available_modes
-from anomaly.train import TrainConfig, train_encoder, train_gan
+from anomaly.train import TrainConfig, train_gan
 from tests.conftest import TINY_DEFAULT
 
 QUIET = dict(progress=False, log=lambda *a: None)

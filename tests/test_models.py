@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
+from anomaly.families.dcgan.networks import Discriminator, Encoder, GANArchitecture, Generator
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])

@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.config import ConfigError, load_config
-from anomaly.train import TrainConfig, TrainingDiverged, train_gan
+from anomaly.errors import TrainingDiverged
+from anomaly.train import TrainConfig, train_gan
 from tests.conftest import TINY_CONFIG
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -80,7 +81,7 @@ def test_size_128_trains(tmp_path, normal_dir):
                             "batch_size": 4})
     train_gan(config, normal_dir, tmp_path / "r128", **QUIET)
     state = load_checkpoint(tmp_path / "r128")
-    from anomaly.models import GANArchitecture, Generator
+    from anomaly.families.dcgan.networks import GANArchitecture, Generator
     generator = Generator(GANArchitecture(**state["architecture"]))
     generator.load_state_dict(state["generator"])  # the weights are a 128 px generator's
     assert generator(torch.randn(2, 16)).shape == (2, 1, 128, 128)
@@ -128,7 +129,7 @@ def test_encoder_backward_goes_through_the_grad_scaler(trained_run, normal_dir, 
     """float16 autocast on CUDA needs a scaler: every encoder step must backpropagate the
     scaled loss and step through the scaler (disabled, so a no-op, on the CPU)."""
     import anomaly.train as train_module
-    from anomaly.train import train_encoder
+    from anomaly.families.dcgan.train import train_encoder
 
     calls = []
 
@@ -188,7 +189,7 @@ def test_resume_refuses_settings_that_change_what_was_trained(tmp_path, normal_d
 
 def test_train_encoder_refuses_another_data_folder(trained_run, tmp_path):
     from anomaly.data import DataError
-    from anomaly.train import train_encoder
+    from anomaly.families.dcgan.train import train_encoder
 
     with pytest.raises(DataError, match="re-split its held-out normals"):
         train_encoder(trained_run, 1, data_dir=tmp_path, **QUIET)

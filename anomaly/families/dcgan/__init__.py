@@ -1,5 +1,5 @@
-"""The DCGAN family: generator, discriminator and f-AnoGAN encoder (``anomaly.models``,
-``anomaly.train``), scored by AnoGAN latent search, the encoder, or the discriminator.
+"""The DCGAN family: generator, discriminator and f-AnoGAN encoder (``networks``, trained
+by ``train``), scored by AnoGAN latent search, the encoder, or the discriminator.
 
 What the family offers, declared without importing torch (the CLI reads it for --help).
 """

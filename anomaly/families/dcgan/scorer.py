@@ -36,8 +36,8 @@ from anomaly.families.dcgan import (
     MODES,
     RECONSTRUCTION_SCORES,
 )
+from anomaly.families.dcgan.networks import Discriminator, Encoder, GANArchitecture, Generator
 from anomaly.lungs import lung_opacity, opacity_map
-from anomaly.models import Discriminator, Encoder, GANArchitecture, Generator
 
 
 def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
