@@ -82,6 +82,7 @@ class TrainConfig:
     critic_map_width: int = 32  # the map head (opacity per pixel); 0: none, Grad-CAM heat
     critic_map_weight: float = 1.0  # its loss (pixel BCE + Dice) beside the film's
     critic_map_mask_level: float = 0.1  # blend weight that counts as opacity in its target
+    critic_map_detach: bool = True  # the head learns from the features, never changes them
     # GAN optimisation (epochs: 0 trains no DCGAN)
     epochs: int = 25
     batch_size: int = 64

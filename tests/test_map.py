@@ -333,3 +333,23 @@ def test_a_blob_drawn_in_a_map_becomes_one_region_with_its_box():
     cv2.circle(heat, (20, 10), 4, 1.0, -1)
     [region] = find_regions(heat, 0.5)
     assert (region.x, region.y, region.w, region.h) == (16, 6, 9, 9)
+
+
+def test_a_detached_map_head_leaves_the_critic_as_without_it(tmp_path, normal_dir):
+    from anomaly.train import TrainConfig, train_gan
+    from tests.conftest import TINY_DEFAULT
+
+    base = {**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0, "holdout_fraction": 0.0}
+    runs = {}
+    for name, extra in (("none", {"critic_map_width": 0}),
+                        ("detached", {"critic_map_width": 4, "critic_map_detach": True}),
+                        ("joint", {"critic_map_width": 4, "critic_map_detach": False})):
+        train_gan(TrainConfig(**base, **extra), normal_dir, tmp_path / name, progress=False,
+                  log=lambda *a: None)
+        runs[name] = load_checkpoint(tmp_path / name)["critic"]
+    plain, detached, joint = runs["none"], runs["detached"], runs["joint"]
+    for key, value in plain["network"].items():  # the same weights, bit for bit
+        assert torch.equal(value, detached["network"][key]), key
+    assert torch.equal(plain["density"]["precision"], detached["density"]["precision"])
+    assert any(not torch.equal(v, joint["network"][k]) for k, v in plain["network"].items())
+    assert any(k.startswith("map_head.") for k in detached["network"])

@@ -122,7 +122,10 @@ class OpacityCritic(nn.Module):
             conv_block(cin, cout) for cin, cout in zip([arch.channels, *widths], widths))
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Linear(arch.feature_dim, 1)
-        self.map_head = OpacityMapHead(widths, arch.map_width) if arch.map_width else None
+        self.map_head = None
+        if arch.map_width:  # drawn from its own random state: the rest start as without it
+            with torch.random.fork_rng(devices=[]):
+                self.map_head = OpacityMapHead(widths, arch.map_width)
 
     def block_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every block's features before its pool, shallow to deep; the last is
@@ -160,15 +163,19 @@ class OpacityCritic(nn.Module):
         """Opacity logits (B,) from :meth:`pooled` features."""
         return self.head(pooled).squeeze(1)
 
-    def forward(self, x: torch.Tensor, with_map: bool = False
+    def forward(self, x: torch.Tensor, with_map: bool = False, detach_map: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Opacity logits (B,); with ``with_map``, also the per-pixel logits (B, 1, S, S)
-        of the map head (None without one)."""
+        of the map head (None without one), computed from the blocks' features cut from
+        the graph with ``detach_map`` (its gradients then reach the head alone)."""
         if not with_map:
             return self.logits(self.pooled(self.feature_map(x)))
         features = self.block_features(x)
         logits = self.logits(self.pooled(features[-1]))
-        return logits, (self.opacity_logits(features) if self.map_head is not None else None)
+        if self.map_head is None:
+            return logits, None
+        return logits, self.opacity_logits([f.detach() for f in features] if detach_map
+                                            else features)
 
 
 def fold_batchnorm(critic: OpacityCritic) -> OpacityCritic:

@@ -61,6 +61,9 @@ class CriticConfig:
         map_width: channels of the map head's finest level (0: no map head; the heat map
             is then the density's Grad-CAM).
         map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
+        map_detach: the map head learns from the critic's features without changing them
+            (its loss stops at the features), so the critic trains exactly as without a
+            head: the same weights and density. False trains both jointly.
         map_mask_level: blend weight above which a pixel counts as opacity in the map
             head's target.
     """
@@ -81,6 +84,7 @@ class CriticConfig:
     map_width: int = 32
     map_weight: float = 1.0
     map_mask_level: float = 0.1
+    map_detach: bool = True
 
     def __post_init__(self) -> None:
         if self.map_width < 0 or not self.map_weight >= 0 or not 0 < self.map_mask_level < 1:
@@ -185,7 +189,8 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
                 logits, pixel_logits = model(
-                    inputs.contiguous(memory_format=torch.channels_last), with_map=True)
+                    inputs.contiguous(memory_format=torch.channels_last), with_map=True,
+                    detach_map=config.map_detach)
             loss = F.binary_cross_entropy_with_logits(logits.float(), has_opacity.float())
             if pixel_logits is not None:
                 loss = loss + config.map_weight * map_loss(pixel_logits.float(), targets)
