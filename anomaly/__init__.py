@@ -3,7 +3,7 @@
 Main entry points:
     anomaly.train.train_gan, anomaly.train.TrainConfig   train a run: the opacity critic,
                                                          then a DCGAN and its encoder
-    anomaly.train.train_encoder                          f-AnoGAN encoder for a trained GAN
+    anomaly.families.dcgan.train.train_encoder           f-AnoGAN encoder for a trained GAN
     anomaly.score.Scorer                                 score images or arrays, any family
     anomaly.detector.Detector                            score, label, heat map per image
     anomaly.export.export_run                            ONNX / TorchScript export

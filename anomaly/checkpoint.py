@@ -9,7 +9,6 @@ the DCGAN alone). Loading never unpickles code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from anomaly import validate
 from anomaly.atomic import atomic_file
 from anomaly.errors import CheckpointError
-from anomaly.io import display_path
+from anomaly.io import display_path, file_sha256
 from anomaly.validate import BadValue
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "checkpoint_digest",
@@ -61,11 +60,7 @@ def resolve_checkpoint_path(model: str | os.PathLike) -> Path:
 
 def checkpoint_digest(model: str | os.PathLike) -> str:
     """SHA-256 of a checkpoint file's bytes (first 16 hex digits): which weights, exactly."""
-    digest = hashlib.sha256()
-    with open(resolve_checkpoint_path(model), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(resolve_checkpoint_path(model))[:16]
 
 
 def load_checkpoint(model: str | os.PathLike, expected_format: str = FORMAT) -> dict[str, Any]:
@@ -135,12 +130,8 @@ def check_values(state: dict[str, Any]) -> None:
     critic = state.get("critic")
     if critic is not None:
         check_critic_part(critic)
-    feature_density = state.get("feature_density")
-    if feature_density is not None:
-        if not isinstance(feature_density, dict):
-            raise BadValue("feature_density is not a dict")
-        validate.density(feature_density.get("mean"), feature_density.get("precision"),
-                         "feature_density")
+    if state.get("feature_density") is not None:
+        validate.density_part(state["feature_density"], "feature_density")
     for mode, stats in (state.get("score_stats") or {}).items():
         if not isinstance(stats, dict):
             raise BadValue(f"score_stats.{mode} is not a dict")
@@ -165,11 +156,8 @@ def check_critic_part(part: Any) -> None:
         dim = CriticArchitecture(**arch).feature_dim
     except (TypeError, ValueError) as err:
         raise BadValue(f"critic.architecture: {err}") from None
-    density = part.get("density")
-    if density is not None:
-        if not isinstance(density, dict):
-            raise BadValue("critic.density is not a dict")
-        validate.density(density.get("mean"), density.get("precision"), "critic.density", dim)
+    if part.get("density") is not None:
+        validate.density_part(part["density"], "critic.density", dim)
     validate.positive_number(part.get("heat_scale"), "critic.heat_scale", allow_none=True)
     views = part.get("views", 1)
     if views not in (1, 2) or isinstance(views, bool):

@@ -20,7 +20,7 @@ import torch
 
 from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.errors import DataError
-from anomaly.io import ImageReadError, display_path, find_images, read_image
+from anomaly.io import ImageReadError, display_path, file_sha256, find_images, read_image
 from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
 
 
@@ -246,17 +246,8 @@ def _write_cache(cache_file: Path, loaded: LoadedImages) -> None:
     write_text_atomically(cache_file.with_suffix(".json"), json.dumps(index))
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def readable_digest(path: str | os.PathLike) -> str | None:
-    """:func:`file_digest` of a readable regular file; None for a file that cannot be
+    """:func:`anomaly.io.file_sha256` of a readable regular file; None for a file that cannot be
     read (a dangling or looping link, a FIFO, no permission), which scoring then skips
     and names like every unreadable file."""
     import stat
@@ -264,7 +255,7 @@ def readable_digest(path: str | os.PathLike) -> str | None:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
-        return file_digest(path)
+        return file_sha256(path)
     except OSError:
         return None
 

@@ -27,12 +27,9 @@ NOT_FINITE = "not-finite"  # the label of a film whose score is NaN or infinite
 def check_threshold_value(value, source: str = "--threshold") -> float:
     """A decision threshold as a float, refused in one line when it is not a finite
     number (a NaN threshold would label every film normal)."""
-    import math
+    from anomaly.validate import finite_number
 
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not math.isfinite(float(value)):
-        raise ValueError(f"{source}: threshold {value!r} is not a finite number")
-    return float(value)
+    return finite_number(value, f"{source}: threshold")
 
 
 def conformal_p_values(scores, normal_scores) -> np.ndarray:

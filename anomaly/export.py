@@ -28,9 +28,9 @@ from anomaly import __version__
 from anomaly.atomic import write_text_atomically
 from anomaly.checkpoint import checkpoint_digest
 from anomaly.errors import CheckpointError
-from anomaly.exported import file_sha256
 from anomaly.families.critic.network import OpacityCritic
 from anomaly.families.critic.scorer import views_and_opacity
+from anomaly.io import file_sha256
 from anomaly.score import Scorer
 
 EXPORT_FORMAT = "cxr-anomaly-export"

@@ -25,7 +25,7 @@ from anomaly import validate
 from anomaly.decision import Decision, make_decision
 from anomaly.errors import CheckpointError
 from anomaly.heatmap import heatmap_panel
-from anomaly.io import ImageReadError, display_path, read_image
+from anomaly.io import ImageReadError, display_path, file_sha256, read_image
 from anomaly.preprocess import PreprocessConfig, encode_uint8, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
@@ -40,17 +40,6 @@ def is_exported_model(model: str | os.PathLike) -> bool:
     ``export.json``."""
     model = Path(model)
     return model.suffix == ".onnx" or (model / "export.json").is_file()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, in hex."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_export(info: dict, folder: Path) -> None:
@@ -80,10 +69,7 @@ def check_export(info: dict, folder: Path) -> None:
     if not isinstance(info.get("preprocess"), dict):
         raise BadValue("preprocess is missing")
     size = PreprocessConfig(**info["preprocess"]).image_size
-    density = info.get("density")
-    if not isinstance(density, dict):
-        raise BadValue("density is missing")
-    validate.density(density.get("mean"), density.get("precision"), "density")
+    validate.density_part(info.get("density"), "density")
     validate.lung_prior(info.get("lung_prior"), "lung_prior", size)
     validate.number_list(info.get("heldout_normal_scores"), "heldout_normal_scores")
     threshold = info.get("threshold")
@@ -207,13 +193,16 @@ class ExportedScorer:
         return film_regions(scores.heatmaps[index], shape, self.preprocess_config.resize,
                             self.region_threshold, "export.json")
 
-    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256
-                      ) -> np.ndarray:
-        """Input and opacity map side by side, the map's regions boxed (as the run's)."""
+    def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256,
+                      boxes: list[Region] | None = None) -> np.ndarray:
+        """Input and opacity map side by side, ``boxes`` drawn (by default the map's
+        regions), as :meth:`anomaly.score.Scorer.heatmap_panel`."""
         heat = scores.heatmaps[index]
         panel = heatmap_panel(scores.inputs[index, 0], None, display_size, 1.0, heat)
-        if self.region_threshold is not None:
-            draw_regions(panel, self.regions(heat), scale=display_size / heat.shape[-1],
+        if boxes is None and self.region_threshold is not None:
+            boxes = self.regions(heat)
+        if boxes:
+            draw_regions(panel, boxes, scale=display_size / heat.shape[-1],
                          offset_x=panel.shape[1] - display_size)
         return panel
 

@@ -258,6 +258,17 @@ def _decode_dicom(path: Path, data: bytes) -> np.ndarray:
     return image
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, in hex (read a megabyte at a time)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def spreadsheet_safe(text: str) -> str:
     """A CSV cell a spreadsheet shows as text: one starting like a formula (``=``, ``+``,
     ``-``, ``@``, tab, CR) or with an apostrophe gets a leading apostrophe, so that

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from anomaly.preprocess import map_to_original
+from anomaly.validate import positive_number
 
 REGION_QUANTILE = 0.95  # of the held-out normals' map maxima
 MIN_AREA_FRACTION = 1 / 1024  # smallest region kept, as a share of the film's area
@@ -52,11 +53,7 @@ def check_threshold(threshold: float | None, source: str = "the checkpoint") -> 
     if threshold is None:
         raise ValueError(f"{source} holds no region threshold (fitted on the held-out "
                          "normals when a run is trained; runs of older versions have none)")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not math.isfinite(threshold) or threshold <= 0:
-        raise ValueError(f"{source}: region threshold {threshold!r} is not a positive "
-                         "finite number")
-    return float(threshold)
+    return positive_number(threshold, f"{source}: region threshold")
 
 
 def fit_region_threshold(maxima: Iterable[float], quantile: float = REGION_QUANTILE

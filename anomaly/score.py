@@ -277,11 +277,11 @@ class Scorer:
                            None if heat is None else heat.cpu(), heat_scale)
 
     def heatmap_panel(self, scores: BatchScores, index: int, display_size: int = 256,
-                      regions: bool | None = None) -> np.ndarray:
+                      boxes: list[Region] | None = None) -> np.ndarray:
         """The heatmap panel of image ``index`` of a scored batch: input, G(z) when the
         mode reconstructs, and the heat over the input (:func:`anomaly.heatmap.heatmap_panel`),
-        with the map's regions boxed on the heat panel (``regions``; default: whenever
-        the run has a region threshold for this heat map)."""
+        with ``boxes`` (regions of the model input's map) drawn on the heat panel; by
+        default the map's regions, where the run has a region threshold for it."""
         if scores.heatmaps is None:
             raise ValueError("these scores were computed without heat maps")
         reconstruction = (None if scores.reconstructions is None
@@ -289,10 +289,10 @@ class Scorer:
         heat = scores.heatmaps[index].numpy()
         panel = heatmap_panel(scores.inputs[index, 0].numpy(), reconstruction, display_size,
                               scores.heat_scale, heat)
-        if regions is None:
-            regions = self.region_threshold is not None
-        if regions:  # boxes of the model input's map, drawn on the last (heat) panel
-            draw_regions(panel, self.regions(heat), scale=display_size / heat.shape[-1],
+        if boxes is None and self.region_threshold is not None:
+            boxes = self.regions(heat)
+        if boxes:  # boxes of the model input's map, drawn on the last (heat) panel
+            draw_regions(panel, boxes, scale=display_size / heat.shape[-1],
                          offset_x=panel.shape[1] - display_size)
         return panel
 

@@ -263,10 +263,9 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                     "path": str(path), "shape": None if shape is None else list(shape),
                     "threshold": scorer.region_threshold, "regions": boxes}) + "\n")
             if heatmap_dir is not None:
-                panel = scorer.heatmap_panel(scores, i)
-                drawn = boxes
-                if drawn is None and getattr(scorer, "region_threshold", None) is not None:
-                    drawn = scorer.regions(np.asarray(scores.heatmaps[i]))  # as drawn
+                drawn = None if scorer.region_threshold is None \
+                    else scorer.regions(np.asarray(scores.heatmaps[i]))  # found once
+                panel = scorer.heatmap_panel(scores, i, boxes=drawn or [])
                 write_png(Path(heatmap_dir) / names[path], with_caption(
                     panel, panel_caption(scores.score[i], decision, labels, p_values, i,
                                          drawn)))

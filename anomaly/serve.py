@@ -83,7 +83,7 @@ class FilmScorer:
         with self.lock:
             result = self.scorer.score_paths(
                 [path], on_batch=lambda _, scores: batches.append(scores),
-                heatmaps=self.has_map, **self._quiet())
+                heatmaps=self.has_map, progress=False)
             if result.failures:
                 raise UploadError(415, f"{name}: {result.failures[0][1]}")
             scores = batches[0]
@@ -106,11 +106,6 @@ class FilmScorer:
             ok, png = cv2.imencode(".png", panel)
             answer["heatmap_png"] = base64.b64encode(png.tobytes()).decode() if ok else None
         return answer
-
-    def _quiet(self) -> dict:
-        from anomaly.score import Scorer
-
-        return {"progress": False} if isinstance(self.scorer, Scorer) else {}
 
 
 def _finite(value):

@@ -88,6 +88,13 @@ def density(mean: Any, precision: Any, field: str, dim: int | None = None) -> No
                        "singular matrix)")
 
 
+def density_part(part: Any, field: str, dim: int | None = None) -> None:
+    """A stored Gaussian ``{mean, precision}`` (see :func:`density`)."""
+    if not isinstance(part, dict):
+        raise BadValue(f"{field} is missing or not a dict")
+    density(part.get("mean"), part.get("precision"), field, dim)
+
+
 def lung_prior(prior: Any, field: str, size: int) -> None:
     """An (S, S) field of values in [0, 1] with some lung in it."""
     array = finite_array(prior, field, shape=(size, size))

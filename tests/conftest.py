@@ -89,3 +89,13 @@ def default_run(tmp_path_factory, normal_dir) -> Path:
     train_gan(TrainConfig(**TINY_DEFAULT), normal_dir, run, progress=False,
               log=lambda *a: None)
     return run
+
+
+@pytest.fixture(scope="session")
+def exported(default_run, tmp_path_factory) -> Path:
+    """``default_run`` exported to ONNX (read-only: tests that tamper copy it first)."""
+    from anomaly.export import export_run
+
+    out = tmp_path_factory.mktemp("exported")
+    export_run(default_run, out)
+    return out

@@ -22,13 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
 
 
-@pytest.fixture(scope="module")
-def exported(default_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported")
-    export_run(default_run, out)
-    return out
-
-
 def test_export_writes_the_network_and_a_versioned_json(exported, default_run):
     info = json.loads((exported / "export.json").read_text())
     assert (exported / "model.onnx").is_file()

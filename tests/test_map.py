@@ -33,8 +33,7 @@ def scored(scorer, paths):
     """The one batch of scores (with heat maps and film shapes) of a few files."""
     batches = []
     scorer.score_paths(paths, on_batch=lambda _, scores: batches.append(scores),
-                       heatmaps=True, **({"progress": False} if isinstance(scorer, Scorer)
-                                         else {}))
+                       heatmaps=True, progress=False)
     assert len(batches) == 1
     return batches[0]
 
@@ -238,15 +237,6 @@ def test_detector_returns_the_regions_score_regions_writes(default_run, tmp_path
         assert [{k: v for k, v in r.items() if k not in ("peak", "mean")} for r in mine] == \
             [{k: v for k, v in r.items() if k not in ("peak", "mean")} for r in film["regions"]]
         assert [r["peak"] for r in mine] == pytest.approx([r["peak"] for r in film["regions"]])
-
-
-@pytest.fixture(scope="module")
-def exported(default_run, tmp_path_factory):
-    from anomaly.export import export_run
-
-    out = tmp_path_factory.mktemp("exported_map")
-    export_run(default_run, out)
-    return out
 
 
 def test_the_export_carries_the_map_and_reproduces_maps_and_regions(exported, default_run):

@@ -286,15 +286,6 @@ def test_a_nan_density_or_a_zero_tile_grid_is_named_in_the_refusal(default_run, 
     assert done.exit_code == 1 and "clahe_tile_grid" in done.output
 
 
-@pytest.fixture(scope="module")
-def exported_folder(default_run, tmp_path_factory):
-    from anomaly.export import export_run
-
-    out = tmp_path_factory.mktemp("export_values")
-    export_run(default_run, out)
-    return out
-
-
 EXPORT_FIELDS = ["threshold.value", "density.precision", "density.mean", "network",
                  "region_threshold", "lung_prior", "heldout_normal_scores", "preprocess",
                  "mode", "components", "threshold"]
@@ -315,9 +306,9 @@ def set_field(info: dict, field: str, value):
 @pytest.mark.parametrize("field", EXPORT_FIELDS)
 @pytest.mark.parametrize("value", [*HOSTILE, "../../../../etc/passwd", "delete"], ids=repr)
 def test_a_tampered_export_scores_finitely_or_is_refused_in_one_line(
-        exported_folder, tmp_path, field, value):
+        exported, tmp_path, field, value):
     folder = tmp_path / "export"
-    shutil.copytree(exported_folder, folder)
+    shutil.copytree(exported, folder)
     info = json.loads((folder / "export.json").read_text())
     if value == "delete":
         keys = field.split(".")
@@ -334,9 +325,9 @@ def test_a_tampered_export_scores_finitely_or_is_refused_in_one_line(
     either_finite_or_refused(done.output, done.exit_code)
 
 
-def test_an_export_whose_network_changed_is_refused(exported_folder, tmp_path):
+def test_an_export_whose_network_changed_is_refused(exported, tmp_path):
     folder = tmp_path / "export"
-    shutil.copytree(exported_folder, folder)
+    shutil.copytree(exported, folder)
     with open(folder / "model.onnx", "ab") as handle:
         handle.write(b"\0")  # a re-export that wrote the network but not its JSON
     done = CliRunner().invoke(anomaly_main, ["score", "--model", str(folder), "--dir",
