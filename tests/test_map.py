@@ -343,3 +343,21 @@ def test_a_detached_map_head_leaves_the_critic_as_without_it(tmp_path, normal_di
     assert torch.equal(plain["density"]["precision"], detached["density"]["precision"])
     assert any(not torch.equal(v, joint["network"][k]) for k, v in plain["network"].items())
     assert any(k.startswith("map_head.") for k in detached["network"])
+
+
+@pytest.mark.parametrize("heat", ["map", "gradcam"])
+def test_a_batch_larger_than_a_network_piece_scores_as_film_by_film(default_run, heat):
+    from anomaly.families.critic.scorer import CPU_PIECE
+
+    scorer = Scorer.from_checkpoint(default_run, device="cpu", heat=heat)
+    torch.manual_seed(0)
+    images = torch.rand(CPU_PIECE + 3, 1, 32, 32) * 2 - 1
+    whole = scorer.family.score_batch(images)
+    assert whole.heatmaps.shape == (len(images), 32, 32)
+    for index in (0, CPU_PIECE - 1, CPU_PIECE, len(images) - 1):
+        alone = scorer.family.score_batch(images[index: index + 1])
+        for name, values in whole.components.items():
+            np.testing.assert_allclose(values[index], alone.components[name][0], rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(whole.heatmaps[index], alone.heatmaps[0], rtol=1e-4,
+                                   atol=1e-6)  # Grad-CAM's heat runs to hundreds
