@@ -122,16 +122,17 @@ def check_values(state: dict[str, Any]) -> None:
         size = PreprocessConfig(**preprocess).image_size
     except (TypeError, ValueError) as err:
         raise BadValue(f"preprocess: {err}") from None
-    families = state.get("families", ["dcgan"])
+    from anomaly.families import FAMILIES
+
+    families = state.get("families", [])
     if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
         raise BadValue(f"families is {families!r}, not a list of names")
     if state.get("lung_prior") is not None:
         validate.lung_prior(state["lung_prior"], "lung_prior", size)
-    critic = state.get("critic")
-    if critic is not None:
-        check_critic_part(critic)
-    if state.get("feature_density") is not None:
-        validate.density_part(state["feature_density"], "feature_density")
+    for module in FAMILIES.values():  # each family checks its own part
+        check_part = getattr(module, "check_state", None)
+        if check_part is not None:
+            check_part(state)
     for mode, stats in (state.get("score_stats") or {}).items():
         if not isinstance(stats, dict):
             raise BadValue(f"score_stats.{mode} is not a dict")
@@ -141,27 +142,6 @@ def check_values(state: dict[str, Any]) -> None:
         if not isinstance(entry, dict):
             raise BadValue("thresholds holds an entry that is not a dict")
         validate.finite_number(entry.get("value"), "thresholds.value")
-
-
-def check_critic_part(part: Any) -> None:
-    """The critic's architecture, density and heat scale (see :func:`check_values`)."""
-    from anomaly.families.critic.network import CriticArchitecture
-
-    if not isinstance(part, dict):
-        raise BadValue("critic is not a dict")
-    arch = part.get("architecture")
-    if not isinstance(arch, dict):
-        raise BadValue("critic.architecture is missing")
-    try:
-        dim = CriticArchitecture(**arch).feature_dim
-    except (TypeError, ValueError) as err:
-        raise BadValue(f"critic.architecture: {err}") from None
-    if part.get("density") is not None:
-        validate.density_part(part["density"], "critic.density", dim)
-    validate.positive_number(part.get("heat_scale"), "critic.heat_scale", allow_none=True)
-    views = part.get("views", 1)
-    if views not in (1, 2) or isinstance(views, bool):
-        raise BadValue(f"critic.views is {views!r}, not 1 or 2")
 
 
 def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:

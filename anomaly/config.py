@@ -36,21 +36,39 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     Raises:
         ConfigError: unreadable file, unknown key or wrong type.
     """
+    sources = [(read_yaml(path), str(path))] if path is not None else []
+    sources.append(({k: v for k, v in (overrides or {}).items() if v is not None},
+                    "overrides"))
+    return from_sources(cls, sources)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A config file's mapping of keys to values.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML or not a mapping.
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    return loaded
+
+
+def from_sources(cls: type[T], sources: Sequence[tuple[Mapping[str, Any], str]]) -> T:
+    """Build ``cls`` from mappings, each later one winning; a class with a
+    ``from_sources`` classmethod of its own (a config in sections) builds itself."""
+    if hasattr(cls, "from_sources"):
+        return cls.from_sources(sources)
     values: dict[str, Any] = {}
-    source = "overrides"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of keys to values")
-        values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(cls, values, source)
+    for mapping, _ in sources:
+        values.update(mapping)
+    return from_dict(cls, values, sources[-1][1] if len(sources) == 1 else
+                     " + ".join(source for _, source in sources))
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], source: str = "config") -> T:
@@ -81,6 +99,11 @@ def _check_type(key: str, value: Any, hint: Any, source: str) -> Any:
             return value
         if typing.get_origin(option) in (list, tuple) and isinstance(value, (list, tuple)):
             return list(value)
+        if dataclasses.is_dataclass(option):  # a section of its own
+            if isinstance(value, option):
+                return value
+            if isinstance(value, Mapping):
+                return from_dict(option, value, f"{source}: {key}")
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{source}: key '{key}' must be {names}, not {value!r}")
 
@@ -93,19 +116,41 @@ def resumed_config(cls: type[T], saved: Mapping[str, Any], path: str | os.PathLi
                    overrides: Mapping[str, Any] | None = None, source: str = "checkpoint") -> T:
     """The config a run is resumed with: the ``saved`` settings it was trained with (keys
     this version no longer knows are dropped), then a YAML file and overrides on top."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in saved.items() if k in known}
+    if hasattr(cls, "known_part"):
+        saved = cls.known_part(saved)
+    else:
+        known = {f.name for f in dataclasses.fields(cls)}
+        saved = {k: v for k, v in saved.items() if k in known}
+    sources = [(saved, "checkpoint")]
     if path is not None:
-        values.update(dataclasses.asdict(load_config(cls, path)))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(cls, values, source)
+        sources.append((read_yaml(path), str(path)))
+    sources.append(({k: v for k, v in (overrides or {}).items() if v is not None}, source))
+    return from_sources(cls, sources)
+
+
+def as_dict(config: Any) -> dict:
+    """A config as plain nested data (its own ``to_dict`` where it has one)."""
+    return config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (``dcgan.encoder.epochs``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def changed_settings(saved: Mapping[str, Any], config: Any, allowed: Sequence[str]
                      ) -> list[str]:
     """``"key X there, Y now"`` for every setting of ``config`` that differs from the
-    ``saved`` one and is not in ``allowed`` (lists and tuples compare by value)."""
-    new = dataclasses.asdict(config)
+    ``saved`` one and is not in ``allowed`` (lists and tuples compare by value; sections
+    by their dotted keys)."""
+    new = flatten(as_dict(config))
+    saved = flatten(saved)
 
     def same(a, b) -> bool:
         return list(a) == list(b) if isinstance(a, (list, tuple)) and \
@@ -119,9 +164,9 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     """Write a config dataclass as YAML (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(as_dict(config), sort_keys=False))
 
 
 def format_config(config: Any) -> str:
     """Render a config dataclass for printing at the start of a run."""
-    return "\n".join(f"  {k}: {v}" for k, v in dataclasses.asdict(config).items())
+    return "\n".join(f"  {k}: {v}" for k, v in flatten(as_dict(config)).items())

@@ -113,8 +113,7 @@ def evaluate_gan(model: str | os.PathLike, data_dir: str | os.PathLike,
     write_report(out_dir, report, paths, labels, scores,
                  title=f"{scorer.family.title} ({scorer.mode}, {scorer.score})",
                  panels=lambda chosen: heatmap_panels(scorer, chosen),
-                 heat_note=(CRITIC_HEAT_NOTES.get(scorer.heat_name) if scorer.mode == "critic"
-                            else None) or HEAT_NOTES.get(scorer.score, HEAT_NOTES["anogan"]))
+                 heat_note=heat_note(scorer))
     return report
 
 
@@ -166,25 +165,18 @@ def describe_scorer(scorer: Scorer) -> str:
     return f"mode {scorer.mode}, score {scorer.score}{search}, device {scorer.device}"
 
 
-CRITIC_HEAT_NOTES = {
-    "gradcam": "Left: the preprocessed input. Right: where the critic's features push the "
-               "film away from the normal films (Grad-CAM of the density on its 16 x 16 "
-               "map; full red = the 99th percentile over training normals).",
-    "map": "Left: the preprocessed input. Right: the critic's opacity map (its map head's "
-           "probability of opacity per pixel; full red = 1). Boxes: the map's regions above "
-           "the threshold fitted on the held-out normals (95% of them have none above it).",
-}
-HEAT_NOTES = {
-    "density": "Left: the preprocessed input. Right: where the discriminator's features "
-               "push the film away from the normal films (Grad-CAM of the density on its "
-               "4 x 4 map; full red = this image's largest).",
+SHARED_HEAT_NOTES = {  # the scores every family offers; each family notes its own
     "lung-brightness": "Left: the preprocessed input. Right: the brightness the score "
                        "averages inside the lung prior.",
-    "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
-    "lung-opacity": "Input, G(z), and where the input is brighter than G(z) inside the lung "
-                    "prior, what the score averages (full red = this image's largest).",
 }
-HEAT_NOTES["fused"] = HEAT_NOTES["lung-opacity"]
+
+
+def heat_note(scorer: Scorer) -> str | None:
+    """What the report's heat-map panels show: the family's note, else a shared score's."""
+    from anomaly.families import FAMILIES
+
+    note = getattr(FAMILIES[scorer.family.name], "heat_note", lambda _: None)(scorer)
+    return note or SHARED_HEAT_NOTES.get(scorer.score)
 
 
 def heatmap_panels(scorer: Scorer, paths: list[Path], display_size: int = 192

@@ -29,7 +29,8 @@ from anomaly.checkpoint import CheckpointError, checkpoint_digest, load_checkpoi
 from anomaly.data import iter_preprocessed_batches, uint8_to_model
 from anomaly.decision import Decision, make_decision, threshold_key
 from anomaly.device import resolve_device
-from anomaly.families import FAMILIES, MODES, SCORES, families_in, family_of_mode
+from anomaly.families import FAMILIES, families_in, family_of_mode
+from anomaly.families import scores as registered_scores
 from anomaly.families.base import Family
 from anomaly.heatmap import heatmap_panel
 from anomaly.io import film_from_array
@@ -38,7 +39,7 @@ from anomaly.preprocess import PreprocessConfig, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
 
-__all__ = ["MODES", "SCORES", "BatchScores", "ScoreResult", "Scorer", "available_modes",
+__all__ = ["BatchScores", "ScoreResult", "Scorer", "available_modes",
            "default_mode"]
 
 
@@ -85,8 +86,8 @@ class Scorer:
         self.device = family.device
         self.preprocess_config = preprocess_config
         self.score = score or family.default_score
-        if self.score not in SCORES:
-            raise ValueError(f"unknown score {self.score!r}; choose from {', '.join(SCORES)}")
+        if self.score not in registered_scores():
+            raise ValueError(f"unknown score {self.score!r}; choose from {', '.join(registered_scores())}")
         if self.score != "lung-brightness" and self.score not in family.score_kinds:
             raise ValueError(f"score {self.score!r} is not one of mode {self.mode!r}'s "
                              f"({', '.join([*family.score_kinds, 'lung-brightness'])})")
@@ -130,7 +131,7 @@ class Scorer:
         prior = state.get("lung_prior")
         prior = geometric_lung_prior(preprocess_config.image_size) if prior is None \
             else prior.float()
-        family = importlib.import_module(f"anomaly.families.{name}.scorer").build_family(
+        family = importlib.import_module(f"{FAMILIES[name].__name__}.scorer").build_family(
             state, mode, torch_device, prior, **options)
         scorer = cls(family, preprocess_config, score=score, lung_prior=prior,
                      batch_size=batch_size, holdout_paths=state.get("holdout_paths", []))
@@ -369,3 +370,12 @@ class Scorer:
             bar.update(len(batch_paths) + len(failures))
         bar.close()
         return result
+
+
+def __getattr__(name: str):
+    """``MODES`` and ``SCORES``: those of the families registered now."""
+    if name in ("MODES", "SCORES"):
+        import anomaly.families
+
+        return getattr(anomaly.families, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

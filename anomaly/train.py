@@ -1,15 +1,19 @@
 """A training run on normal films: its config, its held-out normals, its checkpoint, and
-the families it trains in turn: the opacity critic (``anomaly.families.critic.train``),
-then the DCGAN and its f-AnoGAN encoder (``anomaly.families.dcgan.train``); then the
-score statistics of the held-out normals that every scorer reads.
+the families it trains in turn (``families:`` in the config; by default every registered
+one: the opacity critic, then the DCGAN and its f-AnoGAN encoder), each through its own
+training entry (:class:`anomaly.families.base.TrainingRun`); then the score statistics of
+the held-out normals that every scorer reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -26,118 +30,243 @@ from anomaly.config import (
     ConfigError,
     changed_settings,
     format_config,
+    from_dict,
     load_config,
     resumed_config,
     save_config,
 )
 from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
 from anomaly.device import cpu_bf16_supported, resolve_device
-from anomaly.families.critic.train import CriticConfig, train_critic
-from anomaly.families.dcgan.networks import (
-    GANArchitecture,
-)
+from anomaly.families import FAMILIES
+from anomaly.families.base import TrainingRun
 from anomaly.io import display_path
 from anomaly.lungs import lung_field_prior
-from anomaly.monitor import watched_images
 from anomaly.preprocess import PreprocessConfig
 
 
 @dataclass
-class TrainConfig:
-    """Everything ``anomaly train-gan`` needs; YAML keys are these field names.
+class RunSettings:
+    """The settings every family shares: preprocessing, the held-out normals, the run.
 
-    The defaults are the recommended settings, the same as ``configs/chest_xray.yaml``:
-    first the opacity critic at 128 px (``critic_*``; it scores by default), then a plain
-    DCGAN at the same size with its f-AnoGAN encoder (``epochs``, ``encoder_epochs``), for
-    latent search and reconstruction scores. ``critic_epochs: 0`` trains the DCGAN alone
-    (``configs/dcgan64.yaml``), ``epochs: 0`` the critic alone.
+    Attributes:
+        image_size, clahe, clahe_clip_limit, clahe_tile_grid, clahe_working_size, resize:
+            preprocessing (:class:`anomaly.preprocess.PreprocessConfig`), stored in the
+            checkpoint and reused by scoring.
+        holdout_fraction: share of the normal films held out (never trained on) to fit
+            the score statistics, split by patient: the first capture group of
+            ``holdout_patient_pattern`` (searched in the file name) is the patient id (the
+            Kermany names: IM-0123-0001, NORMAL2-IM-0123-0001, person12_...); files it
+            does not match, or all files when it is empty, are split one by one.
+        device: ``auto``, ``cpu``, ``cuda``...; amp: float16 mixed precision on CUDA;
+            cpu_bf16: bfloat16 autocast on CPUs with AVX512-BF16/AMX (about 2x faster).
+        seed: the run's seed; each family starts its own stream from it.
+        max_images: use only the first N files (a quick try); cache_dir: keep the
+            preprocessed films on disk there.
     """
 
-    # preprocessing (stored in the checkpoint, reused by scoring)
     image_size: int = 128
     clahe: bool = True
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
     clahe_working_size: int = 256
     resize: str = "squash"
-    # architecture
-    latent_dim: int = 100
-    generator_width: int = 32
-    discriminator_width: int = 32
-    max_channels: int = 512
-    spectral_norm: bool = True
-    # the opacity critic (anomaly.families.critic), trained first: the default scorer
-    critic_epochs: int = 30
-    critic_batch_size: int = 32
-    critic_lr: float = 2e-3  # peak of the one-cycle schedule (AdamW)
-    critic_weight_decay: float = 1e-4
-    critic_width: int = 32
-    critic_gamma_range: list[float] = field(default_factory=lambda: [0.8, 1.25])
-    critic_shift_fraction: float = 1 / 16
-    critic_opacity_prior: str = "lung"  # or "wide": reaching the lung bases
-    critic_synthesis: str = "blobs"  # or "patches" (after AnatPaste), "mixed"
-    critic_scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])  # zoom
-    critic_rotation_degrees: float = 8.0  # largest random tilt either way
-    critic_score_views: int = 1  # 1: the film alone; 2: with its mirror (twice the work)
-    critic_map_width: int = 32  # the map head (opacity per pixel); 0: none, Grad-CAM heat
-    critic_map_weight: float = 1.0  # its loss (pixel BCE + Dice) beside the film's
-    critic_map_mask_level: float = 0.1  # blend weight that counts as opacity in its target
-    critic_map_detach: bool = True  # the head learns from the features, never changes them
-    # GAN optimisation (epochs: 0 trains no DCGAN)
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    label_smoothing: float = 0.1
-    flip: bool = True
-    # DiffAugment: brightness, contrast, translation of D's real and fake inputs
-    diff_augment: bool = True
-    # encoder (f-AnoGAN izi_f) trained after the GAN; 0 skips it
-    encoder_epochs: int = 10
-    encoder_lr: float = 1e-4
-    encoder_kappa: float = 1.0
-    # held-out normal images for fitting score statistics (never trained on), split by
-    # patient: the first capture group of this pattern (searched in the file name) is the
-    # patient id (the Kermany names: IM-0123-0001, NORMAL2-IM-0123-0001, person12_...);
-    # files it does not match, or all files when it is empty, are split one by one
     holdout_fraction: float = 0.05
     holdout_patient_pattern: str = r"^((?:NORMAL\d+-)?IM-\d+|person\d+)[-_]"
-    # run
     device: str = "auto"
-    amp: bool = True  # float16 mixed precision on CUDA
-    cpu_bf16: bool = False  # bfloat16 autocast on CPUs with AVX512-BF16/AMX (about 2x faster)
+    amp: bool = True
+    cpu_bf16: bool = False
     seed: int = 0
     max_images: int | None = None
     cache_dir: str | None = None
-    sample_count: int = 64
+
+
+SHARED_KEYS = tuple(f.name for f in fields(RunSettings))
+
+
+def _legacy_target(key: str) -> tuple[str, str] | None:
+    """(family, dotted section key) of a flat key of a config written before sections."""
+    for name, module in FAMILIES.items():
+        target = getattr(module, "LEGACY_KEYS", {}).get(key)
+        if target is not None:
+            return name, target
+    return None
+
+
+def _set_dotted(values: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for parent in parents:
+        values = values.setdefault(parent, {})
+    values[last] = value
+
+
+def _deep_update(values: dict, update: Mapping) -> dict:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(values.get(key), dict):
+            _deep_update(values[key], value)
+        else:
+            values[key] = dict(value) if isinstance(value, Mapping) else value
+    return values
+
+
+def normalise_config(values: Mapping[str, Any], source: str = "config",
+                     drop_unknown: bool = False) -> dict:
+    """A config mapping in sections: shared keys and ``families`` at the top, each
+    family's settings under its name. The flat keys of configs (and checkpoints) written
+    before sections move into their family's section (``critic_epochs`` to
+    ``critic.epochs``, ``encoder_epochs`` to ``dcgan.encoder.epochs``); a family's own
+    section wins over them.
+
+    Raises:
+        ConfigError: an unknown key (unless ``drop_unknown``) or a section that is not a
+            mapping, naming ``source``.
+    """
+    shared: dict[str, Any] = {}
+    legacy: dict[str, dict] = {}
+    sections: dict[str, dict] = {}
+    unknown = []
+    for key, value in values.items():
+        if key in SHARED_KEYS or key == "families":
+            shared[key] = value
+        elif key in FAMILIES:
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: section '{key}' must be a mapping of its "
+                                  f"settings, not {value!r}")
+            _deep_update(sections.setdefault(key, {}), value)
+        elif (target := _legacy_target(key)) is not None:
+            _set_dotted(legacy.setdefault(target[0], {}), target[1], value)
+        else:
+            unknown.append(key)
+    if unknown and not drop_unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known "
+                          f"keys: {', '.join(SHARED_KEYS)}, families, and a section per "
+                          f"family ({', '.join(FAMILIES)})")
+    for name in set(legacy) | set(sections):
+        shared[name] = _deep_update(legacy.get(name, {}), sections.get(name, {}))
+    if drop_unknown:
+        for name in FAMILIES:
+            if name in shared:
+                shared[name] = _known_fields(FAMILIES[name].CONFIG, shared[name])
+    return shared
+
+
+def _known_fields(cls: type, values: Mapping) -> dict:
+    """``values`` without the keys ``cls`` (a dataclass, nested ones too) does not know."""
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    return {key: (_known_fields(hints[key], value) if dataclasses.is_dataclass(hints[key])
+                  and isinstance(value, Mapping) else value)
+            for key, value in values.items() if key in known}
+
+
+def _plain(values: Any) -> Any:
+    """Nested data with tuples as lists (YAML's safe form)."""
+    if isinstance(values, dict):
+        return {key: _plain(value) for key, value in values.items()}
+    return [_plain(v) for v in values] if isinstance(values, (list, tuple)) else values
+
+
+class TrainConfig:
+    """Everything ``anomaly train-gan`` needs, in sections: the shared settings
+    (:class:`RunSettings`), ``families`` (which families the run trains, in order; all
+    registered ones by default) and one section per family, its config class (the
+    critic's :class:`~anomaly.families.critic.config.CriticConfig`, the DCGAN's
+    :class:`~anomaly.families.dcgan.config.DCGANConfig`), each default written there once.
+
+    Built from keyword arguments or YAML keys of the same form: ``TrainConfig(image_size=
+    64, critic={"epochs": 5})``; the flat keys of configs written before sections still
+    work (``critic_epochs=5``, ``epochs=0``), as do the ``train-gan`` flags made from them.
+    A family listed but with 0 epochs (``epochs: 0`` for the DCGAN) is not trained.
+    """
+
+    def __init__(self, **values: Any):
+        values = normalise_config(values, "TrainConfig")
+        families = values.pop("families", None)
+        sections = {name: values.pop(name) for name in list(values) if name in FAMILIES}
+        self.settings = from_dict(RunSettings, values, "TrainConfig")
+        self.families = list(FAMILIES) if families is None else list(families)
+        unknown = [name for name in self.families if name not in FAMILIES]
+        if unknown or not self.families:
+            raise ConfigError(f"families must name registered families ({', '.join(FAMILIES)})"
+                              f", not {families!r}")
+        self.sections = {name: from_dict(module.CONFIG, sections.get(name, {}), name)
+                         for name, module in FAMILIES.items()}
+        if not self.trained_families():
+            raise ConfigError("this config would train nothing (each family it lists has "
+                              "0 epochs)")
+
+    @classmethod
+    def from_sources(cls, sources: Sequence[tuple[Mapping[str, Any], str]]) -> "TrainConfig":
+        """A config from mappings, each later one winning key by key (sections merged),
+        each named by its source in errors."""
+        merged: dict[str, Any] = {}
+        for mapping, source in sources:
+            _deep_update(merged, normalise_config(mapping, source))
+        try:
+            return cls(**merged)
+        except ConfigError as err:
+            raise ConfigError(f"{' + '.join(s for _, s in sources)}: {err}") from None
+
+    @staticmethod
+    def known_part(saved: Mapping[str, Any]) -> dict:
+        """A saved config without the keys this version no longer knows."""
+        return normalise_config(saved, "checkpoint", drop_unknown=True)
+
+    def section(self, name: str) -> Any:
+        """The settings of family ``name``."""
+        return self.sections[name]
+
+    def trained_families(self) -> list[str]:
+        """The listed families this config trains (those with epochs), in order."""
+        return [name for name in self.families
+                if FAMILIES[name].trains(self.sections[name])]
+
+    def replace(self, **values: Any) -> "TrainConfig":
+        """A copy with ``values`` (in either form) on top."""
+        return TrainConfig.from_sources([(self.to_dict(), "config"), (values, "changes")])
+
+    def to_dict(self) -> dict:
+        """The config as YAML keys: shared settings, ``families``, then the sections."""
+        return _plain({**dataclasses.asdict(self.settings), "families": list(self.families),
+                       **{name: dataclasses.asdict(section)
+                          for name, section in self.sections.items()}})
 
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing part of this config."""
-        return PreprocessConfig(self.image_size, self.clahe, self.clahe_clip_limit,
-                                self.clahe_tile_grid, self.clahe_working_size, self.resize)
+        s = self.settings
+        return PreprocessConfig(s.image_size, s.clahe, s.clahe_clip_limit, s.clahe_tile_grid,
+                                s.clahe_working_size, s.resize)
 
-    def architecture(self) -> GANArchitecture:
-        """The architecture part of this config."""
-        return GANArchitecture(self.image_size, 1, self.latent_dim, self.generator_width,
-                               self.discriminator_width, self.max_channels, self.spectral_norm)
+    def __getattr__(self, name: str) -> Any:
+        if name in ("settings", "sections", "families"):  # not built yet
+            raise AttributeError(name)
+        if name in SHARED_KEYS:
+            return getattr(self.settings, name)
+        target = _legacy_target(name)  # a flat key of older configs, read from its section
+        if target is not None:
+            value = self.sections[target[0]]
+            for part in target[1].split("."):
+                value = getattr(value, part)
+            return value
+        raise AttributeError(f"TrainConfig has no setting {name!r}")
 
-    def critic_config(self) -> CriticConfig:
-        """The critic's part of this config: each ``critic_<name>`` key as ``<name>``, the
-        run's seed, the ranges as tuples."""
-        values = {f.name: getattr(self, f"critic_{f.name}") for f in fields(CriticConfig)
-                  if f.name != "seed"}
-        return CriticConfig(**{**values, "seed": self.seed,
-                               "gamma_range": tuple(self.critic_gamma_range),
-                               "scale_range": tuple(self.critic_scale_range)})
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
 
-    def __post_init__(self) -> None:
-        if self.epochs <= 0 and self.critic_epochs <= 0:
-            raise ValueError("epochs: 0 and critic_epochs: 0 train nothing")
-        for name in ("critic_gamma_range", "critic_scale_range"):
-            values = getattr(self, name)
-            if len(values) != 2 or not 0 < values[0] <= values[1]:
-                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+    def __repr__(self) -> str:
+        return f"TrainConfig({self.to_dict()!r})"
+
+
+def dry_run_config(config: TrainConfig) -> TrainConfig:
+    """``train-gan --dry-run``: each family's own short version of its section (at most
+    one epoch), on at most 64 images."""
+    dry = TrainConfig.from_sources([(config.to_dict(), "config")])
+    dry.sections = {name: getattr(FAMILIES[name], "dry_run", lambda s: s)(section)
+                    for name, section in config.sections.items()}
+    dry.settings = dataclasses.replace(config.settings,
+                                       max_images=min(config.max_images or 64, 64))
+    return dry
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
@@ -212,35 +341,31 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
 def run_state(config: TrainConfig, holdout: list[Path], holdout_by_patient: int,
               data_dir: str | os.PathLike, lung_prior: torch.Tensor) -> dict:
     """The part of a checkpoint every family shares: what the run was trained on and how
-    its images are preprocessed. Each family adds its own keys (:func:`family_state` for
-    the DCGAN, ``"critic"`` for the critic) and ``families`` lists those it holds."""
+    its images are preprocessed. Each family adds its own part
+    (:func:`anomaly.families.with_part`) and ``families`` lists those it holds."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "families": [],
         "preprocess": asdict(config.preprocess_config()),
-        "train_config": asdict(config),
+        "train_config": config.to_dict(),
         "holdout_paths": [str(p) for p in holdout],
         "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
         "data_dir": str(Path(data_dir).resolve()),
         "lung_prior": lung_prior.cpu(),
-        "generator_trained": False,
     }
 
 
-def with_family(state: dict, name: str, part: dict) -> dict:
-    """``state`` with a family's part added (the critic's under its name, the DCGAN's at
-    the top level, where checkpoints of format 1 keep it) and listed in ``families``."""
-    merged = {**state, name: part} if name != "dcgan" else {**state, **part}
-    merged["families"] = sorted(set(state.get("families", [])) | {name})
-    return merged
+SHARED_RESUMABLE = ("families", "device", "amp", "cpu_bf16", "cache_dir")
 
 
-# settings a resumed run may change: more DCGAN or encoder epochs, where and how fast it
-# runs; every other one changes what was trained (a seed, a hold-out fraction or a file
-# limit would even re-split the held-out normals)
-RESUMABLE_SETTINGS = ("epochs", "encoder_epochs", "device", "amp", "cpu_bf16", "cache_dir",
-                      "sample_count")
+def resumable_settings() -> tuple[str, ...]:
+    """Settings a resumed run may change: where and how fast it runs, which families it
+    trains, and what each family allows (more DCGAN or encoder epochs); every other one
+    changes what was trained (a seed, a hold-out fraction or a file limit would even
+    re-split the held-out normals)."""
+    return SHARED_RESUMABLE + tuple(f"{name}.{key}" for name, module in FAMILIES.items()
+                                    for key in getattr(module, "RESUMABLE", ()))
 
 
 def resume_config(run_dir: str | os.PathLike, config_file: str | os.PathLike | None = None,
@@ -264,14 +389,17 @@ def check_resume_settings(previous: dict, config: TrainConfig, data_dir: str | o
     Raises:
         ConfigError: one line naming each such setting, its saved and its new value.
     """
-    differ = changed_settings(previous.get("train_config", {}), config, RESUMABLE_SETTINGS)
+    saved = normalise_config(previous.get("train_config", {}), display_path(path),
+                             drop_unknown=True)
+    allowed = resumable_settings()
+    differ = changed_settings(saved, config, allowed)
     trained_on = previous.get("data_dir")
     if trained_on and Path(trained_on) != Path(data_dir).resolve():
         differ.append(f"data {trained_on} there, {Path(data_dir).resolve()} now")
     if differ:
         raise ConfigError(f"{display_path(path)}: cannot resume with other settings ("
                           + "; ".join(differ) + "); only "
-                          + ", ".join(RESUMABLE_SETTINGS) + " may change")
+                          + ", ".join(allowed) + " may change")
 
 
 def mixed_precision(config: TrainConfig, device: torch.device) -> bool:
@@ -282,13 +410,14 @@ def mixed_precision(config: TrainConfig, device: torch.device) -> bool:
     return config.cpu_bf16 and device.type == "cpu" and cpu_bf16_supported()
 
 
-def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
+def train_run(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
               resume: bool = False, progress: bool = True, log=print,
               overwrite: bool = False) -> Path:
-    """Train a run on the normal images under ``data_dir``: the opacity critic
-    (``critic_epochs``), then the DCGAN (``epochs``) and its encoder (``encoder_epochs``).
+    """Train a run on the normal images under ``data_dir``: each family the config trains
+    (:meth:`TrainConfig.trained_families`: by default the opacity critic, then the DCGAN
+    and its encoder), in turn, through its training entry.
 
-    Each part starts from its own seed, so the critic does not depend on whether a
+    Each family starts from its own seed, so the critic does not depend on whether a
     DCGAN follows it. Afterwards the score statistics of the held-out normals are stored.
 
     Args:
@@ -335,7 +464,6 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     state = run_state(config, holdout, holdout_by_patient, data_dir, lung_prior)
     if previous is not None:  # keep what each family has trained so far
         state = {**previous, **{k: v for k, v in state.items() if k != "families"}}
-        state["generator_trained"] = previous.get("generator_trained", False)
     if dist.is_main:
         save_config(config, run_dir / "config.yaml")
     writer = SummaryWriter(str(run_dir)) if dist.is_main else None
@@ -343,36 +471,16 @@ def train_gan(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
         writer.add_image("real", make_grid(uint8_to_model(loaded.images[:64]), nrow=8,
                                            normalize=True, value_range=(-1, 1)), 0)
 
-    if config.critic_epochs > 0:
-        done = state.get("critic", {})
-        if done.get("density") is None or done.get("epoch", 0) < config.critic_epochs:
-            def save_critic(part: dict) -> None:
-                save_checkpoint(with_family(state, "critic", part), last)
-
-            watched = watched_images(holdout, config.preprocess_config(), device) \
-                if dist.is_main else None
-            part = train_critic(config.critic_config(), images, lung_prior, dist, device,
-                                use_amp, save_critic, resume_state=done or None,
-                                writer=writer, watched=watched, progress=progress, log=log)
-            state = with_family(state, "critic", part)
-            if dist.is_main:
-                save_checkpoint(state, last)
-    if config.epochs > 0:
-        from anomaly.families.dcgan.train import train_dcgan
-
-        state = train_dcgan(config, images, state, last, dist, device, use_amp, writer,
-                            progress, log)
+    run = TrainingRun(config=config, images=images, lung_prior=lung_prior, holdout=holdout,
+                      data_dir=Path(data_dir), dist=dist, device=device, use_amp=use_amp,
+                      writer=writer, checkpoint=last, progress=progress, log=log)
+    for name in config.trained_families():  # each starts from its own seed
+        state = FAMILIES[name].train_family(run, config.section(name), state)
     if writer is not None:
         writer.close()
     if dist.is_main and not last.exists():  # resumed a finished run: nothing new to save
         raise DataError(f"{display_path(run_dir)}: no epochs were run")
-    if dist.is_main and config.epochs > 0:
-        from anomaly.families.dcgan.train import fit_feature_density, train_encoder
-
-        fit_feature_density(last, images, device, config.batch_size, log=log)
-    if dist.is_main and config.epochs > 0 and config.encoder_epochs > 0:
-        train_encoder(last, config.encoder_epochs, data_dir=data_dir, progress=progress, log=log)
-    elif dist.is_main:
+    if dist.is_main:
         fit_score_statistics(last, log=log)
     dist.barrier()
     dist.teardown()
@@ -433,14 +541,21 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
         f"{', '.join(modes)}")
 
 
-DCGAN_TRAINING = ("train_dcgan", "train_encoder", "fit_feature_density", "family_state")
+train_gan = train_run  # the name the CLI's train-gan command gave it first
 
 
 def __getattr__(name: str):
-    """The DCGAN's training functions, which live in its family folder
-    (:mod:`anomaly.families.dcgan.train`), under their former names here."""
-    if name in DCGAN_TRAINING:
-        from anomaly.families.dcgan import train as dcgan_train
+    """A family's training functions under the names they had here before each family
+    had its folder (``anomaly.train.train_encoder``), and ``RESUMABLE_SETTINGS``."""
+    import importlib
 
-        return getattr(dcgan_train, name)
+    if name == "RESUMABLE_SETTINGS":
+        return resumable_settings()
+    for module in FAMILIES.values():
+        try:
+            training = importlib.import_module(f"{module.__name__}.train")
+        except ModuleNotFoundError:
+            continue
+        if not name.startswith("_") and hasattr(training, name):
+            return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

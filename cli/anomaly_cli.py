@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from anomaly.families import MODES, SCORES  # the families' declarations, without torch
+from anomaly import families  # the families' declarations, without torch
 from anomaly.io import display_path
-from cli.common import device_option, evaluation_options, user_errors_as_messages
+from cli.common import (
+    RegistryChoice,
+    device_option,
+    evaluation_options,
+    family_train_options,
+    user_errors_as_messages,
+)
+
+MODES = RegistryChoice(families.modes)
+SCORES = RegistryChoice(families.scores)
+HEATS = RegistryChoice(families.heats)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,12 +34,7 @@ def main() -> None:
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run directory.")
 @click.option("--config", "config_file", type=click.Path(), help="YAML config (configs/*.yaml).")
 @click.option("--image-size", type=int, help="Power of two, 32 to 256.")
-@click.option("--critic-epochs", type=int,
-              help="Epochs of the opacity critic, trained first (0: no critic).")
-@click.option("--epochs", type=int, help="Epochs of the DCGAN, trained next (0: no DCGAN).")
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--encoder-epochs", type=int, help="Train the f-AnoGAN encoder afterwards.")
+@family_train_options
 @click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images (a quick try).")
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)
@@ -47,20 +51,18 @@ def main() -> None:
 @user_errors_as_messages
 def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resume, overwrite,
                       **overrides):
-    """Train on normal images only: the opacity critic, then a DCGAN and its encoder."""
+    """Train on normal images only: each family of the config in turn (by default the
+    opacity critic, then a DCGAN and its encoder)."""
     from anomaly.config import load_config
-    from anomaly.train import TrainConfig, resume_config, train_gan
+    from anomaly.train import TrainConfig, dry_run_config, resume_config, train_run
 
     config = (resume_config(run_dir, config_file, overrides) if resume else
               load_config(TrainConfig, config_file, overrides))
-    if dry_run:  # at most one epoch of each part, on at most 64 images
-        config = dataclasses.replace(
-            config, epochs=min(config.epochs, 1), critic_epochs=min(config.critic_epochs, 1),
-            encoder_epochs=min(config.encoder_epochs, 1),
-            max_images=min(config.max_images or 64, 64))
+    if dry_run:  # at most one epoch of each family, on at most 64 images
+        config = dry_run_config(config)
     if resume and overwrite:
         raise click.UsageError("give --resume or --overwrite, not both")
-    last = train_gan(config, data_dir, run_dir, resume=resume, progress=not no_progress,
+    last = train_run(config, data_dir, run_dir, resume=resume, progress=not no_progress,
                      overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # rank 0 of a torchrun job, or alone
         click.echo(f"checkpoint: {display_path(last)}")
@@ -89,10 +91,10 @@ def train_encoder_command(model, epochs, data_dir, lr, kappa, batch_size, device
 def scorer_options(command):
     """Scoring options shared by ``score`` and ``evaluate``."""
     options = [
-        click.option("--mode", type=click.Choice(MODES),
+        click.option("--mode", type=MODES,
                      help="Default: critic where the run has one, else the DCGAN's best "
                           "(encoder when trained, else search: AnoGAN)."),
-        click.option("--score", "score_kind", type=click.Choice(SCORES),
+        click.option("--score", "score_kind", type=SCORES,
                      help="How components become the score (default: the mode's own; "
                           "critic: density; DCGAN: lung-opacity; anogan: residual + lambda "
                           "* discrimination; lung-brightness: the no-GAN baseline)."),
@@ -109,7 +111,7 @@ def scorer_options(command):
         click.option("--cpu-bf16", is_flag=True,
                      help="bfloat16 autocast on CPUs with AVX512-BF16/AMX (about twice as "
                           "fast; scores within bfloat16 precision)."),
-        click.option("--heat", type=click.Choice(["map", "gradcam"]),
+        click.option("--heat", type=HEATS,
                      help="Critic's heat map: map (its map head's opacity per pixel, the "
                           "default where it has one) or gradcam (the density's Grad-CAM)."),
     ]
@@ -238,7 +240,7 @@ def report_failures(result, resumed: bool) -> None:
               help="Folder for model.onnx (or model.pt) and export.json.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
               show_default=True)
-@click.option("--mode", type=click.Choice(MODES), help="Default: the run's default (critic).")
+@click.option("--mode", type=MODES, help="Default: the run's default (critic).")
 @click.option("--threshold", type=float, help="Store this threshold (default: the run's).")
 @user_errors_as_messages
 def export_command(model, out_dir, fmt, mode, threshold):

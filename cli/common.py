@@ -59,3 +59,34 @@ def evaluation_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+class RegistryChoice(click.Choice):
+    """A choice among what the registered families declare now (``read()``), so a family
+    registered after this module was imported is offered too."""
+
+    def __init__(self, read):
+        self.read = read
+        super().__init__(list(read()))
+
+    @property
+    def choices(self):  # noqa: D102 (click's attribute, read when parsing and for --help)
+        return tuple(self.read())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+def family_train_options(command):
+    """``train-gan``'s options that set a family's settings (each family's
+    ``CLI_OPTIONS``: flag, the flat config key it sets, type, help)."""
+    from anomaly.families import FAMILIES
+
+    seen = set()
+    for module in reversed(list(FAMILIES.values())):
+        for flag, key, kind, text in reversed(getattr(module, "CLI_OPTIONS", ())):
+            if flag not in seen:
+                seen.add(flag)
+                command = click.option(flag, key, type=kind, help=text)(command)
+    return command

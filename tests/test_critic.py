@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -97,7 +95,7 @@ def test_zoom_and_tilt_move_structures_about_the_centre():
     assert not torch.allclose(tilted, films) and not torch.allclose(tilted, films.flip(-1))
     untouched = vary_acquisition(films, gamma=(1.0, 1.0), scale=(1.0, 1.0), max_rotation=0)
     assert torch.equal(untouched, films)  # both stripes mirror onto each other
-    with pytest.raises(ValueError, match="critic_scale_range"):
+    with pytest.raises(ValueError, match="critic: scale_range"):
         TrainConfig(critic_scale_range=[1.1, 0.9])
 
 
@@ -128,7 +126,7 @@ def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
     assert not torch.equal(outputs["mixed"], outputs["blobs"])
     with pytest.raises(ValueError, match="blobs, patches, mixed"):
         synthesise(films, prior, "stars")
-    with pytest.raises(ValueError, match="critic_synthesis"):
+    with pytest.raises(ValueError, match="critic: synthesis"):
         TrainConfig(critic_synthesis="stars").critic_config()
 
 
@@ -239,10 +237,10 @@ def test_critic_does_not_depend_on_the_dcgan_trained_after_it(tmp_path, normal_d
 
 
 def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, monkeypatch):
-    import anomaly.train
+    import anomaly.checkpoint
 
     run = tmp_path / "crashed"
-    save = anomaly.train.save_checkpoint
+    save = anomaly.checkpoint.save_checkpoint
     calls = []
 
     def save_then_crash(state, path):
@@ -250,10 +248,10 @@ def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, 
         calls.append(path)
         raise KeyboardInterrupt  # as if killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(anomaly.train, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):  # the family saves through its TrainingRun
         train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
-    monkeypatch.setattr(anomaly.train, "save_checkpoint", save)
+    monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save)
     assert load_checkpoint(run)["critic"]["epoch"] == 1 and len(calls) == 1
     train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(run)["critic"], load_checkpoint(critic_run)["critic"]
@@ -286,9 +284,9 @@ def test_critic_trains_under_torchrun_with_identical_replicas(tmp_path, normal_d
 def test_config_refuses_a_run_that_trains_nothing():
     with pytest.raises(ValueError, match="train nothing"):
         TrainConfig(epochs=0, critic_epochs=0)
-    with pytest.raises(ValueError, match="critic_gamma_range"):
+    with pytest.raises(ValueError, match="critic: gamma_range"):
         TrainConfig(critic_gamma_range=[1.2, 0.8])
-    assert dataclasses.asdict(TrainConfig())["critic_epochs"] == 30
+    assert TrainConfig().section("critic").epochs == TrainConfig().critic_epochs == 30
 
 
 def test_density_is_mirror_invariant_with_two_views(tmp_path, normal_dir):
@@ -325,8 +323,8 @@ def test_cli_choices_are_the_families_declarations():
     from anomaly.families.dcgan.scorer import DCGANFamily
     from cli import anomaly_cli
 
-    assert anomaly_cli.MODES == score.MODES == (*CriticFamily.modes, *DCGANFamily.modes)
-    assert set(anomaly_cli.SCORES) == {*critic.SCORES, *dcgan.SCORES, "lung-brightness"}
+    assert anomaly_cli.MODES.choices == score.MODES == (*CriticFamily.modes, *DCGANFamily.modes)
+    assert set(anomaly_cli.SCORES.choices) == {*critic.SCORES, *dcgan.SCORES, "lung-brightness"}
     assert set(DCGANFamily.score_kinds) <= set(dcgan.SCORES)
 
 
@@ -506,7 +504,7 @@ def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, lab
 def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
     """critic_score_views: 1 (the default) fits the density on the films alone and scores
     them so, in PyTorch and in the exported network alike."""
-    from anomaly.export import CriticEmbedding
+    from anomaly.families.critic.export import CriticEmbedding
 
     run = critic_run
     assert load_checkpoint(run)["critic"]["views"] == 1
@@ -526,7 +524,7 @@ def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
     torch.testing.assert_close(opacity, torch.as_tensor(scores.heatmaps), rtol=1e-4, atol=1e-5)
     mirrored = scorer.score_tensor(images.flip(-1))
     assert not np.allclose(mirrored.density, scores.density, rtol=1e-4)  # one view: not
-    with pytest.raises(ValueError, match="critic_score_views"):
+    with pytest.raises(ValueError, match="critic: score_views"):
         TrainConfig(critic_score_views=3).critic_config()
 
 

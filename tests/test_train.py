@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -36,7 +34,7 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path, n
     full = tmp_path / "full"
     train_gan(config, normal_dir, full, **QUIET)
     parts = tmp_path / "parts"
-    train_gan(dataclasses.replace(config, epochs=1), normal_dir, parts, **QUIET)
+    train_gan(config.replace(epochs=1), normal_dir, parts, **QUIET)
     assert load_checkpoint(parts)["epoch"] == 1
     train_gan(config, normal_dir, parts, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(parts), load_checkpoint(full)
@@ -70,7 +68,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, normal_
     monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
                         lambda *a, **k: bce(*a, **k) * float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train_gan(dataclasses.replace(config, epochs=2), normal_dir, run, resume=True, **QUIET)
+        train_gan(config.replace(epochs=2), normal_dir, run, resume=True, **QUIET)
     after = load_checkpoint(run)
     assert after["epoch"] == 1
     torch.testing.assert_close(after["generator"], before["generator"])
@@ -173,7 +171,7 @@ def test_resume_refuses_settings_that_change_what_was_trained(tmp_path, normal_d
     train_gan(config, normal_dir, run, **QUIET)
     for change in ({"seed": 1}, {"holdout_fraction": 0.5}, {"max_images": 10}):
         with pytest.raises(ConfigError, match=f"{next(iter(change))} .* there, .* now"):
-            train_gan(dataclasses.replace(config, **change), normal_dir, run, resume=True,
+            train_gan(config.replace(**change), normal_dir, run, resume=True,
                       **QUIET)
     other = tmp_path / "other"
     other.mkdir()
@@ -182,7 +180,7 @@ def test_resume_refuses_settings_that_change_what_was_trained(tmp_path, normal_d
         train_gan(config, other, run, resume=True, **QUIET)
     # the saved settings are the base: no flag falls back to a built-in default
     resumed = resume_config(run, overrides={"epochs": 2})
-    assert resumed == dataclasses.replace(config, epochs=2)
+    assert resumed == config.replace(epochs=2)
     train_gan(resumed, normal_dir, run, resume=True, **QUIET)
     assert load_checkpoint(run)["epoch"] == 2
 

@@ -9,7 +9,8 @@ score kinds it supports (each naming the component it reads) and its default.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -69,3 +70,44 @@ class Family(Protocol):
                     ) -> FamilyOutput:
         """Measure a batch of preprocessed images (B, 1, S, S), with the heat map of
         ``score`` when ``heatmaps``."""
+
+
+@dataclass
+class TrainingRun:
+    """What the shared run (:func:`anomaly.train.train_run`) hands each family's training
+    entry, ``train_family(run, section, state) -> state``: the family trains (or, resumed, goes
+    on from its part of ``state``), saves through :meth:`save` as it goes, and returns
+    the run's state with its part (:func:`anomaly.families.with_part`).
+
+    Attributes:
+        config: the whole :class:`anomaly.train.TrainConfig` (seed, device, preprocessing).
+        images: (N, 1, S, S) uint8 training normals, on ``device``.
+        lung_prior: (S, S) lung-field prior of those normals.
+        holdout: the held-out normal files (never trained on).
+        data_dir: the folder the normals came from.
+        dist: :class:`anomaly.distributed.DistContext` of this process.
+        device, use_amp: where and in which precision to train.
+        writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
+        checkpoint: the run's ``last.pt``.
+        progress, log: progress bars, and where messages go.
+    """
+
+    config: Any
+    images: torch.Tensor
+    lung_prior: torch.Tensor
+    holdout: list[Path]
+    data_dir: Path
+    dist: Any
+    device: torch.device
+    use_amp: bool
+    writer: Any
+    checkpoint: Path
+    progress: bool
+    log: Callable[..., None]
+
+    def save(self, state: dict) -> None:
+        """Write the run's checkpoint atomically (rank 0 alone)."""
+        from anomaly.checkpoint import save_checkpoint
+
+        if self.dist.is_main:
+            save_checkpoint(state, self.checkpoint)

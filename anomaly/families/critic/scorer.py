@@ -25,10 +25,10 @@ from anomaly.checkpoint import CheckpointError, load_weights
 from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
+from anomaly.families.critic import HEATS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.lungs import lung_field, top_mean
 
-HEATS = ("map", "gradcam")
 CPU_PIECE = 8  # images per network pass on the CPU (bench/bench_critic.py: 8-64 tried)
 
 

@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from anomaly.families.critic.config import SYNTHESES  # noqa: F401 (its kinds, named here too)
 from anomaly.lungs import darkest_inside, mean_normal_image, smooth
 
 
@@ -176,7 +177,6 @@ def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
     return (out * 2 - 1).clamp(-1, 1), strength
 
 
-SYNTHESES = ("blobs", "patches", "mixed")
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"

@@ -11,7 +11,7 @@ the Gaussian density of the critic's embeddings of the training normals is fitte
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -24,10 +24,10 @@ from anomaly.data import uint8_to_model
 from anomaly.density import fit_density
 from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
+from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import (
-    SYNTHESES,
     paste_opacities,
     soft_lung_prior,
     synthesise,
@@ -37,72 +37,29 @@ from anomaly.families.critic.synthesis import (
 from anomaly.monitor import evidence_panel
 
 
-@dataclass
-class CriticConfig:
-    """How the critic is trained (``critic_*`` keys of ``train-gan``'s config).
+def train_family(run, config: CriticConfig, state: dict) -> dict:
+    """The family's training entry (:class:`anomaly.families.base.TrainingRun`): train
+    the critic, or go on where a resumed run stopped, and return the run's state with
+    the critic's part; a critic already trained for ``config.epochs`` is kept as it is."""
+    from anomaly.families import with_part
+    from anomaly.monitor import watched_images
 
-    Attributes:
-        epochs: passes over the training normals (0: no critic).
-        batch_size: films per step (half of them, at random, get opacities).
-        lr: peak learning rate of the one-cycle schedule (AdamW).
-        weight_decay: AdamW's decoupled weight decay.
-        width: channels of the first block (doubled by each of the 4 blocks).
-        gamma_range: range of the random gamma curve (``[1, 1]``: none).
-        shift_fraction: largest random shift as a fraction of the side (0: none).
-        scale_range: range of the random zoom about the centre (``[1, 1]``: none).
-        rotation_degrees: largest random tilt either way (0: none).
-        score_views: how films are embedded for the density and scored: 1 (the film
-            alone, the default) or 2 (the film and its mirror image averaged, so a film
-            and its mirror score the same; twice the work).
-        seed: random seed of the critic's own stream.
-        opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
-            the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
-            ellipse that reaches the lung bases; :func:`wide_lung_prior`).
-        map_width: channels of the map head's finest level (0: no map head; the heat map
-            is then the density's Grad-CAM).
-        map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
-        map_detach: the map head learns from the critic's features without changing them
-            (its loss stops at the features), so the critic trains exactly as without a
-            head: the same weights and density. False trains both jointly.
-        map_mask_level: blend weight above which a pixel counts as opacity in the map
-            head's target.
-    """
-
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    width: int = 32
-    gamma_range: tuple[float, float] = (0.8, 1.25)
-    shift_fraction: float = 1 / 16
-    seed: int = 0
-    opacity_prior: str = "lung"
-    synthesis: str = "blobs"
-    scale_range: tuple[float, float] = (0.85, 1.15)
-    rotation_degrees: float = 8.0
-    score_views: int = 1
-    map_width: int = 32
-    map_weight: float = 1.0
-    map_mask_level: float = 0.1
-    map_detach: bool = True
-
-    def __post_init__(self) -> None:
-        if self.map_width < 0 or not self.map_weight >= 0 or not 0 < self.map_mask_level < 1:
-            raise ValueError("critic_map_width and critic_map_weight must be >= 0 and "
-                             f"critic_map_mask_level in (0, 1), not {self.map_width!r}, "
-                             f"{self.map_weight!r}, {self.map_mask_level!r}")
-        if self.score_views not in (1, 2):
-            raise ValueError(f"critic_score_views must be 1 or 2, not {self.score_views!r}")
-        if self.synthesis not in SYNTHESES:
-            raise ValueError(f"critic_synthesis must be one of {', '.join(SYNTHESES)}, not "
-                             f"{self.synthesis!r}")
-        if self.opacity_prior not in ("lung", "wide"):
-            raise ValueError(f"critic_opacity_prior must be lung or wide, not "
-                             f"{self.opacity_prior!r}")
+    done = state.get("critic", {})
+    if done.get("density") is not None and done.get("epoch", 0) >= config.epochs:
+        return state
+    watched = watched_images(run.holdout, run.config.preprocess_config(), run.device) \
+        if run.dist.is_main else None
+    part = train_critic(config, run.config.seed, run.images, run.lung_prior, run.dist,
+                        run.device, run.use_amp, lambda part: run.save(with_part(state, "critic", part)),
+                        resume_state=done or None, writer=run.writer, watched=watched,
+                        progress=run.progress, log=run.log)
+    state = with_part(state, "critic", part)
+    run.save(state)
+    return state
 
 
-def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.Tensor,
-                 dist, device: torch.device, use_amp: bool,
+def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
+                 lung_prior: torch.Tensor, dist, device: torch.device, use_amp: bool,
                  save: Callable[[dict], None], resume_state: dict | None = None,
                  writer=None, watched: torch.Tensor | None = None, progress: bool = True,
                  log=print) -> dict:
@@ -110,6 +67,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
 
     Args:
         config: the critic's settings.
+        seed: the run's seed (the critic's stream starts from it).
         images: (N, 1, S, S) uint8 normal training films, on ``device``.
         lung_prior: (S, S) 0/1 lung-field prior of the training normals.
         dist: :class:`anomaly.distributed.DistContext` of this process.
@@ -125,7 +83,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
         The critic's checkpoint state: architecture, weights, optimiser, schedule,
         random states, epoch and the fitted ``density``.
     """
-    torch.manual_seed(config.seed)  # weights, then the films' changes and opacities
+    torch.manual_seed(seed)  # weights, then the films' changes and opacities
     size = images.shape[-1]
     arch = CriticArchitecture(image_size=size, width=config.width, map_width=config.map_width)
     critic = OpacityCritic(arch).to(device, memory_format=torch.channels_last)
@@ -136,7 +94,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
     steps_per_epoch = max(1, count // (batch_size * dist.world_size))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.lr, total_steps=max(1, config.epochs * steps_per_epoch))
-    order_rng = torch.Generator().manual_seed(config.seed)
+    order_rng = torch.Generator().manual_seed(seed)
     start_epoch = 0
     if resume_state is not None:
         load_weights(critic, resume_state["network"], "critic")
@@ -163,7 +121,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
     step = start_epoch * steps_per_epoch
 
     def state(epoch: int) -> dict:
-        return {"architecture": asdict(arch), "config": asdict(config), "epoch": epoch,
+        return {"architecture": asdict(arch), "config": {**asdict(config), "seed": seed}, "epoch": epoch,
                 "network": critic.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(),
                 "torch_rng": torch.get_rng_state()}
@@ -171,7 +129,7 @@ def train_critic(config: CriticConfig, images: torch.Tensor, lung_prior: torch.T
     for epoch in range(start_epoch, config.epochs):
         model.train()
         if dist.world_size > 1:  # each rank draws its own films' changes, per epoch
-            torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
+            torch.manual_seed(seed + 1000 * epoch + dist.rank)
         order = torch.randperm(count, generator=order_rng)
         bar = tqdm(dist.shard_batches(order, batch_size), desc=f"critic {epoch + 1}/"
                    f"{config.epochs}", unit="batch", disable=not (progress and dist.is_main),

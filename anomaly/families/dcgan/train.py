@@ -24,6 +24,7 @@ from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, resolve_device
 from anomaly.errors import TrainingDiverged
 from anomaly.families.dcgan.augment import diff_augment
+from anomaly.families.dcgan.config import DCGANConfig
 from anomaly.families.dcgan.networks import (
     Discriminator,
     Encoder,
@@ -39,12 +40,35 @@ if TYPE_CHECKING:
     from anomaly.train import TrainConfig
 
 
+def gan_architecture(config: TrainConfig) -> GANArchitecture:
+    """The networks a run's config describes: its DCGAN section at the run's image size."""
+    gan = config.section("dcgan")
+    return GANArchitecture(config.image_size, 1, gan.latent_dim, gan.generator_width,
+                           gan.discriminator_width, gan.max_channels, gan.spectral_norm)
+
+
+def train_family(run, gan: DCGANConfig, state: dict) -> dict:
+    """The family's training entry (:class:`anomaly.families.base.TrainingRun`): the
+    DCGAN (``gan.epochs``), the feature density of its discriminator, then the f-AnoGAN
+    encoder (``gan.encoder.epochs``); returns the run's state as saved."""
+    state = train_dcgan(run.config, run.images, state, run.checkpoint, run.dist, run.device,
+                        run.use_amp, run.writer, run.progress, run.log)
+    if run.dist.is_main:
+        fit_feature_density(run.checkpoint, run.images, run.device, gan.batch_size,
+                            log=run.log)
+        if gan.encoder.epochs > 0:
+            train_encoder(run.checkpoint, gan.encoder.epochs, data_dir=run.data_dir,
+                          progress=run.progress, log=run.log, fit_statistics=False)
+        state = load_checkpoint(run.checkpoint)
+    return state
+
+
 def family_state(config: TrainConfig, generator: Generator, discriminator: Discriminator,
                  optimizer_g, optimizer_d, epoch: int, fixed_noise: torch.Tensor,
                  order_rng: torch.Generator) -> dict:
     """The DCGAN's part of a checkpoint."""
     return {
-        "architecture": asdict(config.architecture()),
+        "architecture": asdict(gan_architecture(config)),
         "epoch": epoch,
         "generator": generator.state_dict(),
         "discriminator": discriminator.state_dict(),
@@ -69,18 +93,19 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
 
     Per batch: (1) update D, (2) update G. Resumes from ``state`` when it holds a DCGAN.
     """
-    from anomaly.train import with_family  # the shared run (it imports this module)
+    from anomaly.families import with_part
 
+    gan = config.section("dcgan")
     torch.manual_seed(config.seed)
-    arch = config.architecture()
+    arch = gan_architecture(config)
     generator, discriminator = Generator(arch).to(device), Discriminator(arch).to(device)
     generator.apply(init_dcgan_weights)
     discriminator.apply(init_dcgan_weights)
-    optimizer_g = torch.optim.Adam(generator.parameters(), config.lr, (config.beta1, config.beta2))
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), config.lr,
-                                   (config.beta1, config.beta2))
+    optimizer_g = torch.optim.Adam(generator.parameters(), gan.lr, (gan.beta1, gan.beta2))
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), gan.lr,
+                                   (gan.beta1, gan.beta2))
     order_rng = torch.Generator().manual_seed(config.seed)
-    fixed_noise = torch.randn(config.sample_count, arch.latent_dim,
+    fixed_noise = torch.randn(gan.sample_count, arch.latent_dim,
                               generator=torch.Generator().manual_seed(config.seed + 1))
     start_epoch = 0
     if "generator" in state:
@@ -97,27 +122,27 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
     generator = dist.wrap(generator)
     scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
-    real_target = 1.0 - config.label_smoothing  # one-sided label smoothing
+    real_target = 1.0 - gan.label_smoothing  # one-sided label smoothing
 
     def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
-        return diff_augment(batch) if config.diff_augment else batch
+        return diff_augment(batch) if gan.diff_augment else batch
 
     count = len(images)
-    batch_size = min(config.batch_size, count)
+    batch_size = min(gan.batch_size, count)
     step = start_epoch * max(1, count // (batch_size * dist.world_size))
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, gan.epochs):
         generator.train()
         discriminator.train()
         order = torch.randperm(count, generator=order_rng)
         batches = dist.shard_batches(order, batch_size)
         if dist.world_size > 1:  # each rank draws its own noise, reproducibly per epoch
             torch.manual_seed(config.seed + 1000 * epoch + dist.rank)
-        bar = tqdm(batches, desc=f"DCGAN {epoch + 1}/{config.epochs}", unit="batch",
+        bar = tqdm(batches, desc=f"DCGAN {epoch + 1}/{gan.epochs}", unit="batch",
                    disable=not (progress and dist.is_main), leave=False)
         for batch_index in bar:
             real = uint8_to_model(images[batch_index.to(device)])  # (B, 1, S, S)
-            if config.flip:
+            if gan.flip:
                 flip = torch.rand(real.shape[0], device=device) < 0.5
                 real = torch.where(flip[:, None, None, None], real.flip(-1), real)
             seen = as_seen_by_d(real)  # (B, 1, S, S), as D sees every input
@@ -172,10 +197,10 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
             writer.add_image("samples", make_grid(samples, nrow=8, normalize=True,
                                                   value_range=(-1, 1)), epoch + 1)
             writer.flush()
-            state = with_family(state, "dcgan", family_state(
+            state = with_part(state, "dcgan", family_state(
                 config, g, d, optimizer_g, optimizer_d, epoch + 1, fixed_noise, order_rng))
             save_checkpoint(state, last)
-            log(f"DCGAN epoch {epoch + 1}/{config.epochs}: loss D {loss_d.item():.3f}, "
+            log(f"DCGAN epoch {epoch + 1}/{gan.epochs}: loss D {loss_d.item():.3f}, "
                 f"G {loss_g.item():.3f}, D(x) {d_real:.2f}, D(G(z)) {d_fake:.2f}")
         dist.barrier()
 
@@ -187,7 +212,8 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
 
 def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.PathLike | None = None,
                   lr: float | None = None, kappa: float | None = None, batch_size: int | None = None,
-                  device: str | None = None, progress: bool = True, log=print) -> Path:
+                  device: str | None = None, progress: bool = True, log=print,
+                  fit_statistics: bool = True) -> Path:
     """Train f-AnoGAN's encoder (izi_f) for a trained GAN and store it in its checkpoint.
 
     G and D stay frozen in eval mode; E minimises
@@ -198,6 +224,8 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         epochs: passes over the training images.
         data_dir: folder of normal training images (default: the GAN's own, from its config).
         lr, kappa, batch_size, device: override the values stored in the GAN's config.
+        fit_statistics: fit the run's score statistics afterwards (the training run
+            fits them itself once every family is trained).
 
     Returns:
         Path of the updated checkpoint.
@@ -214,10 +242,11 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     if "generator" not in state or not state.get("generator_trained", True):
         raise CheckpointError(f"{display_path(model)}: no trained DCGAN generator to train an "
                               "encoder for (train-gan with epochs > 0)")
-    config = TrainConfig(**state["train_config"])
-    lr = lr or config.encoder_lr
-    kappa = config.encoder_kappa if kappa is None else kappa
-    batch_size = batch_size or config.batch_size
+    config = TrainConfig.from_sources([(state["train_config"], display_path(model))])
+    gan = config.section("dcgan")
+    lr = lr or gan.encoder.lr
+    kappa = gan.encoder.kappa if kappa is None else kappa
+    batch_size = batch_size or gan.batch_size
     torch_device = resolve_device(device or config.device)
     use_amp = mixed_precision(config, torch_device)
     torch.manual_seed(config.seed + 2)
@@ -259,7 +288,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
                    disable=not progress, leave=False)
         for batch_index in bar:
             real = uint8_to_model(images[batch_index.to(torch_device)])  # (B, 1, S, S)
-            if config.flip:
+            if gan.flip:
                 flip = torch.rand(real.shape[0], device=torch_device) < 0.5
                 real = torch.where(flip[:, None, None, None], real.flip(-1), real)
 
@@ -292,7 +321,8 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         state["encoder_epochs"] = epoch + 1
         save_checkpoint(state, path)
     writer.close()
-    fit_score_statistics(path, log=log)
+    if fit_statistics:
+        fit_score_statistics(path, log=log)
     return path
 
 

@@ -1,0 +1,77 @@
+"""The critic's settings: its section of a training config (no torch needed to read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SYNTHESES = ("blobs", "patches", "mixed")  # the kinds of synthetic opacity (synthesis.py)
+
+
+@dataclass
+class CriticConfig:
+    """How the critic is trained: the ``critic:`` section of ``train-gan``'s config
+    (``critic_<name>`` keys in configs written before sections).
+
+    Attributes:
+        epochs: passes over the training normals (0: no critic).
+        batch_size: films per step (half of them, at random, get opacities).
+        lr: peak learning rate of the one-cycle schedule (AdamW).
+        weight_decay: AdamW's decoupled weight decay.
+        width: channels of the first block (doubled by each of the 4 blocks).
+        gamma_range: range of the random gamma curve (``[1, 1]``: none).
+        shift_fraction: largest random shift as a fraction of the side (0: none).
+        scale_range: range of the random zoom about the centre (``[1, 1]``: none).
+        rotation_degrees: largest random tilt either way (0: none).
+        score_views: how films are embedded for the density and scored: 1 (the film
+            alone, the default) or 2 (the film and its mirror image averaged, so a film
+            and its mirror score the same; twice the work).
+        opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
+            the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
+            ellipse that reaches the lung bases; :func:`wide_lung_prior`).
+        map_width: channels of the map head's finest level (0: no map head; the heat map
+            is then the density's Grad-CAM).
+        map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
+        map_detach: the map head learns from the critic's features without changing them
+            (its loss stops at the features), so the critic trains exactly as without a
+            head: the same weights and density. False trains both jointly.
+        map_mask_level: blend weight above which a pixel counts as opacity in the map
+            head's target.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    width: int = 32
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    shift_fraction: float = 1 / 16
+    opacity_prior: str = "lung"
+    synthesis: str = "blobs"
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    rotation_degrees: float = 8.0
+    score_views: int = 1
+    map_width: int = 32
+    map_weight: float = 1.0
+    map_mask_level: float = 0.1
+    map_detach: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("gamma_range", "scale_range"):
+            values = tuple(getattr(self, name))
+            if len(values) != 2 or not 0 < values[0] <= values[1]:
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+            setattr(self, name, values)
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, not {self.epochs!r}")
+        if self.map_width < 0 or not self.map_weight >= 0 or not 0 < self.map_mask_level < 1:
+            raise ValueError("map_width and map_weight must be >= 0 and "
+                             f"map_mask_level in (0, 1), not {self.map_width!r}, "
+                             f"{self.map_weight!r}, {self.map_mask_level!r}")
+        if self.score_views not in (1, 2):
+            raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
+        if self.synthesis not in SYNTHESES:
+            raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not "
+                             f"{self.synthesis!r}")
+        if self.opacity_prior not in ("lung", "wide"):
+            raise ValueError(f"opacity_prior must be lung or wide, not "
+                             f"{self.opacity_prior!r}")
