@@ -1,38 +1,18 @@
-"""A Gaussian density of the discriminator's features of normal films.
+"""A Gaussian density of a network's features of normal films, shared by the families.
 
-The density score of an image is the Mahalanobis distance of its embedding (the
-discriminator's pooled, L2-normalised features, averaged over the image and its mirror
-image) from a Gaussian fitted to the embeddings of the normal training films, with a
-Ledoit-Wolf shrunk covariance (as CutPaste and AnatPaste score their critics). An image
-far from every normal film in feature space scores high.
+The density score of an image is the Mahalanobis distance of its embedding (a network's
+pooled, L2-normalised features: the critic's, or the DCGAN discriminator's) from a
+Gaussian fitted to the embeddings of the normal training films, with a Ledoit-Wolf
+shrunk covariance (as CutPaste and AnatPaste score their critics). An image far from
+every normal film in feature space scores high.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-
-from anomaly.families.dcgan.networks import Discriminator
-
-
-def flip_embedding(discriminator: Discriminator, images: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embeddings of images and their mirror images, averaged and re-normalised.
-
-    Args:
-        discriminator: a trained discriminator in eval mode.
-        images: (B, 1, S, S) in [-1, 1].
-
-    Returns:
-        (embedding (B, C), features of the images (B, C, 4, 4), features of the mirrored
-        images (B, C, 4, 4)).
-    """
-    features = discriminator.features(images).float()
-    features_flipped = discriminator.features(images.flip(-1)).float()
-    pooled = discriminator.embedding(features) + discriminator.embedding(features_flipped)
-    return torch.nn.functional.normalize(pooled, dim=1), features, features_flipped
 
 
 def fit_density(embeddings: np.ndarray) -> dict[str, torch.Tensor]:
@@ -55,15 +35,6 @@ def mahalanobis(embeddings: torch.Tensor, density: dict[str, torch.Tensor]) -> t
     centred = embeddings.float() - density["mean"].to(embeddings.device)
     precision = density["precision"].to(embeddings.device)
     return (centred @ precision * centred).sum(1).clamp(min=0).sqrt()
-
-
-@torch.no_grad()
-def fit_density_on_images(discriminator: Discriminator, batches: Iterable[torch.Tensor],
-                          device: torch.device) -> dict[str, torch.Tensor]:
-    """Embed normal images batch by batch and fit the density to them."""
-    discriminator.eval()
-    embeddings = [flip_embedding(discriminator, batch.to(device))[0].cpu() for batch in batches]
-    return fit_density(torch.cat(embeddings).numpy())
 
 
 def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch.Tensor],

@@ -2,10 +2,11 @@
 OpenCV: no torch at run time.
 
 Files are read and preprocessed exactly as the toolkit does (CLAHE, resize, the uint8
-rounding of stored inputs), the network gives each film's embedding and logit (and, with
-a map head, its opacity map), and the density, brightness, map score, threshold, regions
-and p-values come from ``export.json``. The scores, maps and regions equal the run's own
-(``anomaly score --model RUN``) to float precision.
+rounding of stored inputs), the network runs in onnxruntime, and the exporting family's
+reader (its ``export_reader``; the critic's turns the embedding, logit and opacity map
+into its density, map score and the rest) makes the components and the score; the
+threshold, regions and p-values come from ``export.json``. The scores, maps and regions
+equal the run's own (``anomaly score --model RUN``) to float precision.
 
 Example:
     >>> scorer = ExportedScorer("exported/")      # or exported/model.onnx
@@ -60,31 +61,34 @@ def check_export(info: dict, folder: Path) -> None:
     if expected is not None and file_sha256(network) != expected:
         raise BadValue("model.onnx is not the network exported with this export.json (its "
                        "SHA-256 differs: an export cut short?); export again")
-    if info.get("mode") != "critic" or not isinstance(info.get("score"), str):
-        raise BadValue(f"mode {info.get('mode')!r} / score {info.get('score')!r} is not an "
-                       "exported critic's")
+    if not isinstance(info.get("mode"), str) or not isinstance(info.get("score"), str):
+        raise BadValue(f"mode {info.get('mode')!r} / score {info.get('score')!r} are not names")
     components = info.get("components")
     if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
         raise BadValue("components is not a list of names")
     if not isinstance(info.get("preprocess"), dict):
         raise BadValue("preprocess is missing")
     size = PreprocessConfig(**info["preprocess"]).image_size
-    validate.density_part(info.get("density"), "density")
     validate.lung_prior(info.get("lung_prior"), "lung_prior", size)
     validate.number_list(info.get("heldout_normal_scores"), "heldout_normal_scores")
     threshold = info.get("threshold")
     if not isinstance(threshold, dict) or not isinstance(threshold.get("source"), str):
         raise BadValue("threshold must be {value, source}")
     validate.finite_number(threshold.get("value"), "threshold.value", allow_none=True)
-    if "map" in components:
-        validate.lung_prior(info.get("lung_field"), "lung_field", size)
-        validate.positive_number(info.get("region_threshold"), "region_threshold",
-                                 allow_none=True)
-        normal = info.get("heldout_normal_components")
-        if not isinstance(normal, dict):
-            raise BadValue("heldout_normal_components is missing")
-        for name, values in normal.items():
-            validate.number_list(values, f"heldout_normal_components.{name}")
+    validate.positive_number(info.get("region_threshold"), "region_threshold",
+                             allow_none=True)
+
+
+def export_reader(info: dict):
+    """The exporting family's reader of network outputs (exports written before
+    ``family`` was recorded are the family of their mode)."""
+    from anomaly.families import FAMILIES, family_of_mode
+
+    name = info.get("family") or family_of_mode(info["mode"])
+    module = FAMILIES.get(name)
+    if module is None or not hasattr(module, "export_reader"):
+        raise BadValue(f"family {name!r} has no reader of exported models")
+    return module.export_reader(info)
 
 
 class ExportedScorer:
@@ -111,6 +115,7 @@ class ExportedScorer:
                                   "with torch.jit.load, or export with --format onnx")
         try:
             check_export(info, folder)
+            self.reader = export_reader(info)
         except (BadValue, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"{display_path(folder / 'export.json')}: {err}") from None
         import onnxruntime
@@ -121,15 +126,10 @@ class ExportedScorer:
         self.mode, self.score = info["mode"], info["score"]
         self.component_names = tuple(info["components"])
         self.preprocess_config = PreprocessConfig(**info["preprocess"])
-        self.mean = np.asarray(info["density"]["mean"], dtype=np.float64)
-        self.precision = np.asarray(info["density"]["precision"], dtype=np.float64)
         self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
-        self.has_map = "map" in self.component_names
+        self.has_map = bool(getattr(self.reader, "has_map", False))
         self.heat_name = info.get("heat", "none")
         self.region_threshold = info.get("region_threshold")
-        if self.has_map:
-            self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
-            self.normal_components = info.get("heldout_normal_components") or {}
         self.batch_size = batch_size
 
     def output_settings(self) -> dict:
@@ -147,38 +147,11 @@ class ExportedScorer:
     def score_inputs(self, images: np.ndarray) -> BatchScores:
         """Score preprocessed films (B, 1, S, S) in [-1, 1]."""
         images = np.ascontiguousarray(images, dtype=np.float32)
-        embedding, logit, *opacity = self.session.run(None, {"images": images})
-        centred = embedding.astype(np.float64) - self.mean
-        density = np.sqrt(np.clip(np.einsum("bi,ij,bj->b", centred, self.precision, centred),
-                                  0, None))
-        brightness = (images[:, 0] * self.lung_prior).reshape(len(images), -1).sum(1) \
-            / self.lung_prior.sum()
-        components = {"density": density, "logit": logit.astype(np.float64),
-                      "brightness": brightness.astype(np.float64)}
-        heat = None
-        if self.has_map:
-            heat = opacity[0].astype(np.float32)  # (B, S, S)
-            inside = heat.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
-            count = max(1, int(round(0.01 * inside.shape[1])))  # the top 1% (lungs.top_mean)
-            components["map"] = np.sort(inside, axis=1)[:, -count:].mean(1)
-        if self.score == "density+map":
-            score = self.standardised_sum(components, ("density", "map"))
-        else:
-            score = components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
+        components, heat = self.reader.components(
+            images, self.session.run(None, {"images": images}))
+        score = self.reader.score_of(components)
         return BatchScores(np.asarray(score, dtype=np.float64), components, images, None, heat,
                            1.0 if heat is not None else None)
-
-    def standardised_sum(self, components: dict, names: Sequence[str]) -> np.ndarray:
-        """The components ``names``, each standardised on the held-out normals, summed."""
-        total = 0.0
-        for name in names:
-            normal = self.normal_components.get(name)
-            if not normal:
-                raise CheckpointError(f"export.json holds no held-out normal {name} values "
-                                      f"to standardise the {self.score} score")
-            normal = np.asarray(normal, dtype=np.float64)
-            total = total + (components[name] - normal.mean()) / max(normal.std(), 1e-12)
-        return np.asarray(total, dtype=np.float64)
 
     def regions(self, heat: np.ndarray) -> list[Region]:
         """The regions of a map (H, W) above the exported region threshold."""
@@ -187,8 +160,7 @@ class ExportedScorer:
     def film_regions(self, scores: BatchScores, index: int) -> list[Region]:
         """The regions of image ``index`` of a scored batch in its file's own pixels."""
         if scores.heatmaps is None:
-            raise ValueError("this exported model has no opacity map (a critic exported "
-                             "without a map head)")
+            raise ValueError("this exported model has no heat map (exported without one)")
         shape = scores.shapes[index] if scores.shapes is not None else None
         return film_regions(scores.heatmaps[index], shape, self.preprocess_config.resize,
                             self.region_threshold, "export.json")
@@ -211,8 +183,8 @@ class ExportedScorer:
                     heatmaps: bool = False) -> ScoreResult:
         """Score files, skipping unreadable ones (listed in ``failures``)."""
         if heatmaps and not self.has_map:
-            raise ValueError("this exported model has no heat maps (a critic without a map "
-                             "head); score with the run itself")
+            raise ValueError("this exported model has no heat maps (exported without "
+                             "one); score with the run itself")
         result = ScoreResult()
         batch_paths: list[Path] = []
         batch: list[np.ndarray] = []

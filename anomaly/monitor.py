@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from anomaly.data import load_images, uint8_to_model
-from anomaly.families.dcgan.networks import Encoder, Generator
 
 WATCHED_COUNT = 8
 
@@ -49,13 +48,3 @@ def evidence_panel(evidence: Callable[[torch.Tensor], torch.Tensor], images: tor
                _to_image_range(evidence(pasted).float(), size)]
     rows = torch.stack(columns, dim=1).flatten(0, 1).float().cpu()  # (N * 4, 1, S, S)
     return make_grid(rows, nrow=4, normalize=True, value_range=(-1, 1))
-
-
-@torch.no_grad()
-def reconstruction_panel(generator: Generator, encoder: Encoder, images: torch.Tensor
-                         ) -> torch.Tensor:
-    """Grid, one row per image: input | G(E(x)) | |x - G(E(x))| (0 black, 2 white)."""
-    reconstruction = generator(encoder(images)).float()
-    residual = (images - reconstruction).abs() - 1  # [0, 2] shown as [-1, 1]
-    rows = torch.stack([images, reconstruction, residual], dim=1).flatten(0, 1).cpu()
-    return make_grid(rows, nrow=3, normalize=True, value_range=(-1, 1))

@@ -81,7 +81,7 @@ def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resu
 @user_errors_as_messages
 def train_encoder_command(model, epochs, data_dir, lr, kappa, batch_size, device, no_progress):
     """Train the f-AnoGAN encoder (izi_f) for a trained GAN."""
-    from anomaly.families.dcgan.train import train_encoder
+    from anomaly.train import train_encoder  # the family that declares it (the DCGAN)
 
     path = train_encoder(model, epochs, data_dir=data_dir, lr=lr, kappa=kappa,
                          batch_size=batch_size, device=device, progress=not no_progress)

@@ -88,3 +88,11 @@ def export_parts(scorer):
     from anomaly.families.critic.export import export_parts as parts
 
     return parts(scorer)
+
+
+def export_reader(info: dict):
+    """How an export of the critic is scored without torch
+    (:class:`anomaly.families.critic.exported.CriticExportReader`)."""
+    from anomaly.families.critic.exported import CriticExportReader
+
+    return CriticExportReader(info)

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from anomaly.data import DataError, uint8_to_model
-from anomaly.density import fit_density_on_images
 from anomaly.device import autocast, resolve_device
 from anomaly.errors import TrainingDiverged
 from anomaly.families.dcgan.augment import diff_augment
 from anomaly.families.dcgan.config import DCGANConfig
+from anomaly.families.dcgan.density import fit_density_on_images
+from anomaly.families.dcgan.monitor import reconstruction_panel
 from anomaly.families.dcgan.networks import (
     Discriminator,
     Encoder,
@@ -34,7 +35,7 @@ from anomaly.families.dcgan.networks import (
 )
 from anomaly.io import display_path
 from anomaly.lungs import lung_field_prior
-from anomaly.monitor import reconstruction_panel, watched_images
+from anomaly.monitor import watched_images
 
 if TYPE_CHECKING:
     from anomaly.train import TrainConfig

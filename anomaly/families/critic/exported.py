@@ -1,0 +1,75 @@
+"""The critic's part of scoring an export (:class:`anomaly.exported.ExportedScorer`),
+with NumPy alone: its export.json keys checked, and its network's outputs (embedding,
+logit and, with a map head, the opacity map) turned into its components and score."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from anomaly import validate
+from anomaly.errors import CheckpointError
+from anomaly.validate import BadValue
+
+
+class CriticExportReader:
+    """Components of exported critic outputs: ``density`` (Mahalanobis distance of the
+    embedding), ``logit``, ``brightness`` and, with a map, ``map`` (the top 1% of the map
+    inside the lung field, as :func:`anomaly.lungs.top_mean`)."""
+
+    def __init__(self, info: dict):
+        size = int(info["preprocess"]["image_size"])
+        validate.density_part(info.get("density"), "density")
+        if "map" in info["components"]:
+            validate.lung_prior(info.get("lung_field"), "lung_field", size)
+            normal = info.get("heldout_normal_components")
+            if not isinstance(normal, dict):
+                raise BadValue("heldout_normal_components is missing")
+            for name, values in normal.items():
+                validate.number_list(values, f"heldout_normal_components.{name}")
+        self.score = info["score"]
+        self.mean = np.asarray(info["density"]["mean"], dtype=np.float64)
+        self.precision = np.asarray(info["density"]["precision"], dtype=np.float64)
+        self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
+        self.has_map = "map" in info["components"]
+        if self.has_map:
+            self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
+            self.normal_components = info.get("heldout_normal_components") or {}
+
+    def components(self, images: np.ndarray, outputs: list[np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """(components (B,) by name, opacity maps (B, S, S) or None) of films (B, 1, S, S)."""
+        embedding, logit, *opacity = outputs
+        centred = embedding.astype(np.float64) - self.mean
+        density = np.sqrt(np.clip(np.einsum("bi,ij,bj->b", centred, self.precision, centred),
+                                  0, None))
+        brightness = (images[:, 0] * self.lung_prior).reshape(len(images), -1).sum(1) \
+            / self.lung_prior.sum()
+        components = {"density": density, "logit": logit.astype(np.float64),
+                      "brightness": brightness.astype(np.float64)}
+        heat = None
+        if self.has_map:
+            heat = opacity[0].astype(np.float32)  # (B, S, S)
+            inside = heat.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
+            count = max(1, int(round(0.01 * inside.shape[1])))  # the top 1% (lungs.top_mean)
+            components["map"] = np.sort(inside, axis=1)[:, -count:].mean(1)
+        return components, heat
+
+    def score_of(self, components: dict[str, np.ndarray]) -> np.ndarray:
+        """The exported score kind read from the components."""
+        if self.score == "density+map":
+            return self.standardised_sum(components, ("density", "map"))
+        return components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
+
+    def standardised_sum(self, components: dict, names: Sequence[str]) -> np.ndarray:
+        """The components ``names``, each standardised on the held-out normals, summed."""
+        total = 0.0
+        for name in names:
+            normal = self.normal_components.get(name)
+            if not normal:
+                raise CheckpointError(f"export.json holds no held-out normal {name} values "
+                                      f"to standardise the {self.score} score")
+            normal = np.asarray(normal, dtype=np.float64)
+            total = total + (components[name] - normal.mean()) / max(normal.std(), 1e-12)
+        return np.asarray(total, dtype=np.float64)
