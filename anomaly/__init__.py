@@ -1,7 +1,7 @@
 """Unsupervised anomaly detection in chest X-rays with GANs.
 
 Main entry points:
-    anomaly.train.train_gan, anomaly.train.TrainConfig   train a run: the opacity critic,
+    anomaly.train.train_run, anomaly.train.TrainConfig   train a run: the opacity critic,
                                                          then a DCGAN and its encoder
     anomaly.families.dcgan.train.train_encoder           f-AnoGAN encoder for a trained GAN
     anomaly.score.Scorer                                 score images or arrays, any family

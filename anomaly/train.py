@@ -541,7 +541,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
         f"{', '.join(modes)}")
 
 
-train_gan = train_run  # the name the CLI's train-gan command gave it first
+train_gan = train_run  # its name before families had a training seam (anomaly train-gan)
 
 
 def __getattr__(name: str):

@@ -6,9 +6,9 @@ way batches are produced differs:
       example's transforms (Resize, CenterCrop, Grayscale, ToTensor, Normalize) through a
       DataLoader with worker processes, as torchvision.datasets.ImageFolder does;
   (b) toolkit: images read once with anomaly.data.load_images (CLAHE preprocessing) into
-      an in-memory uint8 tensor, batches indexed from it (as anomaly.train.train_gan does);
+      an in-memory uint8 tensor, batches indexed from it (as anomaly.train.train_run does);
   (c) on CPUs with native bfloat16 (AVX512-BF16/AMX), (b) plus bfloat16 autocast, as
-      train_gan does with ``cpu_bf16: true``.
+      train_run does with ``cpu_bf16: true``.
 A fixed number of steps is timed after a warm-up; medians of the repeats are printed.
 
     python bench/bench_train.py --data ../shared/data/chest_xray/train/NORMAL
@@ -43,6 +43,7 @@ from anomaly.families.dcgan.networks import (
     Generator,
     init_dcgan_weights,
 )
+from anomaly.families.dcgan.train import gan_architecture  # noqa: E402
 from anomaly.train import TrainConfig
 from bench.common import machine_info, markdown_table, print_machine, synchronize
 
@@ -132,7 +133,7 @@ def reference_batches(paths: list[Path], image_size: int, batch_size: int, worke
 
 def toolkit_batches(images: torch.Tensor, batch_size: int, device: torch.device,
                     seed: int = 0) -> Iterator[torch.Tensor]:
-    """Endless batches indexed from the in-memory uint8 tensor, as train_gan does."""
+    """Endless batches indexed from the in-memory uint8 tensor, as train_run does."""
     images = images.to(device)
     order_rng = torch.Generator().manual_seed(seed)
     while True:
@@ -188,7 +189,7 @@ def main(argv=None) -> None:
         config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size,
                              latent_dim=args.latent_dim, generator_width=args.width,
                              discriminator_width=args.width)
-    arch = config.architecture()
+    arch = gan_architecture(config)
     paths = find_images(args.data)[: args.max_images]
     batch_size = min(config.batch_size, len(paths))
     info = machine_info(device)

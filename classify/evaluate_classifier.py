@@ -19,7 +19,7 @@ from sklearn.metrics import classification_report, roc_auc_score
 from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.data import DataError, LabelledFolder, refuse_shared_files, scan_labelled_folder
 from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
-from anomaly.evaluate_gan import limit_per_class, read_validation_folder
+from anomaly.evaluate_model import limit_per_class, read_validation_folder
 from anomaly.io import display_path, spreadsheet_safe
 from classify.predict import Classifier, Predictions, resolve_classifier_checkpoint
 

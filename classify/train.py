@@ -47,7 +47,7 @@ from anomaly.data import (
 )
 from anomaly.device import autocast, resolve_device
 from anomaly.errors import TrainingDiverged
-from anomaly.evaluate_gan import limit_per_class
+from anomaly.evaluate_model import limit_per_class
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
 from classify import CHECKPOINT_FORMAT as FORMAT

@@ -163,7 +163,7 @@ def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind,
                               iterations, batch_size, threshold, alpha, resume, max_images,
                               regions, heat)
     from anomaly.data import find_images
-    from anomaly.evaluate_gan import describe_scorer
+    from anomaly.evaluate_model import describe_scorer
     from anomaly.score import Scorer
     from anomaly.score_files import score_files, score_files_sharded
 
@@ -268,7 +268,7 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
                       score_kind, iterations, search_lr, lam, batch_size, seed, device, cpu_bf16,
                       heat, no_progress):
     """Pick the decision threshold on validation data and store it with the model."""
-    from anomaly.evaluate_gan import calibrate_threshold
+    from anomaly.evaluate_model import calibrate_threshold
 
     stored = calibrate_threshold(model, val_dir, normal_class, threshold_metric, quantile,
                                  progress=not no_progress, mode=mode, score=score_kind,
@@ -291,9 +291,9 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
                      threshold_on_test, max_images, resamples, mode, score_kind, iterations,
                      search_lr, lam, batch_size, seed, device, cpu_bf16, heat, no_progress):
     """Score a labelled folder and write report.json, scores.csv and plots."""
-    from anomaly.evaluate_gan import evaluate_gan
+    from anomaly.evaluate_model import evaluate_model
 
-    report = evaluate_gan(model, data_dir, out_dir, val_dir, normal_class, threshold_metric,
+    report = evaluate_model(model, data_dir, out_dir, val_dir, normal_class, threshold_metric,
                           quantile, threshold_on_test, max_images, resamples,
                           progress=not no_progress, mode=mode, score=score_kind,
                           iterations=iterations,

@@ -5,9 +5,9 @@ Run from the repository root: ``python examples/python_api.py``.
 
 from pathlib import Path
 
-from anomaly.evaluate_gan import evaluate_gan
+from anomaly.evaluate_model import evaluate_model
 from anomaly.score import Scorer
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 
 HERE = Path(__file__).parent
 OUT = HERE / "output" / "python_api"
@@ -15,7 +15,7 @@ OUT = HERE / "output" / "python_api"
 # the recommended kind at toy size: the opacity critic, then a DCGAN and its encoder
 config = TrainConfig(image_size=32, critic_epochs=5, epochs=2, batch_size=16,
                      encoder_epochs=1)
-train_gan(config, HERE / "data" / "train" / "NORMAL", OUT / "run", progress=False,
+train_run(config, HERE / "data" / "train" / "NORMAL", OUT / "run", progress=False,
           overwrite=True)  # this example replaces its own earlier run
 test_images = sorted((HERE / "data" / "test").rglob("*.jpeg"))
 
@@ -32,6 +32,6 @@ result = search.score_paths(test_images, progress=False)
 print("AnoGAN latent search, lung-opacity:",
       " ".join(f"{score:.4f}" for score in result.score))
 
-report = evaluate_gan(OUT / "run", HERE / "data" / "test", OUT / "report", resamples=200,
+report = evaluate_model(OUT / "run", HERE / "data" / "test", OUT / "report", resamples=200,
                       threshold_on_test=True, progress=False)
 print(f"AUROC on the 8 example images: {report['auroc']:.3f} (a toy run; see README for real figures)")

@@ -24,7 +24,7 @@ import numpy as np
 
 from anomaly.data import scan_labelled_folder
 from anomaly.evaluate import auroc
-from anomaly.evaluate_gan import heldout_normal_scores
+from anomaly.evaluate_model import heldout_normal_scores
 from anomaly.score import Scorer
 
 

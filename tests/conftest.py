@@ -72,21 +72,21 @@ def val_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, normal_dir) -> Path:
     """A 2-epoch tiny GAN with a 1-epoch encoder."""
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
 
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(**{**TINY_CONFIG, "encoder_epochs": 1})
-    train_gan(config, normal_dir, run, progress=False, log=lambda *a: None)
+    train_run(config, normal_dir, run, progress=False, log=lambda *a: None)
     return run
 
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory, normal_dir) -> Path:
     """The built-in defaults at toy size: a critic, then a DCGAN with its encoder."""
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
 
     run = tmp_path_factory.mktemp("default_run")
-    train_gan(TrainConfig(**TINY_DEFAULT), normal_dir, run, progress=False,
+    train_run(TrainConfig(**TINY_DEFAULT), normal_dir, run, progress=False,
               log=lambda *a: None)
     return run
 

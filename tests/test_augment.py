@@ -7,7 +7,7 @@ import torch
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.families.dcgan.augment import diff_augment, translate
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 from tests.conftest import TINY_CONFIG
 
 
@@ -45,8 +45,8 @@ def test_training_augments_what_d_sees_only_when_asked(tmp_path, normal_dir, mon
 
     monkeypatch.setattr(train_module, "diff_augment", recording)
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "diff_augment": enabled})
-    train_gan(config, normal_dir, tmp_path / "run", progress=False, log=lambda *a: None)
-    assert load_checkpoint(tmp_path / "run")["train_config"]["diff_augment"] is enabled
+    train_run(config, normal_dir, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert load_checkpoint(tmp_path / "run")["train_config"]["dcgan"]["diff_augment"] is enabled
     steps = 24 // TINY_CONFIG["batch_size"]
     # per step: the real batch, the fakes for D and the fakes for G
     assert len(seen) == (3 * steps if enabled else 0)

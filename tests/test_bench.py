@@ -26,13 +26,13 @@ def run_script(name: str, *args: object) -> str:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 1-epoch 32x32 GAN (widths 8, latent 16) with a 1-epoch encoder, on 16 images."""
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
     from tests.conftest import TINY_CONFIG, write_images
 
     root = tmp_path_factory.mktemp("bench")
     write_images(root / "images", 16, seed=5)
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "encoder_epochs": 1})
-    train_gan(config, root / "images", root / "run", progress=False, log=lambda *a: None)
+    train_run(config, root / "images", root / "run", progress=False, log=lambda *a: None)
     return root / "run", root / "images"
 
 
@@ -95,11 +95,11 @@ def test_score_variants_example_prints_a_row_per_variant(trained_run, labelled_d
 
 
 def test_bench_critic(tmp_path, normal_dir):
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
     from tests.test_critic import CRITIC_ONLY
 
     run = tmp_path / "critic"
-    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, progress=False, log=lambda *a: None)
+    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, progress=False, log=lambda *a: None)
     out = run_script("bench_critic.py", "--model", run, "--data", normal_dir, "--images", 10,
                      "--batch-size", 4, "--repeats", 1, "--threads", 1,
                      "--json", tmp_path / "critic.json")
@@ -121,11 +121,11 @@ def test_bench_start(tiny_run, tmp_path):
 
 
 def test_bench_serve(tmp_path, normal_dir):
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
     from tests.conftest import TINY_DEFAULT
 
     run = tmp_path / "run"
     config = TrainConfig(**{**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0})
-    train_gan(config, normal_dir, run, progress=False, log=lambda *a: None)
+    train_run(config, normal_dir, run, progress=False, log=lambda *a: None)
     out = run_script("bench_serve.py", "--model", run, "--repeats", 2, "--clients", 2)
     assert "one film, request to answer" in out and out.count(" ms |") == 2

@@ -19,7 +19,7 @@ from anomaly.families.critic.synthesis import (
 )
 from anomaly.families.dcgan.train import train_encoder
 from anomaly.score import Scorer, available_modes
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 from tests.conftest import TINY_DEFAULT
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -149,7 +149,7 @@ def test_acquisition_changes_mirror_gamma_and_shift():
 @pytest.fixture(scope="module")
 def critic_run(tmp_path_factory, normal_dir):
     run = tmp_path_factory.mktemp("critic_run")
-    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
     return run
 
 
@@ -209,7 +209,7 @@ def test_heat_follows_an_opacity_the_critic_was_taught(tmp_path, normal_dir):
     run = tmp_path / "taught"
     config = TrainConfig(**{**CRITIC_ONLY, "critic_epochs": 25, "critic_width": 8,
                             "holdout_fraction": 0.0})
-    train_gan(config, normal_dir, run, **QUIET)
+    train_run(config, normal_dir, run, **QUIET)
     scorer = Scorer.from_checkpoint(run, device="cpu")
     state = load_checkpoint(run)
     from anomaly.data import find_images, load_images, uint8_to_model
@@ -229,7 +229,7 @@ def test_heat_follows_an_opacity_the_critic_was_taught(tmp_path, normal_dir):
 
 def test_critic_does_not_depend_on_the_dcgan_trained_after_it(tmp_path, normal_dir, critic_run):
     both = tmp_path / "both"
-    train_gan(TrainConfig(**{**CRITIC_ONLY, "epochs": 1}), normal_dir, both, **QUIET)
+    train_run(TrainConfig(**{**CRITIC_ONLY, "epochs": 1}), normal_dir, both, **QUIET)
     alone, with_gan = load_checkpoint(critic_run), load_checkpoint(both)
     assert with_gan["families"] == ["critic", "dcgan"]
     for key, value in alone["critic"]["network"].items():
@@ -250,10 +250,10 @@ def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, 
 
     monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):  # the family saves through its TrainingRun
-        train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+        train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
     monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save)
     assert load_checkpoint(run)["critic"]["epoch"] == 1 and len(calls) == 1
-    train_gan(TrainConfig(**CRITIC_ONLY), normal_dir, run, resume=True, **QUIET)
+    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(run)["critic"], load_checkpoint(critic_run)["critic"]
     assert resumed["epoch"] == 2
     for key, value in uninterrupted["network"].items():
@@ -291,7 +291,7 @@ def test_config_refuses_a_run_that_trains_nothing():
 
 def test_density_is_mirror_invariant_with_two_views(tmp_path, normal_dir):
     run = tmp_path / "two_views"
-    train_gan(TrainConfig(**CRITIC_ONLY, critic_score_views=2), normal_dir, run, **QUIET)
+    train_run(TrainConfig(**CRITIC_ONLY, critic_score_views=2), normal_dir, run, **QUIET)
     scorer = Scorer.from_checkpoint(run, device="cpu")
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     plain, mirrored = scorer.score_tensor(images), scorer.score_tensor(images.flip(-1))
@@ -358,10 +358,10 @@ def test_seed_ensemble_averages_standardised_runs(critic_run, tmp_path, normal_d
     recomputed here from the two scorers."""
     from anomaly.data import scan_labelled_folder
     from anomaly.evaluate import auroc
-    from anomaly.evaluate_gan import heldout_normal_scores
+    from anomaly.evaluate_model import heldout_normal_scores
 
     other = tmp_path / "seed1"
-    train_gan(TrainConfig(**{**CRITIC_ONLY, "seed": 1}), normal_dir, other, **QUIET)
+    train_run(TrainConfig(**{**CRITIC_ONLY, "seed": 1}), normal_dir, other, **QUIET)
     run_example("seed_ensemble", ["--model", str(critic_run), "--model", str(other),
                                   "--data", str(labelled_dir)])
     lines = capsys.readouterr().out.splitlines()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.decision import conformal_p_values, make_decision
-from anomaly.evaluate_gan import calibrate_threshold
+from anomaly.evaluate_model import calibrate_threshold
 from anomaly.score import Scorer
 from cli.anomaly_cli import main as anomaly_main
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.evaluate_gan import evaluate_gan
+from anomaly.evaluate_model import evaluate_model
 from anomaly.score import Scorer, available_modes
 from cli.anomaly_cli import main as anomaly_main
 
@@ -55,7 +55,7 @@ def test_evaluate_every_mode_with_and_without_validation(default_run, labelled_d
     path once crashed where the mode draws no reconstruction)."""
     for mode in available_modes(load_checkpoint(default_run)):
         out = tmp_path / mode
-        report = evaluate_gan(default_run, labelled_dir, out,
+        report = evaluate_model(default_run, labelled_dir, out,
                               val_dir=val_dir if with_val else None, mode=mode,
                               iterations=ITERATIONS.get(mode), resamples=20, progress=False,
                               log=lambda *a: None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anomaly.data import find_images
-from anomaly.evaluate_gan import evaluate_gan
+from anomaly.evaluate_model import evaluate_model
 from anomaly.fidelity import batch_fidelity, reconstruction_fidelity
 from anomaly.score import BatchScores, Scorer
 
@@ -39,7 +39,7 @@ def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, va
     assert fidelity["n"] == 5 and 0 < fidelity["mae"] < 2 and -1 < fidelity["ssim"] < 1
     assert reconstruction_fidelity(Scorer.from_checkpoint(trained_run, mode="encoder"), []) \
         is None
-    evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=val_dir,
+    evaluate_model(trained_run, labelled_dir, tmp_path / "r", val_dir=val_dir,
                  progress=False, log=lambda *a: None, mode="encoder")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert "fidelity_heldout_normals" in report  # None: this tiny run holds nothing out
@@ -57,7 +57,7 @@ def test_held_out_normals_are_scored_once_for_threshold_and_fidelity(
         return score_paths(self, paths, *args, **kwargs)
 
     monkeypatch.setattr(Scorer, "score_paths", counting)
-    report = evaluate_gan(trained_run, labelled_dir, tmp_path / "r", progress=False,
+    report = evaluate_model(trained_run, labelled_dir, tmp_path / "r", progress=False,
                           log=lambda *a: None, mode="encoder", score="anogan")
     assert report["threshold_source"] == "normal-val-quantile"
     assert report["fidelity_heldout_normals"]["n"] == 5

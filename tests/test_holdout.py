@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.train import TrainConfig, patient_id, split_holdout, train_gan
+from anomaly.train import TrainConfig, patient_id, split_holdout, train_run
 from tests.conftest import TINY_CONFIG, write_images
 
 PATTERN = TrainConfig().holdout_patient_pattern
@@ -65,7 +65,7 @@ def test_checkpoint_says_how_the_holdout_was_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(anomaly.train, "load_images", recording)
     run = tmp_path / "run"
-    train_gan(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "holdout_fraction": 0.25}), folder,
+    train_run(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "holdout_fraction": 0.25}), folder,
               run, progress=False, log=lambda *a: None)
     state = load_checkpoint(run)
     held = [Path(p) for p in state["holdout_paths"]]

@@ -14,7 +14,7 @@ from anomaly.data import find_images
 from anomaly.lungs import central_ellipse, lung_field_prior, lung_opacity, opacity_map
 from anomaly.score import Scorer
 from anomaly.score_files import score_files
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 from tests.conftest import TINY_CONFIG
 
 
@@ -62,7 +62,7 @@ def test_opacity_counts_regional_brightening_not_fine_detail():
 def run_with_holdout(tmp_path_factory, normal_dir):
     run = tmp_path_factory.mktemp("holdout_run")
     config = TrainConfig(**{**TINY_CONFIG, "holdout_fraction": 0.25, "encoder_epochs": 1})
-    train_gan(config, normal_dir, run, progress=False, log=lambda *a: None)
+    train_run(config, normal_dir, run, progress=False, log=lambda *a: None)
     return run
 
 
@@ -123,10 +123,10 @@ def test_csv_and_heatmaps_of_the_fused_score(run_with_holdout, normal_dir, tmp_p
 
 def test_evaluate_without_val_takes_the_threshold_from_held_out_normals(
         run_with_holdout, labelled_dir, tmp_path):
-    from anomaly.evaluate_gan import evaluate_gan
+    from anomaly.evaluate_model import evaluate_model
 
     options = dict(mode="encoder-search", iterations=2)  # not fitted at training time
-    report = evaluate_gan(run_with_holdout, labelled_dir, tmp_path / "report", resamples=20,
+    report = evaluate_model(run_with_holdout, labelled_dir, tmp_path / "report", resamples=20,
                           progress=False, log=lambda *a: None, **options)
     assert report["threshold_source"] == "normal-val-quantile"
     scorer = Scorer.from_checkpoint(run_with_holdout, **options)

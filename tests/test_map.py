@@ -326,7 +326,7 @@ def test_a_blob_drawn_in_a_map_becomes_one_region_with_its_box():
 
 
 def test_a_detached_map_head_leaves_the_critic_as_without_it(tmp_path, normal_dir):
-    from anomaly.train import TrainConfig, train_gan
+    from anomaly.train import TrainConfig, train_run
     from tests.conftest import TINY_DEFAULT
 
     base = {**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0, "holdout_fraction": 0.0}
@@ -334,7 +334,7 @@ def test_a_detached_map_head_leaves_the_critic_as_without_it(tmp_path, normal_di
     for name, extra in (("none", {"critic_map_width": 0}),
                         ("detached", {"critic_map_width": 4, "critic_map_detach": True}),
                         ("joint", {"critic_map_width": 4, "critic_map_detach": False})):
-        train_gan(TrainConfig(**base, **extra), normal_dir, tmp_path / name, progress=False,
+        train_run(TrainConfig(**base, **extra), normal_dir, tmp_path / name, progress=False,
                   log=lambda *a: None)
         runs[name] = load_checkpoint(tmp_path / name)["critic"]
     plain, detached, joint = runs["none"], runs["detached"], runs["joint"]

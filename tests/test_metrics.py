@@ -147,19 +147,19 @@ def test_validation_sharing_a_test_file_by_content_is_refused(trained_run, label
     import shutil
 
     from anomaly.data import DataError
-    from anomaly.evaluate_gan import evaluate_gan
+    from anomaly.evaluate_model import evaluate_model
     from tests.conftest import write_images
 
     quiet = dict(progress=False, log=lambda *a: None)
     with pytest.raises(DataError, match="share 20 file"):
-        evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=labelled_dir, **quiet)
+        evaluate_model(trained_run, labelled_dir, tmp_path / "r", val_dir=labelled_dir, **quiet)
     val = tmp_path / "val"
     write_images(val / "NORMAL", 3, seed=40)
     write_images(val / "PNEUMONIA", 3, seed=41, blob=True)
     one = next((labelled_dir / "PNEUMONIA").glob("*.png"))
     shutil.copy(one, val / "NORMAL" / "renamed.png")
     with pytest.raises(DataError, match=r"share 1 file.*renamed\.png"):
-        evaluate_gan(trained_run, labelled_dir, tmp_path / "r", val_dir=val, **quiet)
+        evaluate_model(trained_run, labelled_dir, tmp_path / "r", val_dir=val, **quiet)
     assert not (tmp_path / "r" / "report.json").exists()
 
 

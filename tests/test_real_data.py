@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from anomaly.data import find_images
-from anomaly.evaluate_gan import evaluate_gan
+from anomaly.evaluate_model import evaluate_model
 from anomaly.score import Scorer
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 from tests.conftest import REAL_DATA
 from tests.report_page import check_page_against_report
 
@@ -22,7 +22,7 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
     config = TrainConfig(image_size=32, epochs=1, batch_size=16, max_images=48,
                          generator_width=16, discriminator_width=16, encoder_epochs=1,
                          critic_epochs=2, critic_width=8, critic_batch_size=16)
-    train_gan(config, REAL_DATA / "train" / "NORMAL", tmp_path / "run", progress=False,
+    train_run(config, REAL_DATA / "train" / "NORMAL", tmp_path / "run", progress=False,
               log=lambda *a: None)
     default = Scorer.from_checkpoint(tmp_path / "run")
     assert (default.mode, default.score) == ("critic", "density")
@@ -35,7 +35,7 @@ def test_train_score_evaluate_on_real_xrays(tmp_path):
     batch = scorer.score_tensor(scorer.score_arrays([np.zeros((8, 8))]).inputs)  # a blank film
     residual = (batch.inputs - batch.reconstructions).abs().flatten(1).mean(1).numpy()
     np.testing.assert_allclose(batch.residual, residual, rtol=1e-5)  # what "residual" means
-    report = evaluate_gan(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
+    report = evaluate_model(tmp_path / "run", REAL_DATA / "test_dev", tmp_path / "report",
                           val_dir=REAL_DATA / "val", max_images=4, resamples=50, progress=False,
                           log=lambda *a: None)
     assert report["n"] == 8 and report["threshold_source"] == "val"

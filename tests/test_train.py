@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from anomaly.checkpoint import load_checkpoint
 from anomaly.config import ConfigError, load_config
 from anomaly.errors import TrainingDiverged
-from anomaly.train import TrainConfig, train_gan
+from anomaly.train import TrainConfig, train_run
 from tests.conftest import TINY_CONFIG
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -32,11 +32,11 @@ def test_checkpoint_and_tensorboard(trained_run):
 def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path, normal_dir):
     config = TrainConfig(**TINY_CONFIG)
     full = tmp_path / "full"
-    train_gan(config, normal_dir, full, **QUIET)
+    train_run(config, normal_dir, full, **QUIET)
     parts = tmp_path / "parts"
-    train_gan(config.replace(epochs=1), normal_dir, parts, **QUIET)
+    train_run(config.replace(epochs=1), normal_dir, parts, **QUIET)
     assert load_checkpoint(parts)["epoch"] == 1
-    train_gan(config, normal_dir, parts, resume=True, **QUIET)
+    train_run(config, normal_dir, parts, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(parts), load_checkpoint(full)
     assert resumed["epoch"] == 2
     for network in ("generator", "discriminator"):
@@ -52,8 +52,8 @@ def test_resume_continues_from_saved_epoch_and_matches_uninterrupted(tmp_path, n
 
 def test_training_is_reproducible_with_a_seed(tmp_path, normal_dir):
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
-    train_gan(config, normal_dir, tmp_path / "a", **QUIET)
-    train_gan(config, normal_dir, tmp_path / "b", **QUIET)
+    train_run(config, normal_dir, tmp_path / "a", **QUIET)
+    train_run(config, normal_dir, tmp_path / "b", **QUIET)
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     for key, value in a["discriminator"].items():
         torch.testing.assert_close(b["discriminator"][key], value)
@@ -62,13 +62,13 @@ def test_training_is_reproducible_with_a_seed(tmp_path, normal_dir):
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, normal_dir, monkeypatch):
     run = tmp_path / "run"
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
-    train_gan(config, normal_dir, run, **QUIET)
+    train_run(config, normal_dir, run, **QUIET)
     before = load_checkpoint(run)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
                         lambda *a, **k: bce(*a, **k) * float("nan"))
     with pytest.raises(TrainingDiverged, match="non-finite"):
-        train_gan(config.replace(epochs=2), normal_dir, run, resume=True, **QUIET)
+        train_run(config.replace(epochs=2), normal_dir, run, resume=True, **QUIET)
     after = load_checkpoint(run)
     assert after["epoch"] == 1
     torch.testing.assert_close(after["generator"], before["generator"])
@@ -77,7 +77,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, normal_
 def test_size_128_trains(tmp_path, normal_dir):
     config = TrainConfig(**{**TINY_CONFIG, "image_size": 128, "epochs": 1, "max_images": 8,
                             "batch_size": 4})
-    train_gan(config, normal_dir, tmp_path / "r128", **QUIET)
+    train_run(config, normal_dir, tmp_path / "r128", **QUIET)
     state = load_checkpoint(tmp_path / "r128")
     from anomaly.families.dcgan.networks import GANArchitecture, Generator
     generator = Generator(GANArchitecture(**state["architecture"]))
@@ -105,7 +105,7 @@ def test_cpu_bf16_trains_with_finite_weights(tmp_path, normal_dir):
 
     messages = []
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1, "cpu_bf16": True, "device": "cpu"})
-    train_gan(config, normal_dir, tmp_path / "bf16", progress=False, log=messages.append)
+    train_run(config, normal_dir, tmp_path / "bf16", progress=False, log=messages.append)
     assert ("with mixed precision" in messages[0]) == cpu_bf16_supported()
     state = load_checkpoint(tmp_path / "bf16")
     assert all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
@@ -168,20 +168,20 @@ def test_resume_refuses_settings_that_change_what_was_trained(tmp_path, normal_d
 
     run = tmp_path / "run"
     config = TrainConfig(**{**TINY_CONFIG, "epochs": 1})
-    train_gan(config, normal_dir, run, **QUIET)
+    train_run(config, normal_dir, run, **QUIET)
     for change in ({"seed": 1}, {"holdout_fraction": 0.5}, {"max_images": 10}):
         with pytest.raises(ConfigError, match=f"{next(iter(change))} .* there, .* now"):
-            train_gan(config.replace(**change), normal_dir, run, resume=True,
+            train_run(config.replace(**change), normal_dir, run, resume=True,
                       **QUIET)
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.png").write_bytes((normal_dir / "img_000.png").read_bytes())
     with pytest.raises(ConfigError, match="data .* there"):
-        train_gan(config, other, run, resume=True, **QUIET)
+        train_run(config, other, run, resume=True, **QUIET)
     # the saved settings are the base: no flag falls back to a built-in default
     resumed = resume_config(run, overrides={"epochs": 2})
     assert resumed == config.replace(epochs=2)
-    train_gan(resumed, normal_dir, run, resume=True, **QUIET)
+    train_run(resumed, normal_dir, run, resume=True, **QUIET)
     assert load_checkpoint(run)["epoch"] == 2
 
 

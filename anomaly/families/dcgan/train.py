@@ -1,7 +1,7 @@
 """The DCGAN's training, top to bottom as the PyTorch DCGAN example reads: per batch
 (1) update D, (2) update G, log to TensorBoard, save an atomic checkpoint every epoch;
 then D's feature density, and f-AnoGAN's encoder (izi_f: (3) update E with G and D
-frozen). ``anomaly.train.train_gan`` calls :func:`train_dcgan` after the critic.
+frozen). ``anomaly.train.train_run`` calls :func:`train_dcgan` after the critic.
 """
 
 from __future__ import annotations
