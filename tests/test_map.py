@@ -361,3 +361,32 @@ def test_a_batch_larger_than_a_network_piece_scores_as_film_by_film(default_run,
                                        atol=1e-6, err_msg=name)
         np.testing.assert_allclose(whole.heatmaps[index], alone.heatmaps[0], rtol=1e-4,
                                    atol=1e-6)  # Grad-CAM's heat runs to hundreds
+
+
+def test_the_results_tables_average_the_runs_reports(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import results_tables
+
+    runs = [tmp_path / "s0", tmp_path / "s1"]
+    for run, auroc in zip(runs, (0.8, 0.9)):
+        (run / "density").mkdir(parents=True)
+        (run / "density" / "report.json").write_text(json.dumps({
+            "auroc": auroc, "auroc_ci95": [auroc - 0.05, auroc + 0.05], "val_auroc": 0.95,
+            "recall": 0.7, "specificity": 0.8, "f1": 0.75}))
+        synthetic = {"pixel_auroc": auroc, "pixel_auroc_with_clean": auroc,
+                     "pointing_game": 0.5}
+        (run / "loc_map.json").write_text(json.dumps({
+            "heat": "map",
+            "synthetic": {"map": synthetic, "lung-brightness": synthetic,
+                          "image_auroc": {"density": 0.9}},
+            "real": {"pneumonia": {"mass_in_lung_field": 0.6, "maximum_in_lung_field": 1.0,
+                                   "with_a_region": 0.5},
+                     "normal": {"mass_in_lung_field": 0.5, "maximum_in_lung_field": 0.9,
+                                "with_a_region": 0.1},
+                     "flat_map_mass_in_lung_field": 0.4}}))
+    results_tables.main([str(r) for r in runs])
+    out = capsys.readouterr().out
+    assert "| `density` (the default) | 0.800 (0.750-0.850) | 0.850 ± 0.071 (0.800, 0.900) |" \
+        in out
+    assert "| **the opacity map** (map head, the default heat) | 0.850 (0.800, 0.900) |" in out
+    assert "0.500 / 0.100" in out and "logit" not in out  # only the scores every run has
