@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="bfloat16 autocast where the CPU runs it natively")
     parser.add_argument("--heat", choices=["map", "gradcam"],
                         help="the critic's heat map (default: the run's, map with a map head)")
+    parser.add_argument("--cpu-piece", type=int,
+                        help="films per network pass on the CPU (the critic's default: 8)")
     parser.add_argument("--json", help="write the figures here")
     return parser.parse_args(argv)
 
@@ -52,6 +54,8 @@ def main(argv=None) -> None:
     scorer = Scorer.from_checkpoint(args.model, mode=args.mode, device=str(device),
                                     batch_size=args.batch_size, cpu_bf16=args.cpu_bf16,
                                     **({"heat": args.heat} if args.heat else {}))
+    if args.cpu_piece:
+        scorer.family.cpu_piece = args.cpu_piece
     paths = find_images(args.data)
     paths = (paths * (args.images // len(paths) + 1))[: args.images]
     info = machine_info(device)
@@ -60,7 +64,8 @@ def main(argv=None) -> None:
     print(f"Model: {args.model}, mode {scorer.mode}, score {scorer.score}, heat "
           f"{scorer.heat_name}, settings "
           f"{scorer.settings()}, "
-          f"{scorer.preprocess_config.image_size} px, batch {args.batch_size}; "
+          f"{scorer.preprocess_config.image_size} px, batch {args.batch_size}"
+          f"{f', pieces of {scorer.family.cpu_piece}' if hasattr(scorer.family, 'cpu_piece') else ''}; "
           f"{len(paths)} files from {args.data}; medians of {args.repeats} runs.\n")
 
     scorer.score_paths(paths[: args.batch_size], progress=False)  # warm-up

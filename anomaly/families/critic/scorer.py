@@ -81,6 +81,7 @@ class CriticFamily:
     default_score = "density"
     reconstructs = False
     calibrated_scores = ("density+map",)  # standardised on the held-out normals
+    cpu_piece = CPU_PIECE
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
@@ -151,10 +152,11 @@ class CriticFamily:
                     heatmaps: bool = True) -> FamilyOutput:
         """Components (B,) of images (B, 1, S, S) in [-1, 1], and their heat maps.
 
-        On the CPU the network runs on pieces of :data:`CPU_PIECE` images: a piece's
-        activations stay in the cache, which makes the whole batch faster than one pass.
+        On the CPU the network runs on pieces of ``cpu_piece`` images (:data:`CPU_PIECE`):
+        a piece's activations stay in the cache, which makes the whole batch faster than
+        one pass.
         """
-        piece = CPU_PIECE if self.device.type == "cpu" else max(len(images), 1)
+        piece = self.cpu_piece if self.device.type == "cpu" else max(len(images), 1)
         parts = [self._score_piece(images[start: start + piece], heatmaps)
                  for start in range(0, max(len(images), 1), piece)]
         components = {name: np.concatenate([p[0][name] for p in parts])
