@@ -1,8 +1,11 @@
 """Where does a run's heat map point? Localisation on synthetic lesions and real films.
 
-1. Synthetic: the toolkit's opacities (``paste_opacities``, fixed seed) pasted into the
+1. Synthetic: the toolkit's opacities (``paste_opacities``, fixed seed; ``--recipe
+   blobs``, the critic's training recipe) or lesions of a recipe no family trains on
+   (``--recipe consolidation|patches``, :mod:`anomaly.eval_lesions`) pasted into the
    *normal* films of ``--data`` (another hospital than training). Pixel AUROC of the map
-   against the lesion masks (blend weight > the run's mask level) inside the lung field,
+   against the lesion masks (blobs: blend weight > the run's mask level; the others:
+   pixels visibly changed) inside the lung field,
    over the lesioned films alone and with their clean twins; the pointing game (the
    map's maximum, over the whole film, inside the lesion); the image AUROC of lesioned
    against their own clean films for each score.
@@ -16,7 +19,7 @@ The no-GAN row is the lung-brightness "map": the CLAHE film itself inside the lu
 
 Usage:
     python examples/localisation_benchmark.py --model RUN --data DIR [--heat map|gradcam]
-        [--json OUT]
+        [--recipe blobs|consolidation|patches] [--json OUT]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_common import load_labelled_images  # noqa: E402
 
 from anomaly.checkpoint import load_checkpoint  # noqa: E402
+from anomaly.eval_lesions import RECIPES, paste_lesions  # noqa: E402
 from anomaly.families.critic.synthesis import paste_opacities, soft_lung_prior  # noqa: E402
 from anomaly.localisation import (  # noqa: E402
     mass_inside,
@@ -53,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heat", choices=["map", "gradcam"],
                         help="the critic's heat map (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pasted opacities")
+    parser.add_argument("--recipe", default="blobs", choices=["blobs", *RECIPES],
+                        help="the synthetic lesions: blobs (the critic's training recipe) "
+                             "or one no family trains on (anomaly.eval_lesions)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     return parser.parse_args(argv)
@@ -114,9 +121,13 @@ def main(argv=None) -> dict:
 
     # 1. synthetic opacities in the normal films
     normals = images[labels == 0]
-    pasted, blend = paste_opacities(normals, soft_lung_prior(prior),
-                                    generator=torch.Generator().manual_seed(args.seed))
-    masks = (blend[:, 0] > level).numpy().astype(np.float32)
+    if args.recipe == "blobs":
+        pasted, blend = paste_opacities(normals, soft_lung_prior(prior),
+                                        generator=torch.Generator().manual_seed(args.seed))
+        masks = (blend[:, 0] > level).numpy().astype(np.float32)
+    else:
+        pasted, lesion_masks = paste_lesions(args.recipe, normals, prior, args.seed)
+        masks = lesion_masks.numpy().astype(np.float32)
     clean_heat, clean_scores = score_all(scorer, normals)
     lesion_heat, lesion_scores = score_all(scorer, pasted)
     bright_clean, bright_lesion = brightness_maps(normals, prior), brightness_maps(pasted, prior)
@@ -124,6 +135,7 @@ def main(argv=None) -> dict:
     twins = np.r_[np.ones(len(normals)), np.zeros(len(normals))]
     figures["synthetic"] = {
         "films": int(len(normals)),
+        "recipe": args.recipe,
         "lesion_pixel_share": float(masks.mean()),
         "map": {"pixel_auroc": pixel_auroc(lesion_heat, masks, field),
                 "pixel_auroc_with_clean": pixel_auroc(
@@ -161,6 +173,7 @@ def print_figures(figures: dict) -> None:
     """The figures as two Markdown tables."""
     synthetic, real = figures["synthetic"], figures["real"]
     print(f"heat {figures['heat']}; {synthetic['films']} normal films with pasted opacities "
+          f"(recipe {synthetic.get('recipe', 'blobs')}) "
           f"({100 * synthetic['lesion_pixel_share']:.1f}% of pixels)")
     print("| map | pixel AUROC in lung field | with clean twins | pointing game |")
     print("|---|---|---|---|")

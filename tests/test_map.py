@@ -176,7 +176,12 @@ def test_map_scores_read_the_top_of_the_map_inside_the_lungs(default_run):
     scorer = Scorer.from_checkpoint(default_run, device="cpu", score="map")
     scores = scored(scorer, EXAMPLES)
     field = lung_field(scorer.lung_prior.cpu())
-    expected = top_mean(torch.as_tensor(scores.heatmaps), field, 0.01).numpy()
+    raw = Scorer.from_checkpoint(default_run, device="cpu", score="map")
+    raw.family.normal_level = None  # the score reads the raw map, not the map shown
+    raw_maps = torch.as_tensor(scored(raw, EXAMPLES).heatmaps)
+    assert scorer.family.normal_level is not None
+    assert not np.allclose(raw_maps.numpy(), scores.heatmaps)
+    expected = top_mean(raw_maps, field, 0.01).numpy()
     np.testing.assert_allclose(scores.score, expected, rtol=1e-5)
     both = Scorer.from_checkpoint(default_run, device="cpu", score="density+map")
     combined = both.score_paths(EXAMPLES, progress=False).score
@@ -390,3 +395,87 @@ def test_the_results_tables_average_the_runs_reports(tmp_path, capsys):
         in out
     assert "| **the opacity map** (map head, the default heat) | 0.850 (0.800, 0.900) |" in out
     assert "0.500 / 0.100" in out and "logit" not in out  # only the scores every run has
+
+
+def test_the_map_shown_keeps_the_order_of_the_raw_map_and_mutes_the_normal_level():
+    from anomaly.families.critic.normal_level import BELOW_LEVEL_SLOPE, shown_map
+
+    raw = np.array([0.0, 0.001, 0.004, 0.0041, 0.2, 1.0])
+    shown = shown_map(raw, 0.004)
+    assert (np.diff(shown) > 0).all()  # strictly increasing: regions and AUROC unchanged
+    np.testing.assert_allclose(shown[:3], raw[:3] * BELOW_LEVEL_SLOPE)
+    np.testing.assert_allclose(shown[4], 0.004 * BELOW_LEVEL_SLOPE + 0.196)
+    assert shown_map(raw, None) is raw  # runs without a level: the raw map
+    tensor = shown_map(torch.as_tensor(raw), 0.004)
+    np.testing.assert_allclose(tensor.numpy(), shown)
+
+
+def test_the_normal_level_is_a_quantile_of_normal_pixels_and_bad_ones_are_refused():
+    from anomaly.families.critic.normal_level import checked_normal_level, fit_normal_level
+    from anomaly.validate import BadValue
+
+    maps = torch.linspace(0, 1, 101).repeat(2, 1).view(2, 101, 1)
+    assert fit_normal_level(maps, 0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least one normal film"):
+        fit_normal_level(np.zeros((0, 4, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_normal_level(np.full((1, 4, 4), np.nan))
+    assert checked_normal_level(None, "level") is None
+    for bad in (0, -0.1, 1.0, float("nan"), "x", True):
+        with pytest.raises(BadValue, match="level"):
+            checked_normal_level(bad, "level")
+
+
+def test_the_default_run_fits_its_normal_level_on_the_held_out_normals(default_run):
+    from anomaly.families.critic.normal_level import shown_map
+
+    level = load_checkpoint(default_run)["critic"]["map_normal_level"]
+    assert 0 < level < 1
+    scorer = Scorer.from_checkpoint(default_run, device="cpu")
+    raw = Scorer.from_checkpoint(default_run, device="cpu")
+    raw.family.normal_level = None
+    raw_maps = scored(raw, EXAMPLES).heatmaps
+    np.testing.assert_allclose(scored(scorer, EXAMPLES).heatmaps,
+                               shown_map(raw_maps, level), rtol=1e-5, atol=1e-7)
+    assert scorer.report_settings()["map_normal_level"] == level
+
+
+def test_refitting_the_normal_level_keeps_the_regions_and_fits_it_again(default_run,
+                                                                       tmp_path):
+    import shutil
+
+    from anomaly.families.critic.train import refit_normal_level
+
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    state = load_checkpoint(run)
+    level = state["critic"].pop("map_normal_level")
+    torch.save(state, run / "checkpoints" / "last.pt")
+    assert Scorer.from_checkpoint(run, device="cpu").family.normal_level is None
+    refit_normal_level(run, log=lambda *a: None)
+    assert load_checkpoint(run)["critic"]["map_normal_level"] == pytest.approx(level)
+    before = Scorer.from_checkpoint(default_run, device="cpu")
+    after = Scorer.from_checkpoint(run, device="cpu")
+    maps = scored(after, EXAMPLES).heatmaps
+    assert [after.regions(m) for m in maps] == [before.regions(m) for m in maps]
+
+
+@pytest.mark.parametrize("recipe", ["consolidation", "patches"])
+def test_evaluation_lesions_change_the_lungs_where_their_masks_say(recipe):
+    from anomaly.eval_lesions import VISIBLE_CHANGE, paste_lesions
+
+    size = 32
+    prior = torch.zeros(size, size)
+    prior[6:26, 4:14] = prior[6:26, 18:28] = 1
+    films = torch.linspace(-0.8, 0.2, size).view(1, 1, 1, size).repeat(6, 1, size, 1)
+    films = films + 0.3 * torch.rand(6, 1, size, size, generator=torch.Generator().manual_seed(1))
+    lesioned, masks = paste_lesions(recipe, films, prior, seed=3)
+    assert lesioned.shape == films.shape and masks.shape == (6, size, size)
+    assert masks.sum() > 0 and masks[:, prior < 0.5].sum() == 0  # inside the lungs only
+    change = ((lesioned - films).abs() / 2)[:, 0]
+    assert (change[masks > 0] > VISIBLE_CHANGE).all()
+    assert (change[masks == 0] <= VISIBLE_CHANGE + 1e-6).all()
+    again, _ = paste_lesions(recipe, films, prior, seed=3)
+    torch.testing.assert_close(again, lesioned)  # the seed fixes them
+    with pytest.raises(ValueError, match="recipe"):
+        paste_lesions("blobs", films, prior, seed=3)

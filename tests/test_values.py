@@ -253,6 +253,7 @@ CHECKPOINT_FIELDS = {
         "precision", s["critic"]["density"]["precision"] * v
         if isinstance(v, (int, float)) and not isinstance(v, bool) else v),
     "critic.heat_scale": lambda s, v: s["critic"].__setitem__("heat_scale", v),
+    "critic.map_normal_level": lambda s, v: s["critic"].__setitem__("map_normal_level", v),
     "lung_prior": lambda s, v: s.__setitem__("lung_prior", s["lung_prior"] * v
                                              if isinstance(v, float) else v),
 }
@@ -288,7 +289,7 @@ def test_a_nan_density_or_a_zero_tile_grid_is_named_in_the_refusal(default_run, 
 
 EXPORT_FIELDS = ["threshold.value", "density.precision", "density.mean", "network",
                  "region_threshold", "lung_prior", "heldout_normal_scores", "preprocess",
-                 "mode", "components", "threshold"]
+                 "mode", "components", "threshold", "map_normal_level"]
 
 
 def set_field(info: dict, field: str, value):

@@ -49,5 +49,6 @@ def export_parts(scorer) -> tuple[nn.Module, list[str], dict]:
         info.update({
             "heat": scorer.heat_name, "lung_field": family.lung_field.cpu().tolist(),
             "heldout_normal_components": {name: normal.get(name) for name in ("density", "map")},
-            "region_threshold": scorer.region_threshold})
+            "region_threshold": scorer.region_threshold,
+            "map_normal_level": family.normal_level})
     return network, outputs, info

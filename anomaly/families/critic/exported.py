@@ -10,6 +10,7 @@ import numpy as np
 
 from anomaly import validate
 from anomaly.errors import CheckpointError
+from anomaly.families.critic.normal_level import checked_normal_level, shown_map
 from anomaly.validate import BadValue
 
 
@@ -33,13 +34,16 @@ class CriticExportReader:
         self.precision = np.asarray(info["density"]["precision"], dtype=np.float64)
         self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
         self.has_map = "map" in info["components"]
+        self.normal_level = checked_normal_level(info.get("map_normal_level"),
+                                                 "map_normal_level")
         if self.has_map:
             self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
             self.normal_components = info.get("heldout_normal_components") or {}
 
     def components(self, images: np.ndarray, outputs: list[np.ndarray]
                    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """(components (B,) by name, opacity maps (B, S, S) or None) of films (B, 1, S, S)."""
+        """(components (B,) by name, opacity maps as shown (B, S, S) or None) of films
+        (B, 1, S, S)."""
         embedding, logit, *opacity = outputs
         centred = embedding.astype(np.float64) - self.mean
         density = np.sqrt(np.clip(np.einsum("bi,ij,bj->b", centred, self.precision, centred),
@@ -50,8 +54,9 @@ class CriticExportReader:
                       "brightness": brightness.astype(np.float64)}
         heat = None
         if self.has_map:
-            heat = opacity[0].astype(np.float32)  # (B, S, S)
-            inside = heat.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
+            raw = opacity[0].astype(np.float32)  # (B, S, S)
+            heat = shown_map(raw, self.normal_level)
+            inside = raw.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
             count = max(1, int(round(0.01 * inside.shape[1])))  # the top 1% (lungs.top_mean)
             components["map"] = np.sort(inside, axis=1)[:, -count:].mean(1)
         return components, heat

@@ -7,8 +7,9 @@ score is the Mahalanobis distance of that embedding from the Gaussian fitted to 
 training normals' (``anomaly.density``).
 
 A critic trained with a map head draws an opacity probability per pixel (the ``map``
-heat, the default heat map there): its ``map`` score is the mean of the map's top 1%
-inside the lung field, and ``density+map`` the sum of both scores, each standardised on
+heat, the default heat map there, shown above the run's normal level:
+:mod:`anomaly.families.critic.normal_level`): its ``map`` score is the mean of the raw
+map's top 1% inside the lung field, and ``density+map`` the sum of both scores, each standardised on
 the held-out normals. The ``gradcam`` heat (the only one of critics without a map head)
 is the density's gradient times the features at each cell of the critic's last feature
 map (16 x 16 at 128 px), kept where positive: the cells whose features push the film away
@@ -27,6 +28,7 @@ from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic import HEATS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
+from anomaly.families.critic.normal_level import shown_map
 from anomaly.lungs import lung_field, top_mean
 
 CPU_PIECE = 8  # images per network pass on the CPU (bench/bench_critic.py: 8-64 tried)
@@ -86,7 +88,7 @@ class CriticFamily:
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
                  views: int = 1, lung_prior: torch.Tensor | None = None,
-                 heat: str | None = None):
+                 heat: str | None = None, normal_level: float | None = None):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
         self.has_map = critic.map_head is not None
@@ -105,6 +107,7 @@ class CriticFamily:
         self.device = device
         self.amp = amp
         self.heat_scale = 1.0 if heat == "map" else heat_scale  # a probability: 1 is red
+        self.normal_level = normal_level  # of the map shown (normal_level.py); None: raw
         size = critic.arch.image_size
         prior = torch.ones(size, size) if lung_prior is None else lung_prior.float()
         self.lung_field = lung_field(prior).to(device)  # (S, S) 0/1
@@ -121,11 +124,13 @@ class CriticFamily:
         load_weights(critic, state["network"], "critic")
         return cls(critic, state["density"], device, amp, state.get("heat_scale"),
                    int(state.get("views", 2)),  # runs before views were recorded: 2
-                   lung_prior=lung_prior, heat=heat)
+                   lung_prior=lung_prior, heat=heat,
+                   normal_level=state.get("map_normal_level"))
 
     def report_settings(self) -> dict:
         """What a report of this family lists beside its scores."""
-        return {"heat": self.heat, "views": self.views, "map_head": self.has_map}
+        return {"heat": self.heat, "views": self.views, "map_head": self.has_map,
+                **({"map_normal_level": self.normal_level} if self.has_map else {})}
 
     def settings(self) -> dict:
         """Settings that change the components: the mode, and reduced precision on CPU."""
@@ -182,7 +187,7 @@ class CriticFamily:
                 pooled = sum(self.critic.pooled(view_map) for view_map in maps)
                 density = mahalanobis(F.normalize(pooled, dim=1), self.density)
             if heatmaps:
-                heat = opacity
+                heat = shown_map(opacity, self.normal_level)
         with torch.no_grad():
             logit = sum(self.critic.logits(self.critic.pooled(view_map))
                         for view_map in maps) / len(maps)

@@ -26,6 +26,7 @@ from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_normal_level
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import (
     paste_opacities,
@@ -53,9 +54,59 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
                         run.device, run.use_amp, lambda part: run.save(with_part(state, "critic", part)),
                         resume_state=done or None, writer=run.writer, watched=watched,
                         progress=run.progress, log=run.log)
+    if run.dist.is_main:
+        part = with_normal_level(part, run.holdout, run.config.preprocess_config(),
+                                 run.device, run.lung_prior, log=run.log)
     state = with_part(state, "critic", part)
     run.save(state)
     return state
+
+
+def with_normal_level(part: dict, holdout: list, preprocess_config, device: torch.device,
+                      lung_prior: torch.Tensor, log=print) -> dict:
+    """The critic's part with its map's normal level (``map_normal_level``,
+    :mod:`anomaly.families.critic.normal_level`) fitted on the held-out normal films;
+    as it was without a map head or without held-out films that can be read."""
+    from anomaly.data import load_images
+
+    if part.get("architecture", {}).get("map_width", 0) <= 0 or part.get("density") is None:
+        return part
+    loaded = load_images(list(holdout), preprocess_config, progress=False)
+    if not loaded.paths:
+        log("critic: no held-out normal film to fit the map's normal level on; its map is "
+            "shown raw")
+        return {key: value for key, value in part.items() if key != "map_normal_level"}
+    family = CriticFamily.from_state({**part, "map_normal_level": None}, device,
+                                     lung_prior=lung_prior, heat="map")
+    images = uint8_to_model(loaded.images)
+    maps = torch.cat([family.score_batch(images[start: start + 64].to(device)).heatmaps.cpu()
+                      for start in range(0, len(images), 64)])
+    level = fit_normal_level(maps)
+    log(f"critic: the map's normal level is {level:.4g} (the "
+        f"{NORMAL_LEVEL_QUANTILE:.0%} quantile of {len(images)} held-out normal films' pixels)")
+    return {**part, "map_normal_level": level}
+
+
+def refit_normal_level(model, log=print) -> None:
+    """Fit the map's normal level of a trained run or checkpoint on its held-out normal
+    films (:func:`with_normal_level`), then its score statistics again, so its region
+    thresholds are those of the map as shown (the regions themselves do not change)."""
+    from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+    from anomaly.lungs import geometric_lung_prior
+    from anomaly.preprocess import PreprocessConfig
+    from anomaly.train import fit_score_statistics
+
+    path = resolve_checkpoint_path(model)
+    state = load_checkpoint(path)
+    if not state.get("critic"):
+        raise ValueError(f"{path}: holds no critic")
+    config = PreprocessConfig(**state["preprocess"])
+    prior = state.get("lung_prior")
+    prior = geometric_lung_prior(config.image_size) if prior is None else prior.float()
+    state["critic"] = with_normal_level(state["critic"], state.get("holdout_paths", []),
+                                        config, torch.device("cpu"), prior, log=log)
+    save_checkpoint(state, path)
+    fit_score_statistics(path, log=log)
 
 
 def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
