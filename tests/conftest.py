@@ -42,7 +42,8 @@ TINY_CONFIG = dict(image_size=32, generator_width=8, discriminator_width=8, late
 # the built-in defaults (critic, then DCGAN and encoder), shrunk to run in seconds
 TINY_DEFAULT = dict(image_size=32, generator_width=8, discriminator_width=8, latent_dim=16,
                     batch_size=8, epochs=1, encoder_epochs=1, critic_epochs=2,
-                    critic_batch_size=8, critic_width=4, holdout_fraction=0.25, seed=0)
+                    critic_batch_size=8, critic_width=4, critic_map_epochs=2,
+                    holdout_fraction=0.25, seed=0)
 
 
 @pytest.fixture(scope="session")

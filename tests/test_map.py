@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from anomaly.checkpoint import load_checkpoint
 from anomaly.detector import Detector
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
-from anomaly.families.critic.train import map_loss, opacity_target
+from anomaly.families.critic.train_map import map_loss, opacity_target
 from anomaly.localisation import mass_inside, maximum_inside, pixel_auroc, pointing_game
 from anomaly.preprocess import map_to_original
 from anomaly.regions import check_threshold, film_regions, find_regions, fit_region_threshold
@@ -437,14 +437,14 @@ def test_the_default_run_fits_its_normal_level_on_the_held_out_normals(default_r
     raw_maps = scored(raw, EXAMPLES).heatmaps
     np.testing.assert_allclose(scored(scorer, EXAMPLES).heatmaps,
                                shown_map(raw_maps, level), rtol=1e-5, atol=1e-7)
-    assert scorer.report_settings()["map_normal_level"] == level
+    assert scorer.family.report_settings()["map_normal_level"] == level
 
 
 def test_refitting_the_normal_level_keeps_the_regions_and_fits_it_again(default_run,
                                                                        tmp_path):
     import shutil
 
-    from anomaly.families.critic.train import refit_normal_level
+    from anomaly.families.critic.train_map import refit_normal_level
 
     run = tmp_path / "run"
     shutil.copytree(default_run, run)
@@ -479,3 +479,70 @@ def test_evaluation_lesions_change_the_lungs_where_their_masks_say(recipe):
     torch.testing.assert_close(again, lesioned)  # the seed fixes them
     with pytest.raises(ValueError, match="recipe"):
         paste_lesions("blobs", films, prior, seed=3)
+
+
+def _critic_only(**extra):
+    from tests.conftest import TINY_DEFAULT
+
+    return {**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0, **extra}
+
+
+def test_the_map_heads_own_stage_changes_the_head_alone(tmp_path, normal_dir):
+    from anomaly.train import TrainConfig, train_run
+
+    runs = {}
+    for name, map_epochs in (("without", 0), ("with", 2)):
+        train_run(TrainConfig(**_critic_only(critic_map_epochs=map_epochs)), normal_dir,
+                  tmp_path / name, progress=False, log=lambda *a: None)
+        runs[name] = load_checkpoint(tmp_path / name)["critic"]
+    without, with_stage = runs["without"], runs["with"]
+    assert with_stage["map_epoch"] == 2 and "map_epoch" not in without
+    changed = [k for k, v in without["network"].items()
+               if not torch.equal(v, with_stage["network"][k])]
+    assert changed and all(k.startswith("map_head.") for k in changed)
+    assert torch.equal(without["density"]["precision"], with_stage["density"]["precision"])
+    assert with_stage["map_normal_level"] != without["map_normal_level"]
+
+
+def test_the_map_stage_resumes_after_a_crash_exactly(tmp_path, normal_dir, monkeypatch):
+    import anomaly.checkpoint
+    from anomaly.train import TrainConfig, train_run
+
+    config = TrainConfig(**_critic_only())
+    train_run(config, normal_dir, tmp_path / "whole", progress=False, log=lambda *a: None)
+    save = anomaly.checkpoint.save_checkpoint
+
+    def save_then_crash(state, path):
+        save(state, path)
+        if state["critic"].get("map_epoch") == 1:
+            raise KeyboardInterrupt  # killed right after the stage's first checkpoint
+
+    monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save_then_crash)
+    run = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, normal_dir, run, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save)
+    assert load_checkpoint(run)["critic"]["map_epoch"] == 1
+    train_run(config, normal_dir, run, resume=True, progress=False, log=lambda *a: None)
+    resumed = load_checkpoint(run)["critic"]
+    whole = load_checkpoint(tmp_path / "whole")["critic"]
+    assert resumed["map_epoch"] == whole["map_epoch"] == 2
+    for key, value in whole["network"].items():
+        torch.testing.assert_close(resumed["network"][key], value)
+    assert resumed["map_normal_level"] == pytest.approx(whole["map_normal_level"])
+
+
+def test_a_finished_run_resumed_with_more_map_epochs_trains_its_head_on(tmp_path,
+                                                                         normal_dir):
+    from anomaly.train import TrainConfig, train_run
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(**_critic_only()), normal_dir, run, progress=False,
+              log=lambda *a: None)
+    before = load_checkpoint(run)["critic"]
+    train_run(TrainConfig(**_critic_only(critic_map_epochs=3)), normal_dir, run,
+              resume=True, progress=False, log=lambda *a: None)
+    after = load_checkpoint(run)["critic"]
+    assert after["map_epoch"] == 3 and after["config"]["map_epochs"] == 3
+    for key, value in before["network"].items():
+        assert torch.equal(value, after["network"][key]) != key.startswith("map_head."), key

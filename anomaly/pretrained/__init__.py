@@ -19,7 +19,8 @@ from pathlib import Path
 PRETRAINED = "pretrained"  # what --model takes to name it
 CHECKPOINT_NAME = "critic.pt"
 EXPECTED_NAME = "expected.json"
-TRAINING_ONLY = ("optimizer", "schedule", "order_rng", "torch_rng")  # of each family part
+TRAINING_ONLY = ("optimizer", "schedule", "order_rng", "torch_rng",  # of each family part
+                 "map_optimizer", "map_schedule", "map_order_rng", "map_torch_rng")
 DESCRIPTION = ("the bundled pretrained critic (trained on the pediatric chest X-ray set's "
                "normal films; docs/model_card.md)")
 

@@ -34,7 +34,7 @@ TITLE = "Opacity critic"
 PART = "critic"  # where its part of a checkpoint lives
 CONFIG = CriticConfig
 LEGACY_KEYS = {f"critic_{name}": name for name in CriticConfig.__dataclass_fields__}
-RESUMABLE = ()  # a resumed critic keeps every setting it was trained with
+RESUMABLE = ("map_epochs",)  # a resumed critic keeps every other setting it had
 CLI_OPTIONS = (("--critic-epochs", "critic_epochs", int,
                 "Epochs of the opacity critic, trained first (0: no critic)."),)
 
@@ -46,7 +46,7 @@ def trains(config: CriticConfig) -> bool:
 
 def dry_run(config: CriticConfig) -> CriticConfig:
     """The section for ``train-gan --dry-run``: at most one epoch."""
-    return replace(config, epochs=min(config.epochs, 1))
+    return replace(config, epochs=min(config.epochs, 1), map_epochs=min(config.map_epochs, 1))
 
 
 def train_family(run, config: CriticConfig, state: dict) -> dict:

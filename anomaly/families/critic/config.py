@@ -36,6 +36,10 @@ class CriticConfig:
             head: the same weights and density. False trains both jointly.
         map_mask_level: blend weight above which a pixel counts as opacity in the map
             head's target.
+        map_epochs: passes of the map head's own stage after the critic's: the head
+            trains alone on the frozen critic (0: none; the head is then the one trained
+            beside the critic). May grow when a run is resumed.
+        map_lr: peak learning rate of that stage's one-cycle schedule (AdamW).
     """
 
     epochs: int = 30
@@ -54,6 +58,8 @@ class CriticConfig:
     map_weight: float = 1.0
     map_mask_level: float = 0.1
     map_detach: bool = True
+    map_epochs: int = 20
+    map_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
@@ -61,8 +67,11 @@ class CriticConfig:
             if len(values) != 2 or not 0 < values[0] <= values[1]:
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
             setattr(self, name, values)
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, not {self.epochs!r}")
+        if self.epochs < 0 or self.map_epochs < 0:
+            raise ValueError(f"epochs and map_epochs must be >= 0, not {self.epochs!r}, "
+                             f"{self.map_epochs!r}")
+        if not 0 < self.map_lr < 1:
+            raise ValueError(f"map_lr must be in (0, 1), not {self.map_lr!r}")
         if self.map_width < 0 or not self.map_weight >= 0 or not 0 < self.map_mask_level < 1:
             raise ValueError("map_width and map_weight must be >= 0 and "
                              f"map_mask_level in (0, 1), not {self.map_width!r}, "

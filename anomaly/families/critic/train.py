@@ -5,7 +5,8 @@ schedule (or restore them), then per batch vary the films' acquisition, paste sy
 opacities into a random half of them, and (1) update the critic to tell which films hold
 one and, with its map head, which pixels (where the synthesis blended an opacity in). Every
 epoch ends with an atomic checkpoint (through the caller's ``save``); after the last one
-the Gaussian density of the critic's embeddings of the training normals is fitted.
+the Gaussian density of the critic's embeddings of the training normals is fitted. Then
+the map head trains alone on the frozen critic (:mod:`anomaly.families.critic.train_map`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
-from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_normal_level
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import (
     paste_opacities,
@@ -35,78 +35,50 @@ from anomaly.families.critic.synthesis import (
     vary_acquisition,
     wide_lung_prior,
 )
+from anomaly.families.critic.train_map import (
+    map_loss,
+    map_stage_due,
+    opacity_target,
+    train_map_head,
+    with_normal_level,
+)
 from anomaly.monitor import evidence_panel
 
 
 def train_family(run, config: CriticConfig, state: dict) -> dict:
     """The family's training entry (:class:`anomaly.families.base.TrainingRun`): train
-    the critic, or go on where a resumed run stopped, and return the run's state with
-    the critic's part; a critic already trained for ``config.epochs`` is kept as it is."""
+    the critic, then its map head alone on the frozen critic (``map_epochs``,
+    :mod:`anomaly.families.critic.train_map`), or go on where a resumed run stopped;
+    return the run's state with the critic's part. A part that owes neither stage
+    anything is kept as it is."""
     from anomaly.families import with_part
     from anomaly.monitor import watched_images
 
-    done = state.get("critic", {})
-    if done.get("density") is not None and done.get("epoch", 0) >= config.epochs:
+    part = state.get("critic", {})
+    critic_due = part.get("density") is None or part.get("epoch", 0) < config.epochs
+    if not critic_due and not map_stage_due(part, config):
         return state
-    watched = watched_images(run.holdout, run.config.preprocess_config(), run.device) \
-        if run.dist.is_main else None
-    part = train_critic(config, run.config.seed, run.images, run.lung_prior, run.dist,
-                        run.device, run.use_amp, lambda part: run.save(with_part(state, "critic", part)),
-                        resume_state=done or None, writer=run.writer, watched=watched,
-                        progress=run.progress, log=run.log)
+    if critic_due:
+        watched = watched_images(run.holdout, run.config.preprocess_config(), run.device) \
+            if run.dist.is_main else None
+        part = train_critic(config, run.config.seed, run.images, run.lung_prior, run.dist,
+                            run.device, run.use_amp,
+                            lambda part: run.save(with_part(state, "critic", part)),
+                            resume_state=part or None, writer=run.writer, watched=watched,
+                            progress=run.progress, log=run.log)
+        state = with_part(state, "critic", part)
+        run.save(state)
+    if map_stage_due(part, config):
+        part = train_map_head(config, run.config.seed, run.images, run.lung_prior, part,
+                              run.dist, run.device, run.use_amp,
+                              lambda part: run.save(with_part(state, "critic", part)),
+                              writer=run.writer, progress=run.progress, log=run.log)
     if run.dist.is_main:
         part = with_normal_level(part, run.holdout, run.config.preprocess_config(),
                                  run.device, run.lung_prior, log=run.log)
     state = with_part(state, "critic", part)
     run.save(state)
     return state
-
-
-def with_normal_level(part: dict, holdout: list, preprocess_config, device: torch.device,
-                      lung_prior: torch.Tensor, log=print) -> dict:
-    """The critic's part with its map's normal level (``map_normal_level``,
-    :mod:`anomaly.families.critic.normal_level`) fitted on the held-out normal films;
-    as it was without a map head or without held-out films that can be read."""
-    from anomaly.data import load_images
-
-    if part.get("architecture", {}).get("map_width", 0) <= 0 or part.get("density") is None:
-        return part
-    loaded = load_images(list(holdout), preprocess_config, progress=False)
-    if not loaded.paths:
-        log("critic: no held-out normal film to fit the map's normal level on; its map is "
-            "shown raw")
-        return {key: value for key, value in part.items() if key != "map_normal_level"}
-    family = CriticFamily.from_state({**part, "map_normal_level": None}, device,
-                                     lung_prior=lung_prior, heat="map")
-    images = uint8_to_model(loaded.images)
-    maps = torch.cat([family.score_batch(images[start: start + 64].to(device)).heatmaps.cpu()
-                      for start in range(0, len(images), 64)])
-    level = fit_normal_level(maps)
-    log(f"critic: the map's normal level is {level:.4g} (the "
-        f"{NORMAL_LEVEL_QUANTILE:.0%} quantile of {len(images)} held-out normal films' pixels)")
-    return {**part, "map_normal_level": level}
-
-
-def refit_normal_level(model, log=print) -> None:
-    """Fit the map's normal level of a trained run or checkpoint on its held-out normal
-    films (:func:`with_normal_level`), then its score statistics again, so its region
-    thresholds are those of the map as shown (the regions themselves do not change)."""
-    from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
-    from anomaly.lungs import geometric_lung_prior
-    from anomaly.preprocess import PreprocessConfig
-    from anomaly.train import fit_score_statistics
-
-    path = resolve_checkpoint_path(model)
-    state = load_checkpoint(path)
-    if not state.get("critic"):
-        raise ValueError(f"{path}: holds no critic")
-    config = PreprocessConfig(**state["preprocess"])
-    prior = state.get("lung_prior")
-    prior = geometric_lung_prior(config.image_size) if prior is None else prior.float()
-    state["critic"] = with_normal_level(state["critic"], state.get("holdout_paths", []),
-                                        config, torch.device("cpu"), prior, log=log)
-    save_checkpoint(state, path)
-    fit_score_statistics(path, log=log)
 
 
 def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
@@ -244,23 +216,6 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
                          heat="gradcam"), sample)
         log(f"critic: fitted the feature density on {len(images)} training images")
     return final
-
-
-def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
-                   ) -> torch.Tensor:
-    """The map head's target (B, 1, S, S) of 0/1: pixels whose blend weight exceeds
-    ``level`` in the films that were given their opacities, zero in the clean ones."""
-    return ((masks > level) & has_opacity.view(-1, 1, 1, 1)).float()
-
-
-def map_loss(pixel_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Pixel BCE plus soft Dice over the whole batch (so clean films, whose target is
-    empty, still count) of per-pixel logits against a 0/1 target, both (B, 1, S, S)."""
-    bce = F.binary_cross_entropy_with_logits(pixel_logits, targets)
-    probability = torch.sigmoid(pixel_logits)
-    overlap = (probability * targets).sum()
-    dice = 1 - (2 * overlap + 1) / (probability.sum() + targets.sum() + 1)
-    return bce + dice
 
 
 @torch.no_grad()

@@ -1,0 +1,220 @@
+"""The map head's own stage: taught where the opacities are on the finished critic.
+
+After the critic's epochs, its map head trains alone for ``map_epochs`` more: the critic
+is frozen in evaluation mode (its BatchNorm statistics fixed, as when it scores), so its
+weights, its density and every image score stay what they were, while the head learns
+from the very features it will read when scoring. Per batch: vary the films'
+acquisition as the critic's training does, paste synthetic opacities into a random half,
+and update the head alone on their masks (pixel BCE + Dice). Every epoch ends with an
+atomic checkpoint; a resumed run goes on from the last one.
+
+Then the map's normal level is fitted on the held-out normals
+(:mod:`anomaly.families.critic.normal_level`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from anomaly.checkpoint import load_weights
+from anomaly.data import uint8_to_model
+from anomaly.device import autocast
+from anomaly.errors import TrainingDiverged
+from anomaly.families.critic.config import CriticConfig
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_normal_level
+from anomaly.families.critic.scorer import CriticFamily
+from anomaly.families.critic.synthesis import (
+    soft_lung_prior,
+    synthesise,
+    vary_acquisition,
+    wide_lung_prior,
+)
+
+MAP_STAGE_STATE = ("map_optimizer", "map_schedule", "map_order_rng", "map_torch_rng")
+
+
+def map_stage_due(part: dict, config: CriticConfig) -> bool:
+    """Whether the critic's part still owes epochs of the map head's own stage."""
+    has_head = part.get("architecture", {}).get("map_width", 0) > 0
+    return has_head and int(part.get("map_epoch", 0)) < config.map_epochs
+
+
+def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
+                   lung_prior: torch.Tensor, part: dict, dist, device: torch.device,
+                   use_amp: bool, save: Callable[[dict], None], writer=None,
+                   progress: bool = True, log=print) -> dict:
+    """Train the map head of a trained critic's ``part`` alone, the critic frozen.
+
+    Args:
+        config: the critic's settings (``map_epochs``, ``map_lr``, the films' changes and
+            the synthesis).
+        seed: the run's seed (this stage's stream starts from ``seed + 1``).
+        images: (N, 1, S, S) uint8 normal training films, on ``device``.
+        lung_prior: (S, S) 0/1 lung-field prior of the training normals.
+        part: the critic's checkpoint state, its density fitted; with ``map_epoch`` and
+            this stage's optimiser and random states when resumed.
+        dist, device, use_amp: as for the critic's training.
+        save: writes the whole checkpoint with the critic's part (rank 0 calls it).
+        writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
+
+    Returns:
+        The critic's part with the head's new weights and ``map_epoch``.
+    """
+    critic = OpacityCritic(CriticArchitecture(**part["architecture"])).to(device)
+    load_weights(critic, part["network"], "critic")
+    critic.eval()  # frozen: BatchNorm keeps its statistics, no weight changes
+    critic.requires_grad_(False)
+    head = critic.map_head.requires_grad_(True)
+    count = len(images)
+    batch_size = min(config.batch_size, count // dist.world_size)
+    steps_per_epoch = max(1, count // (batch_size * dist.world_size))
+    start_epoch = int(part.get("map_epoch", 0))
+    # one one-cycle schedule over the stage; a finished stage given more epochs on
+    # resume goes on with a new cycle over those
+    same_plan = part.get("config", {}).get("map_epochs") == config.map_epochs
+    cycle_start = 0 if same_plan else start_epoch
+    optimizer = torch.optim.AdamW(head.parameters(), config.map_lr / 2,
+                                  weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.map_lr,
+        total_steps=max(1, (config.map_epochs - cycle_start) * steps_per_epoch))
+    torch.manual_seed(seed + 1)
+    order_rng = torch.Generator().manual_seed(seed + 1)
+    if start_epoch > 0:
+        if same_plan:
+            optimizer.load_state_dict(part["map_optimizer"])
+            schedule.load_state_dict(part["map_schedule"])
+        order_rng.set_state(part["map_order_rng"])
+        torch.set_rng_state(part["map_torch_rng"])
+        log(f"critic map head: resuming at epoch {start_epoch}"
+            + ("" if same_plan else f" with a new schedule to epoch {config.map_epochs}"))
+    model = dist.wrap(head)
+    placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
+    prior = soft_lung_prior(placement).to(device)
+    max_shift = int(round(config.shift_fraction * images.shape[-1]))
+    gamma, scale = tuple(config.gamma_range), tuple(config.scale_range)
+    step = start_epoch * steps_per_epoch  # TensorBoard's step
+
+    def state(epoch: int) -> dict:
+        return {**part, "network": critic.state_dict(), "map_epoch": epoch,
+                "config": {**part.get("config", {}), "map_epochs": config.map_epochs,
+                           "map_lr": config.map_lr},
+                "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
+                "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state()}
+
+    for epoch in range(start_epoch, config.map_epochs):
+        head.train()
+        if dist.world_size > 1:  # each rank draws its own films' changes, per epoch
+            torch.manual_seed(seed + 1 + 1000 * epoch + dist.rank)
+        order = torch.randperm(count, generator=order_rng)
+        bar = tqdm(dist.shard_batches(order, batch_size), desc=f"map head {epoch + 1}/"
+                   f"{config.map_epochs}", unit="batch",
+                   disable=not (progress and dist.is_main), leave=False)
+        total = 0.0
+        for batch_index in bar:
+            films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
+                                     max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
+            has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
+            pasted, masks = synthesise(films, prior, config.synthesis)
+            inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
+            targets = opacity_target(masks, has_opacity, config.map_mask_level)  # (B,1,S,S)
+
+            # Update the head alone: which pixels hold the pasted opacity?
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                with torch.no_grad():
+                    features = critic.block_features(inputs)
+                pixel_logits = model(features, critic.arch.image_size)
+            loss = map_loss(pixel_logits.float(), targets)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"map head loss became non-finite at epoch "
+                                       f"{epoch + 1}; try a lower map_lr")
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if writer is not None:
+                writer.add_scalar("critic/map_loss", loss.item(), step)
+                writer.add_scalar("critic/map_lr", schedule.get_last_lr()[0], step)
+            step += 1
+        if dist.is_main:
+            save(state(epoch + 1))
+            log(f"critic map head epoch {epoch + 1}/{config.map_epochs}: map loss "
+                f"{total / max(1, len(bar)):.3f}")
+        dist.barrier()
+    if dist.world_size > 1:
+        dist.check_replicas_identical([head])
+    return state(max(start_epoch, config.map_epochs))
+
+
+def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
+                   ) -> torch.Tensor:
+    """The map head's target (B, 1, S, S) of 0/1: pixels whose blend weight exceeds
+    ``level`` in the films that were given their opacities, zero in the clean ones."""
+    return ((masks > level) & has_opacity.view(-1, 1, 1, 1)).float()
+
+
+def map_loss(pixel_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Pixel BCE plus soft Dice over the whole batch (so clean films, whose target is
+    empty, still count) of per-pixel logits against a 0/1 target, both (B, 1, S, S)."""
+    bce = F.binary_cross_entropy_with_logits(pixel_logits, targets)
+    probability = torch.sigmoid(pixel_logits)
+    overlap = (probability * targets).sum()
+    dice = 1 - (2 * overlap + 1) / (probability.sum() + targets.sum() + 1)
+    return bce + dice
+
+
+def with_normal_level(part: dict, holdout: list, preprocess_config, device: torch.device,
+                      lung_prior: torch.Tensor, log=print) -> dict:
+    """The critic's part with its map's normal level (``map_normal_level``,
+    :mod:`anomaly.families.critic.normal_level`) fitted on the held-out normal films;
+    as it was without a map head or without held-out films that can be read."""
+    from anomaly.data import load_images
+
+    if part.get("architecture", {}).get("map_width", 0) <= 0 or part.get("density") is None:
+        return part
+    loaded = load_images(list(holdout), preprocess_config, progress=False)
+    if not loaded.paths:
+        log("critic: no held-out normal film to fit the map's normal level on; its map is "
+            "shown raw")
+        return {key: value for key, value in part.items() if key != "map_normal_level"}
+    family = CriticFamily.from_state({**part, "map_normal_level": None}, device,
+                                     lung_prior=lung_prior, heat="map")
+    images = uint8_to_model(loaded.images)
+    maps = torch.cat([family.score_batch(images[start: start + 64].to(device)).heatmaps.cpu()
+                      for start in range(0, len(images), 64)])
+    level = fit_normal_level(maps)
+    log(f"critic: the map's normal level is {level:.4g} (the "
+        f"{NORMAL_LEVEL_QUANTILE:.0%} quantile of {len(images)} held-out normal films' pixels)")
+    return {**part, "map_normal_level": level}
+
+
+def refit_normal_level(model, log=print) -> None:
+    """Fit the map's normal level of a trained run or checkpoint on its held-out normal
+    films (:func:`with_normal_level`), then its score statistics again, so its region
+    thresholds are those of the map as shown (the regions themselves do not change)."""
+    from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+    from anomaly.lungs import geometric_lung_prior
+    from anomaly.preprocess import PreprocessConfig
+    from anomaly.train import fit_score_statistics
+
+    path = resolve_checkpoint_path(model)
+    state = load_checkpoint(path)
+    if not state.get("critic"):
+        raise ValueError(f"{path}: holds no critic")
+    config = PreprocessConfig(**state["preprocess"])
+    prior = state.get("lung_prior")
+    prior = geometric_lung_prior(config.image_size) if prior is None else prior.float()
+    state["critic"] = with_normal_level(state["critic"], state.get("holdout_paths", []),
+                                        config, torch.device("cpu"), prior, log=log)
+    save_checkpoint(state, path)
+    fit_score_statistics(path, log=log)
+
+
