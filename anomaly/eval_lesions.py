@@ -8,8 +8,8 @@ and how they change the film, so a map measured on them is measured out of its r
   whose outline is bent by smooth noise), brightened by adding a constant with a soft
   edge: a flat, sharp-bordered opacity, unlike the training blobs' textured blend.
 - ``patches``: a soft-edged piece of the same film moved into its lung field where it is
-  brighter (AnatPaste's idea; :func:`anomaly.families.critic.synthesis.paste_patches`,
-  which the default critic does not train on).
+  brighter (AnatPaste's idea, written here on its own: the critic's optional
+  ``patches`` synthesis is a cousin, off by default).
 
 Each returns the lesioned films and 0/1 masks of the pixels that visibly changed.
 """
@@ -81,17 +81,33 @@ def paste_consolidations(images: torch.Tensor, lung_prior: torch.Tensor,
 
 
 def paste_moved_patches(images: torch.Tensor, lung_prior: torch.Tensor,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A piece of each film moved into its lung field where brighter
-    (:func:`anomaly.families.critic.synthesis.paste_patches`), cut to the 0/1 lung field
-    ``lung_prior`` (S, S). Returns (lesioned films
-    in [-1, 1], masks (B, S, S) of 0/1: pixels changed by more than :data:`VISIBLE_CHANGE`)."""
-    from anomaly.families.critic.synthesis import paste_patches, soft_lung_prior
-
-    films = images.cpu()
-    moved, _ = paste_patches(films, soft_lung_prior(lung_prior.cpu()), generator=generator)
-    lesioned = films + (moved - films) * (lung_prior.cpu() > 0.5)  # cut to the lung field
-    return lesioned, _visible((films + 1) / 2, (lesioned + 1) / 2)
+                        generator: torch.Generator,
+                        radius: tuple[float, float] = (0.05, 0.15),
+                        alpha: tuple[float, float] = (0.4, 0.9)
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A piece of each film (anywhere in its central 80%: rib, heart, diaphragm or lung)
+    moved into its lung field and blended in where brighter, in a soft ellipse cut to the
+    0/1 lung field ``lung_prior`` (S, S): AnatPaste's idea. Returns (lesioned films in
+    [-1, 1], masks (B, S, S) of 0/1: pixels changed by more than :data:`VISIBLE_CHANGE`)."""
+    batch, _, size, _ = images.shape
+    films = (images.cpu() + 1) / 2
+    field = (lung_prior.cpu() > 0.5).float()
+    inside = torch.nonzero(field.flatten()).flatten()
+    if inside.numel() == 0:
+        raise ValueError("the lung prior is empty: nowhere to move a patch")
+    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(),
+                                indexing="ij")
+    lesioned = films.clone()
+    for index in range(batch):
+        target = inside[torch.randint(inside.numel(), (1,), generator=generator)].item()
+        ty, tx = divmod(target, size)
+        sy, sx = (int(v * size) for v in _uniform(0.1, 0.9, 2, generator))
+        moved = torch.roll(films[index, 0], shifts=(ty - sy, tx - sx), dims=(0, 1))
+        ry, rx = (_uniform(*radius, 2, generator) * size).tolist()
+        blob = torch.exp(-(((rows - ty) / ry) ** 2 + ((cols - tx) / rx) ** 2)) * field
+        strength = _uniform(*alpha, 1, generator).item() * blob
+        lesioned[index, 0] += strength * (moved - films[index, 0]).clamp(min=0)
+    return lesioned * 2 - 1, _visible(films, lesioned)
 
 
 def _visible(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

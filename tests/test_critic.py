@@ -115,6 +115,26 @@ def test_patches_carry_the_same_films_anatomy_into_its_lungs_where_brighter():
         paste_patches(films, torch.zeros(32, 32))
 
 
+def test_varied_opacities_brighten_the_lungs_alone_with_sharp_and_soft_edges():
+    from anomaly.families.critic.synthesis import paste_varied_opacities
+
+    prior = soft_lung_prior(lungs(64))
+    films = torch.rand(64, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pasted, masks = paste_varied_opacities(films, prior,
+                                           generator=torch.Generator().manual_seed(1))
+    changed = (pasted - films).abs() > 1e-6
+    assert changed.any(dim=(1, 2, 3)).all()  # every film got at least one opacity
+    assert not changed[:, :, prior == 0].any()  # nothing outside the (soft) lung prior
+    assert (pasted >= films - 1e-6).all() and pasted.max() <= 1
+    assert masks.min() >= 0 and masks.max() <= 1
+    sharp = ((masks > 0.05) & (masks < 0.5)).flatten(1).sum(1)  # a soft rim's pixels
+    core = (masks >= 0.5).flatten(1).sum(1)
+    ratio = sharp / core.clamp(min=1)
+    assert ratio.min() < 0.3 < ratio.max()  # some edges sharp, some soft
+    again = paste_varied_opacities(films, prior, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again[0], pasted)
+
+
 def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
     prior = soft_lung_prior(lungs())
     films = torch.rand(64, 1, 32, 32) * 2 - 1
@@ -124,7 +144,7 @@ def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
         outputs[kind] = synthesise(films, prior, kind)[0]
     assert not torch.equal(outputs["blobs"], outputs["patches"])
     assert not torch.equal(outputs["mixed"], outputs["blobs"])
-    with pytest.raises(ValueError, match="blobs, patches, mixed"):
+    with pytest.raises(ValueError, match="blobs, patches, mixed, varied"):
         synthesise(films, prior, "stars")
     with pytest.raises(ValueError, match="critic: synthesis"):
         TrainConfig(critic_synthesis="stars").critic_config()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SYNTHESES = ("blobs", "patches", "mixed")  # the kinds of synthetic opacity (synthesis.py)
+SYNTHESES = ("blobs", "patches", "mixed", "varied")  # the kinds of synthetic opacity (synthesis.py)
 
 
 @dataclass
@@ -40,6 +40,8 @@ class CriticConfig:
             trains alone on the frozen critic (0: none; the head is then the one trained
             beside the critic). May grow when a run is resumed.
         map_lr: peak learning rate of that stage's one-cycle schedule (AdamW).
+        map_synthesis: the synthetic opacities that stage teaches the head on (one of
+            :data:`SYNTHESES`; None: the critic's ``synthesis``).
     """
 
     epochs: int = 30
@@ -60,6 +62,7 @@ class CriticConfig:
     map_detach: bool = True
     map_epochs: int = 20
     map_lr: float = 1e-3
+    map_synthesis: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
@@ -78,9 +81,11 @@ class CriticConfig:
                              f"{self.map_weight!r}, {self.map_mask_level!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
-        if self.synthesis not in SYNTHESES:
-            raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not "
-                             f"{self.synthesis!r}")
+        for name in ("synthesis", "map_synthesis"):
+            value = getattr(self, name)
+            if value not in SYNTHESES and not (name == "map_synthesis" and value is None):
+                raise ValueError(f"{name} must be one of {', '.join(SYNTHESES)}, not "
+                                 f"{value!r}")
         if self.opacity_prior not in ("lung", "wide"):
             raise ValueError(f"opacity_prior must be lung or wide, not "
                              f"{self.opacity_prior!r}")

@@ -132,6 +132,60 @@ def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: i
     return (out * 2 - 1).clamp(-1, 1), masks
 
 
+def paste_varied_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: int = 3,
+                           radius: tuple[float, float] = (0.04, 0.18),
+                           generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Opacities of many looks: 1 to ``max_count`` tilted ellipses per film whose edge runs
+    from sharp to as soft as a Gaussian, whose texture runs from flat to as uneven as
+    :func:`paste_opacities`', and which are either blended towards a brightness level (as
+    there) or simply add brightness, over ribs as over lung.
+
+    Each opacity draws its tilt, its edge softness ``s`` (log-uniform in [0.03, 1]: the
+    profile is ``sigmoid((1 - d) / s)`` of the ellipse's squared distance ``d``), its noise
+    amplitude (0 to 0.8) and its blend (even odds: towards a level in [0.55, 0.95] with
+    alpha in [0.2, 0.7], or plus [0.08, 0.35] on [0, 1] intensities). Arguments and
+    returns as :func:`paste_opacities`; the masks are the blend weights.
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    inside = _lung_centres(prior, "opacities")
+    counts = torch.randint(1, max_count + 1, (batch,), device=device, generator=generator)
+    out = (images + 1) / 2  # (B, 1, S, S) on [0, 1]
+    masks = torch.zeros_like(out)
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    for index in range(max_count):
+        centre = inside[torch.randint(inside.numel(), (batch,), device=device,
+                                      generator=generator)]
+        dy = rows - (centre // size).float().view(batch, 1, 1)
+        dx = cols - (centre % size).float().view(batch, 1, 1)
+        angle = _uniform(0, math.pi, (batch, 1, 1), device, generator)
+        along = dy * torch.cos(angle) + dx * torch.sin(angle)
+        across = dx * torch.cos(angle) - dy * torch.sin(angle)
+        semi_a = _uniform(*radius, (batch, 1, 1), device, generator) * size
+        semi_b = _uniform(*radius, (batch, 1, 1), device, generator) * size
+        distance = (along / semi_a) ** 2 + (across / semi_b) ** 2
+        softness = torch.exp(_uniform(math.log(0.03), 0.0, (batch, 1, 1), device, generator))
+        blob = torch.sigmoid((1 - distance) / softness)  # (B, S, S)
+        noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
+                       max(1.0, size / 32))[:, 0]
+        noise = noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+        amplitude = _uniform(0.0, 0.8, (batch, 1, 1), device, generator)
+        blob = (blob * (1 + amplitude * noise)).clamp(0, 1) * prior
+        blob = blob * (index < counts).float().view(batch, 1, 1)
+        alpha = _uniform(0.2, 0.7, (batch, 1, 1, 1), device, generator) * blob[:, None]
+        target = _uniform(0.55, 0.95, (batch, 1, 1, 1), device, generator)
+        added = _uniform(0.08, 0.35, (batch, 1, 1, 1), device, generator)
+        additive = torch.rand(batch, 1, 1, 1, device=device, generator=generator) < 0.5
+        towards = out + alpha * (target - out).clamp(min=0)
+        plus = (out + blob[:, None] * added).clamp(max=1)
+        out = torch.where(additive, plus, towards)
+        masks = torch.maximum(masks, torch.where(additive, blob[:, None], alpha))
+    return (out * 2 - 1).clamp(-1, 1), masks
+
+
 def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
                   radius: tuple[float, float] = (0.04, 0.18),
                   alpha: tuple[float, float] = (0.3, 0.9),
@@ -182,12 +236,14 @@ def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
-    (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`) or ``mixed`` (each film
-    one or the other at random). Returns (films, masks) as those do."""
+    (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
+    (:func:`paste_varied_opacities`) or ``mixed`` (each film blobs or patches at random). Returns (films, masks) as those do."""
     if kind == "blobs":
         return paste_opacities(images, soft_prior)
     if kind == "patches":
         return paste_patches(images, soft_prior)
+    if kind == "varied":
+        return paste_varied_opacities(images, soft_prior)
     if kind != "mixed":
         raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not {kind!r}")
     blobs, blob_masks = paste_opacities(images, soft_prior)

@@ -98,12 +98,13 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     prior = soft_lung_prior(placement).to(device)
     max_shift = int(round(config.shift_fraction * images.shape[-1]))
     gamma, scale = tuple(config.gamma_range), tuple(config.scale_range)
+    synthesis = config.map_synthesis or config.synthesis
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
     def state(epoch: int) -> dict:
         return {**part, "network": critic.state_dict(), "map_epoch": epoch,
                 "config": {**part.get("config", {}), "map_epochs": config.map_epochs,
-                           "map_lr": config.map_lr},
+                           "map_lr": config.map_lr, "map_synthesis": config.map_synthesis},
                 "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
                 "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state()}
 
@@ -120,7 +121,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
             films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
                                      max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
             has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
-            pasted, masks = synthesise(films, prior, config.synthesis)
+            pasted, masks = synthesise(films, prior, synthesis)
             inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
             targets = opacity_target(masks, has_opacity, config.map_mask_level)  # (B,1,S,S)
 
