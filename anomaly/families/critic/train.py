@@ -31,14 +31,12 @@ from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_
 from anomaly.families.critic.synthesis import (
     paste_opacities,
     soft_lung_prior,
-    synthesise,
-    vary_acquisition,
     wide_lung_prior,
 )
 from anomaly.families.critic.train_map import (
     map_loss,
     map_stage_due,
-    opacity_target,
+    opacity_batch,
     train_map_head,
     with_normal_level,
 )
@@ -139,8 +137,6 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
         critic.eval()
         return torch.sigmoid(critic.cell_logits(critic.feature_map(films)))
 
-    max_shift = int(round(config.shift_fraction * size))
-    gamma, scale = tuple(config.gamma_range), tuple(config.scale_range)
     step = start_epoch * steps_per_epoch
 
     def state(epoch: int) -> dict:
@@ -159,12 +155,8 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
                    leave=False)
         total = 0.0
         for batch_index in bar:
-            films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
-                                     max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
-            has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
-            pasted, masks = synthesise(films, prior, config.synthesis)
-            inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
-            targets = opacity_target(masks, has_opacity, config.map_mask_level)  # (B,1,S,S)
+            films, pasted, inputs, has_opacity, targets = opacity_batch(
+                images[batch_index.to(device)], config, prior, config.synthesis)
 
             # (1) Update the critic: which films hold a synthetic opacity, and where?
             optimizer.zero_grad(set_to_none=True)

@@ -96,8 +96,6 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     model = dist.wrap(head)
     placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
     prior = soft_lung_prior(placement).to(device)
-    max_shift = int(round(config.shift_fraction * images.shape[-1]))
-    gamma, scale = tuple(config.gamma_range), tuple(config.scale_range)
     synthesis = config.map_synthesis or config.synthesis
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
@@ -118,12 +116,8 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                    disable=not (progress and dist.is_main), leave=False)
         total = 0.0
         for batch_index in bar:
-            films = vary_acquisition(uint8_to_model(images[batch_index.to(device)]), gamma,
-                                     max_shift, scale, config.rotation_degrees)  # (B,1,S,S)
-            has_opacity = torch.rand(len(films), device=device) < 0.5  # (B,)
-            pasted, masks = synthesise(films, prior, synthesis)
-            inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, films)
-            targets = opacity_target(masks, has_opacity, config.map_mask_level)  # (B,1,S,S)
+            *_, inputs, _, targets = opacity_batch(images[batch_index.to(device)], config,
+                                                   prior, synthesis)
 
             # Update the head alone: which pixels hold the pasted opacity?
             optimizer.zero_grad(set_to_none=True)
@@ -153,6 +147,23 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     if dist.world_size > 1:
         dist.check_replicas_identical([head])
     return state(max(start_epoch, config.map_epochs))
+
+
+def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
+                  synthesis: str) -> tuple[torch.Tensor, ...]:
+    """One training batch of uint8 films (B, 1, S, S): their acquisition varied, then
+    opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``).
+    Returns (the varied films, the same with opacities, the inputs: each film with or
+    without them, which films have them (B,), the map's 0/1 targets), the images
+    (B, 1, S, S), all on the films' device."""
+    varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
+                              int(round(config.shift_fraction * films.shape[-1])),
+                              tuple(config.scale_range), config.rotation_degrees)
+    has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
+    pasted, masks = synthesise(varied, prior, synthesis)
+    inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
+    return (varied, pasted, inputs, has_opacity,
+            opacity_target(masks, has_opacity, config.map_mask_level))
 
 
 def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
