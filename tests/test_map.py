@@ -309,15 +309,19 @@ def test_heat_inside_a_field_is_measured_per_film():
     assert mass_inside(np.zeros((1, 4, 4)), field).tolist() == [0.0]
 
 
+@pytest.mark.parametrize("recipe", ["blobs", "consolidation"])
 def test_the_localisation_benchmark_prints_both_maps_and_the_baseline(default_run,
-                                                                      labelled_dir, tmp_path):
+                                                                      labelled_dir, tmp_path,
+                                                                      recipe):
     out = tmp_path / "loc.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "localisation_benchmark.py"),
-         "--model", str(default_run), "--data", str(labelled_dir), "--json", str(out)],
+         "--model", str(default_run), "--data", str(labelled_dir), "--json", str(out),
+         "--recipe", recipe],
         capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
+    assert report["synthetic"]["recipe"] == recipe
     synthetic = report["synthetic"]["map"]
     assert 0 <= synthetic["pixel_auroc"] <= 1 and 0 <= synthetic["pointing_game"] <= 1
     assert "lung-brightness" in done.stdout
