@@ -550,3 +550,19 @@ def test_a_finished_run_resumed_with_more_map_epochs_trains_its_head_on(tmp_path
     assert after["map_epoch"] == 3 and after["config"]["map_epochs"] == 3
     for key, value in before["network"].items():
         assert torch.equal(value, after["network"][key]) != key.startswith("map_head."), key
+
+
+def test_a_two_level_map_head_reads_blocks_3_and_4_and_still_draws_every_pixel():
+    full = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4)).eval()
+    light = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4,
+                                             map_levels=2)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    _, logits = light(x, with_map=True)
+    assert logits.shape == (2, 1, 32, 32) and torch.isfinite(logits).all()
+    assert light.map_head.up_shallow is None
+    count = sum(p.numel() for p in light.map_head.parameters())
+    assert count < sum(p.numel() for p in full.map_head.parameters())
+    folded = fold_batchnorm(light)
+    torch.testing.assert_close(folded(x, with_map=True)[1], logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="map_levels"):
+        CriticArchitecture(image_size=32, map_width=4, map_levels=4)

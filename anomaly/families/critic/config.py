@@ -30,6 +30,8 @@ class CriticConfig:
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).
         map_width: channels of the map head's finest level (0: no map head; the heat map
             is then the density's Grad-CAM).
+        map_levels: the blocks the map head reads (3: blocks 2-4, logits at half the side;
+            2: blocks 3-4, at a quarter, about half the head's work).
         map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
         map_detach: the map head learns from the critic's features without changing them
             (its loss stops at the features), so the critic trains exactly as without a
@@ -57,6 +59,7 @@ class CriticConfig:
     rotation_degrees: float = 8.0
     score_views: int = 1
     map_width: int = 32
+    map_levels: int = 3
     map_weight: float = 1.0
     map_mask_level: float = 0.1
     map_detach: bool = True
@@ -79,6 +82,8 @@ class CriticConfig:
             raise ValueError("map_width and map_weight must be >= 0 and "
                              f"map_mask_level in (0, 1), not {self.map_width!r}, "
                              f"{self.map_weight!r}, {self.map_mask_level!r}")
+        if self.map_levels not in (2, 3):
+            raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
         for name in ("synthesis", "map_synthesis"):

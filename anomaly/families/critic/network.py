@@ -30,6 +30,9 @@ class CriticArchitecture:
         blocks: conv blocks, each halving the side (4: 128 px -> 8 px).
         map_width: channels of the map head's finest level (0: no map head, as in runs
             made before it existed).
+        map_levels: the blocks the map head reads: 3 (blocks 2-4, logits at half the
+            side) or 2 (blocks 3-4, logits at a quarter of the side: about half the
+            head's work).
     """
 
     image_size: int = 128
@@ -37,8 +40,11 @@ class CriticArchitecture:
     width: int = 32
     blocks: int = 4
     map_width: int = 0
+    map_levels: int = 3
 
     def __post_init__(self) -> None:
+        if self.map_levels not in (2, 3):
+            raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
         if self.blocks < 1 or self.image_size % (2 ** self.blocks):
             raise ValueError(f"image_size {self.image_size} must be a multiple of "
                              f"2 ** blocks = {2 ** self.blocks}")
@@ -80,21 +86,26 @@ class OpacityMapHead(nn.Module):
     blocks): the deepest is reduced to ``2 * map_width`` channels, upsampled, joined to
     the block before it and convolved, then once more with the block before that; a 1x1
     convolution gives one logit per pixel at half the input side, bilinearly enlarged to
-    the input's side. Output (B, 1, S, S).
+    the input's side. With ``levels`` 2 it stops after the first join (logits at a
+    quarter of the side). Output (B, 1, S, S).
     """
 
-    def __init__(self, block_widths: list[int], map_width: int):
+    def __init__(self, block_widths: list[int], map_width: int, levels: int = 3):
         super().__init__()
         deep, middle, shallow = block_widths[-1], block_widths[-2], block_widths[-3]
         self.reduce = conv_bn_relu(deep, 2 * map_width)
         self.up_middle = conv_bn_relu(2 * map_width + middle, 2 * map_width)
-        self.up_shallow = conv_bn_relu(2 * map_width + shallow, map_width)
-        self.logit = nn.Conv2d(map_width, 1, 1)
+        self.up_shallow = conv_bn_relu(2 * map_width + shallow, map_width) \
+            if levels == 3 else None
+        self.logit = nn.Conv2d(map_width if levels == 3 else 2 * map_width, 1, 1)
 
     def forward(self, features: list[torch.Tensor], size: int) -> torch.Tensor:
         """Logits (B, 1, size, size) from the blocks' features (shallow to deep)."""
         x = self.reduce(features[-1])
-        for skip, conv in ((features[-2], self.up_middle), (features[-3], self.up_shallow)):
+        stages = [(features[-2], self.up_middle)]
+        if self.up_shallow is not None:
+            stages.append((features[-3], self.up_shallow))
+        for skip, conv in stages:
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = conv(torch.cat([x, skip], dim=1))
         x = self.logit(x)
@@ -125,7 +136,7 @@ class OpacityCritic(nn.Module):
         self.map_head = None
         if arch.map_width:  # drawn from its own random state: the rest start as without it
             with torch.random.fork_rng(devices=[]):
-                self.map_head = OpacityMapHead(widths, arch.map_width)
+                self.map_head = OpacityMapHead(widths, arch.map_width, arch.map_levels)
 
     def block_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every block's features before its pool, shallow to deep; the last is

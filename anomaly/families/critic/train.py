@@ -106,7 +106,8 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
     """
     torch.manual_seed(seed)  # weights, then the films' changes and opacities
     size = images.shape[-1]
-    arch = CriticArchitecture(image_size=size, width=config.width, map_width=config.map_width)
+    arch = CriticArchitecture(image_size=size, width=config.width, map_width=config.map_width,
+                              map_levels=config.map_levels)
     critic = OpacityCritic(arch).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(critic.parameters(), config.lr / 2,
                                   weight_decay=config.weight_decay)
