@@ -31,6 +31,19 @@ def _uniform(low: float, high: float, count: int, generator: torch.Generator
     return low + (high - low) * torch.rand(count, generator=generator)
 
 
+def _lung_pixels(lung_prior: torch.Tensor, what: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat indices of the 0/1 lung field's pixels, and the row and column of every pixel
+    (S, S); an empty field is refused, naming ``what`` could not be placed."""
+    size = lung_prior.shape[-1]
+    inside = torch.nonzero(lung_prior.cpu().flatten() > 0.5).flatten()
+    if inside.numel() == 0:
+        raise ValueError(f"the lung prior is empty: nowhere to place {what}")
+    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(),
+                                indexing="ij")
+    return inside, rows, cols
+
+
 def paste_consolidations(images: torch.Tensor, lung_prior: torch.Tensor,
                          generator: torch.Generator, max_count: int = 2,
                          radius: tuple[float, float] = (0.06, 0.2),
@@ -52,11 +65,7 @@ def paste_consolidations(images: torch.Tensor, lung_prior: torch.Tensor,
         than :data:`VISIBLE_CHANGE`).
     """
     batch, _, size, _ = images.shape
-    inside = torch.nonzero(lung_prior.cpu().flatten() > 0.5).flatten()
-    if inside.numel() == 0:
-        raise ValueError("the lung prior is empty: nowhere to place a consolidation")
-    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(),
-                                indexing="ij")
+    inside, rows, cols = _lung_pixels(lung_prior, "a consolidation")
     counts = torch.randint(1, max_count + 1, (batch,), generator=generator)
     region = torch.zeros(batch, size, size)
     for index in range(max_count):
@@ -92,11 +101,7 @@ def paste_moved_patches(images: torch.Tensor, lung_prior: torch.Tensor,
     batch, _, size, _ = images.shape
     films = (images.cpu() + 1) / 2
     field = (lung_prior.cpu() > 0.5).float()
-    inside = torch.nonzero(field.flatten()).flatten()
-    if inside.numel() == 0:
-        raise ValueError("the lung prior is empty: nowhere to move a patch")
-    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(),
-                                indexing="ij")
+    inside, rows, cols = _lung_pixels(lung_prior, "a patch")
     lesioned = films.clone()
     for index in range(batch):
         target = inside[torch.randint(inside.numel(), (1,), generator=generator)].item()

@@ -237,7 +237,8 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
     (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
-    (:func:`paste_varied_opacities`) or ``mixed`` (each film blobs or patches at random). Returns (films, masks) as those do."""
+    (:func:`paste_varied_opacities`) or ``mixed`` (each film blobs or patches at
+    random). Returns (films, masks) as those do."""
     if kind == "blobs":
         return paste_opacities(images, soft_prior)
     if kind == "patches":

@@ -30,13 +30,12 @@ from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import (
     paste_opacities,
-    soft_lung_prior,
-    wide_lung_prior,
 )
 from anomaly.families.critic.train_map import (
     map_loss,
     map_stage_due,
     opacity_batch,
+    placement_prior,
     train_map_head,
     with_normal_level,
 )
@@ -127,8 +126,7 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
         start_epoch = int(resume_state["epoch"])
         log(f"critic: resuming at epoch {start_epoch}")
     model = dist.wrap(critic)
-    placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
-    prior = soft_lung_prior(placement).to(device)
+    prior = placement_prior(config, images, lung_prior).to(device)
     watched_pasted = None
     if watched is not None:  # the same opacities every epoch, so panels compare
         watched_pasted, _ = paste_opacities(

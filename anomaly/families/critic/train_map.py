@@ -35,8 +35,6 @@ from anomaly.families.critic.synthesis import (
     wide_lung_prior,
 )
 
-MAP_STAGE_STATE = ("map_optimizer", "map_schedule", "map_order_rng", "map_torch_rng")
-
 
 def map_stage_due(part: dict, config: CriticConfig) -> bool:
     """Whether the critic's part still owes epochs of the map head's own stage."""
@@ -94,8 +92,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         log(f"critic map head: resuming at epoch {start_epoch}"
             + ("" if same_plan else f" with a new schedule to epoch {config.map_epochs}"))
     model = dist.wrap(head)
-    placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
-    prior = soft_lung_prior(placement).to(device)
+    prior = placement_prior(config, images, lung_prior).to(device)
     synthesis = config.map_synthesis or config.synthesis
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
@@ -147,6 +144,14 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     if dist.world_size > 1:
         dist.check_replicas_identical([head])
     return state(max(start_epoch, config.map_epochs))
+
+
+def placement_prior(config: CriticConfig, images: torch.Tensor, lung_prior: torch.Tensor
+                    ) -> torch.Tensor:
+    """The soft prior (S, S) opacities are placed in: the run's lung prior or, with
+    ``opacity_prior: wide``, the wider one of the training films (N, 1, S, S)."""
+    placement = wide_lung_prior(images.cpu()) if config.opacity_prior == "wide" else lung_prior
+    return soft_lung_prior(placement)
 
 
 def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
