@@ -3,8 +3,9 @@
 first run's CI, the mean ± sd over the runs, ``val/`` AUROC, the first run's metrics at
 the ``val/`` threshold) and where the heat maps land, as Markdown.
 
-Each run folder holds ``<score>/report.json`` per score and ``loc_<heat>.json`` per heat
-map (the benchmark's ``--json``).
+Each run folder holds ``<score>/report.json`` (or ``eval_<score>/report.json``) per score
+and ``loc_<heat>_<recipe>.json`` per heat map and lesion recipe (the benchmark's
+``--json``; ``loc_<heat>.json`` is read as the ``blobs`` recipe's).
 
 Usage:
     python examples/results_tables.py runs/det_s0 runs/det_s1 runs/det_s2
@@ -25,8 +26,21 @@ SCORES = {
     "logit": "`logit`",
     "lung-brightness": "no-GAN baseline `lung-brightness`, same films",
 }
+RECIPES = ("blobs", "consolidation", "patches")
 HEATS = {"map": "**the opacity map** (map head, the default heat)",
          "gradcam": "the density's Grad-CAM (`--heat gradcam`)"}
+
+
+def score_report(run: Path, score: str) -> Path:
+    """The run's ``anomaly evaluate`` report of one score (``<score>/`` or ``eval_<score>/``)."""
+    plain = run / score / "report.json"
+    return plain if plain.exists() else run / f"eval_{score}" / "report.json"
+
+
+def loc_file(run: Path, heat: str, recipe: str = "blobs") -> Path:
+    """The run's localisation benchmark JSON of one heat map and lesion recipe."""
+    named = run / f"loc_{heat}_{recipe}.json"
+    return named if named.exists() or recipe != "blobs" else run / f"loc_{heat}.json"
 
 
 def spread(values: list[float]) -> str:
@@ -49,7 +63,7 @@ def score_table(runs: list[Path]) -> list[str]:
              "(each) | AUROC `val/`: mean (each) | at the `val/` threshold, "
              f"{runs[0].name}: sensitivity / specificity / F1 |", "|---|---|---|---|---|"]
     for score, title in SCORES.items():
-        files = [run / score / "report.json" for run in runs]
+        files = [score_report(run, score) for run in runs]
         if not all(f.exists() for f in files):
             continue
         reports = [json.loads(f.read_text()) for f in files]
@@ -73,7 +87,7 @@ def localisation_tables(runs: list[Path]) -> list[str]:
              "with a region: pneumonias / normals |", "|---|---|---|---|---|---|---|---|"]
     loaded = {}
     for heat, title in HEATS.items():
-        files = [run / f"loc_{heat}.json" for run in runs]
+        files = [loc_file(run, heat) for run in runs]
         if not all(f.exists() for f in files):
             continue
         figures = loaded[heat] = [json.loads(f.read_text()) for f in files]
@@ -113,6 +127,30 @@ def localisation_tables(runs: list[Path]) -> list[str]:
     return lines
 
 
+def recipe_table(runs: list[Path]) -> list[str]:
+    """Pixel AUROC in the lung field / pointing game of each heat map on every lesion
+    recipe the runs were benchmarked on: means over the runs, each run in brackets."""
+    recipes = [r for r in RECIPES if all(loc_file(run, h, r).exists()
+                                           for run in runs for h in HEATS)]
+    if not recipes:
+        return []
+    figures = {r: {h: [json.loads(loc_file(run, h, r).read_text()) for run in runs]
+                   for h in HEATS} for r in recipes}
+    lines = ["| heat map: pixel AUROC in the lung field / pointing game, mean (each) | "
+             + " | ".join(f"`{r}`" for r in recipes) + " |", "|---|" + "---|" * len(recipes)]
+    rows = [(title, heat, "map") for heat, title in HEATS.items()]  # each file's heat: "map"
+    rows.append(("no-GAN baseline: the film's brightness in the lung prior", "map",
+                 "lung-brightness"))
+    for title, heat, key in rows:
+        cells = []
+        for recipe in recipes:
+            synthetic = [f["synthetic"][key] for f in figures[recipe][heat]]
+            cells.append(f"{mean_and_each([s['pixel_auroc'] for s in synthetic])} / "
+                         f"{mean_and_each([s['pointing_game'] for s in synthetic])}")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="evaluated run folders")
@@ -120,6 +158,10 @@ def main(argv=None) -> None:
     print("\n".join(score_table(args.runs)))
     print()
     print("\n".join(localisation_tables(args.runs)))
+    recipes = recipe_table(args.runs)
+    if recipes:
+        print()
+        print("\n".join(recipes))
 
 
 if __name__ == "__main__":

@@ -378,27 +378,35 @@ def test_the_results_tables_average_the_runs_reports(tmp_path, capsys):
 
     runs = [tmp_path / "s0", tmp_path / "s1"]
     for run, auroc in zip(runs, (0.8, 0.9)):
-        (run / "density").mkdir(parents=True)
-        (run / "density" / "report.json").write_text(json.dumps({
+        reports = run / ("density" if run.name == "s0" else "eval_density")  # both read
+        reports.mkdir(parents=True)
+        (reports / "report.json").write_text(json.dumps({
             "auroc": auroc, "auroc_ci95": [auroc - 0.05, auroc + 0.05], "val_auroc": 0.95,
             "recall": 0.7, "specificity": 0.8, "f1": 0.75}))
-        synthetic = {"pixel_auroc": auroc, "pixel_auroc_with_clean": auroc,
-                     "pointing_game": 0.5}
-        (run / "loc_map.json").write_text(json.dumps({
-            "heat": "map",
-            "synthetic": {"map": synthetic, "lung-brightness": synthetic,
-                          "image_auroc": {"density": 0.9}},
-            "real": {"pneumonia": {"mass_in_lung_field": 0.6, "maximum_in_lung_field": 1.0,
-                                   "with_a_region": 0.5},
-                     "normal": {"mass_in_lung_field": 0.5, "maximum_in_lung_field": 0.9,
-                                "with_a_region": 0.1},
-                     "flat_map_mass_in_lung_field": 0.4}}))
+        lesions = {"loc_map.json": auroc, "loc_map_consolidation.json": auroc - 0.2,
+                   "loc_gradcam_blobs.json": 0.6, "loc_gradcam_consolidation.json": 0.4}
+        for name, value in lesions.items():
+            synthetic = {"pixel_auroc": value, "pixel_auroc_with_clean": value,
+                         "pointing_game": 0.5}
+            (run / name).write_text(json.dumps({
+                "heat": "map",
+                "synthetic": {"map": synthetic, "lung-brightness": synthetic,
+                              "image_auroc": {"density": 0.9}},
+                "real": {"pneumonia": {"mass_in_lung_field": 0.6,
+                                       "maximum_in_lung_field": 1.0, "with_a_region": 0.5},
+                         "normal": {"mass_in_lung_field": 0.5, "maximum_in_lung_field": 0.9,
+                                    "with_a_region": 0.1},
+                         "flat_map_mass_in_lung_field": 0.4}}))
     results_tables.main([str(r) for r in runs])
     out = capsys.readouterr().out
     assert "| `density` (the default) | 0.800 (0.750-0.850) | 0.850 ± 0.071 (0.800, 0.900) |" \
         in out
     assert "| **the opacity map** (map head, the default heat) | 0.850 (0.800, 0.900) |" in out
     assert "0.500 / 0.100" in out and "logit" not in out  # only the scores every run has
+    # the recipes every run was benchmarked on with every heat: blobs and consolidation
+    assert "| `blobs` | `consolidation` |\n" in out
+    assert "| 0.850 (0.800, 0.900) / 0.500 (0.500, 0.500) | 0.650 (0.600, 0.700) / " in out
+    assert "| the density's Grad-CAM (`--heat gradcam`) | 0.600 (0.600, 0.600) / " in out
 
 
 def test_the_map_shown_keeps_the_order_of_the_raw_map_and_mutes_the_normal_level():
