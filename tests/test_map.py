@@ -368,8 +368,9 @@ def test_a_batch_larger_than_a_network_piece_scores_as_film_by_film(default_run,
         for name, values in whole.components.items():
             np.testing.assert_allclose(values[index], alone.components[name][0], rtol=1e-5,
                                        atol=1e-6, err_msg=name)
+        peak = float(alone.heatmaps[0].abs().max())  # Grad-CAM's heat runs to hundreds
         np.testing.assert_allclose(whole.heatmaps[index], alone.heatmaps[0], rtol=1e-4,
-                                   atol=1e-6)  # Grad-CAM's heat runs to hundreds
+                                   atol=1e-4 * peak + 1e-6)
 
 
 def test_the_results_tables_average_the_runs_reports(tmp_path, capsys):

@@ -31,7 +31,7 @@ from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, f
 from anomaly.families.critic.normal_level import shown_map
 from anomaly.lungs import lung_field, top_mean
 
-CPU_PIECE = 8  # images per network pass on the CPU (bench/bench_critic.py: 8-64 tried)
+CPU_PIECE = 4  # images per network pass on the CPU (bench/bench_critic.py --cpu-piece: 1-64 tried)
 
 
 def film_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
