@@ -28,9 +28,7 @@ from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
-from anomaly.families.critic.synthesis import (
-    paste_opacities,
-)
+from anomaly.families.critic.synthesis import paste_opacities
 from anomaly.families.critic.train_map import (
     map_loss,
     map_stage_due,

@@ -14,7 +14,7 @@ Then the map's normal level is fitted on the held-out normals
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -113,16 +113,15 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                    disable=not (progress and dist.is_main), leave=False)
         total = 0.0
         for batch_index in bar:
-            *_, inputs, _, targets = opacity_batch(images[batch_index.to(device)], config,
-                                                   prior, synthesis)
+            batch = opacity_batch(images[batch_index.to(device)], config, prior, synthesis)
 
             # Update the head alone: which pixels hold the pasted opacity?
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, use_amp):
                 with torch.no_grad():
-                    features = critic.block_features(inputs)
+                    features = critic.block_features(batch.inputs)
                 pixel_logits = model(features, critic.arch.image_size)
-            loss = map_loss(pixel_logits.float(), targets)
+            loss = map_loss(pixel_logits.float(), batch.targets)
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -154,21 +153,29 @@ def placement_prior(config: CriticConfig, images: torch.Tensor, lung_prior: torc
     return soft_lung_prior(placement)
 
 
+class OpacityBatch(NamedTuple):
+    """One training batch, all (B, 1, S, S) in [-1, 1] on the films' device but
+    ``has_opacity`` (B,) and ``targets`` (the map's 0/1 targets, :func:`opacity_target`)."""
+
+    films: torch.Tensor  # the films, their acquisition varied
+    pasted: torch.Tensor  # the same with synthetic opacities
+    inputs: torch.Tensor  # each film with or without them
+    has_opacity: torch.Tensor
+    targets: torch.Tensor
+
+
 def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
-                  synthesis: str) -> tuple[torch.Tensor, ...]:
+                  synthesis: str) -> OpacityBatch:
     """One training batch of uint8 films (B, 1, S, S): their acquisition varied, then
-    opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``).
-    Returns (the varied films, the same with opacities, the inputs: each film with or
-    without them, which films have them (B,), the map's 0/1 targets), the images
-    (B, 1, S, S), all on the films' device."""
+    opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``)."""
     varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
                               int(round(config.shift_fraction * films.shape[-1])),
                               tuple(config.scale_range), config.rotation_degrees)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
     inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
-    return (varied, pasted, inputs, has_opacity,
-            opacity_target(masks, has_opacity, config.map_mask_level))
+    return OpacityBatch(varied, pasted, inputs, has_opacity,
+                        opacity_target(masks, has_opacity, config.map_mask_level))
 
 
 def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
