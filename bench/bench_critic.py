@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the critic's heat map (default: the run's, map with a map head)")
     parser.add_argument("--cpu-piece", type=int,
                         help="films per network pass on the CPU (the critic's default: 8)")
+    parser.add_argument("--exported", help="also time this export of the model (anomaly "
+                        "export: onnxruntime) from files to scores")
     parser.add_argument("--json", help="write the figures here")
     return parser.parse_args(argv)
 
@@ -71,6 +73,8 @@ def main(argv=None) -> None:
     scorer.score_paths(paths[: args.batch_size], progress=False)  # warm-up
     end_to_end, times = median_time(lambda: scorer.score_paths(paths, progress=False),
                                     device, args.repeats)
+    with_heat, heat_times = median_time(
+        lambda: scorer.score_paths(paths, progress=False, heatmaps=True), device, args.repeats)
     images = uint8_to_model(load_images(paths, scorer.preprocess_config,
                                         progress=False).images)
 
@@ -84,15 +88,27 @@ def main(argv=None) -> None:
                  for s in range(0, len(images), args.batch_size)], device, args.repeats)
     rows = [["files to scores (decode, CLAHE, network, density)", len(paths), end_to_end,
              len(paths) / end_to_end],
+            ["files to scores and heat maps", len(paths), with_heat, len(paths) / with_heat],
             ["preprocessed images to scores", len(images), network, len(images) / network],
             ["the same, with heat maps", len(images), with_maps, len(images) / with_maps]]
+    exported_times = None
+    if args.exported:
+        from anomaly.exported import ExportedScorer
+
+        exported = ExportedScorer(args.exported, batch_size=args.batch_size)
+        exported.score_paths(paths[: args.batch_size])  # warm-up
+        seconds, exported_times = median_time(lambda: exported.score_paths(paths),
+                                                 device, args.repeats)
+        rows.append(["files to scores, the export in onnxruntime", len(paths), seconds,
+                     len(paths) / seconds])
     print(markdown_table(["what is timed", "images", "seconds", "images/second"], rows))
     if args.json:
         out = {"machine": info, "settings": vars(args), "mode": scorer.mode,
                "results": [{"what": r[0], "images": r[1], "seconds": r[2],
                             "images_per_second": r[3]} for r in rows],
-               "run_seconds": {"end_to_end": times, "network": network_times,
-                               "heatmaps": map_times}}
+               "run_seconds": {"end_to_end": times, "end_to_end_heatmaps": heat_times,
+                               "network": network_times,
+                               "heatmaps": map_times, "exported": exported_times}}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")

@@ -17,8 +17,10 @@ from click.testing import CliRunner
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.detector import Detector
+from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
-from anomaly.families.critic.train_map import map_loss, opacity_target
+from anomaly.families.critic.synthesis import decoy_prior, soft_lung_prior
+from anomaly.families.critic.train_map import map_loss, opacity_batch, opacity_target
 from anomaly.localisation import mass_inside, maximum_inside, pixel_auroc, pointing_game
 from anomaly.preprocess import map_to_original
 from anomaly.regions import check_threshold, film_regions, find_regions, fit_region_threshold
@@ -78,6 +80,40 @@ def test_the_map_target_is_the_thresholded_blend_of_films_given_an_opacity():
     assert target[0].sum() == 4 and target[0, 0, 5, 5] == 0
     assert target[1].sum() == 0  # a clean film: nothing to find, whatever its mask
     assert set(target.unique().tolist()) <= {0.0, 1.0}
+
+
+def lung_films(count: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 films (N, 1, S, S) with two dark lungs, and their 0/1 lung prior (S, S)."""
+    films = torch.full((count, 1, size, size), 200, dtype=torch.uint8)
+    films[:, :, 8:24, 5:14] = 60
+    films[:, :, 8:24, 18:27] = 60
+    return films, (films[0, 0] == 60).float()
+
+
+def test_decoys_lie_outside_the_lungs_and_stay_out_of_the_target():
+    films, lungs = lung_films()
+    outside = decoy_prior(films, lungs)
+    assert outside.shape == lungs.shape and outside.min() >= 0 and outside.max() <= 1
+    assert outside[lungs > 0].max() == 0  # never on a lung
+    assert outside[0, 0] > 0.5  # the film's corner is far from any lung
+    config = CriticConfig(gamma_range=(1, 1), shift_fraction=0, scale_range=(1, 1),
+                          rotation_degrees=0)
+    prior = soft_lung_prior(lungs)
+    torch.manual_seed(0)
+    plain = opacity_batch(films, config, prior, "blobs")
+    torch.manual_seed(0)
+    decoyed = opacity_batch(films, config, prior, "blobs", outside, decoy_share=1.0)
+    assert torch.equal(plain.targets, decoyed.targets)  # decoys are never opacities
+    changed = (decoyed.inputs - plain.inputs).abs().sum(dim=(0, 1)) > 0
+    assert changed.any() and not (changed & (lungs > 0)).any()  # only where no lung is
+    torch.manual_seed(0)
+    none = opacity_batch(films, config, prior, "blobs", outside, decoy_share=0.0)
+    assert torch.equal(none.inputs, plain.inputs)
+
+
+def test_map_decoys_must_be_a_share():
+    with pytest.raises(ValueError, match="map_decoys"):
+        CriticConfig(map_decoys=1.5)
 
 
 def test_the_map_loss_prefers_the_right_map_and_counts_clean_films():

@@ -44,6 +44,10 @@ class CriticConfig:
         map_lr: peak learning rate of that stage's one-cycle schedule (AdamW).
         map_synthesis: the synthetic opacities that stage teaches the head on (one of
             :data:`SYNTHESES`; None: the critic's ``synthesis``).
+        map_decoys: share of that stage's films that also get opacities pasted where
+            no lung is (:func:`~anomaly.families.critic.synthesis.decoy_prior`), left
+            out of the head's target: the head learns that a bright blob is an opacity
+            only in a lung (0: none).
     """
 
     epochs: int = 30
@@ -66,6 +70,7 @@ class CriticConfig:
     map_epochs: int = 20
     map_lr: float = 1e-3
     map_synthesis: str | None = None
+    map_decoys: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
@@ -82,6 +87,8 @@ class CriticConfig:
             raise ValueError("map_width and map_weight must be >= 0 and "
                              f"map_mask_level in (0, 1), not {self.map_width!r}, "
                              f"{self.map_weight!r}, {self.map_mask_level!r}")
+        if not 0 <= self.map_decoys <= 1:
+            raise ValueError(f"map_decoys must be in [0, 1], not {self.map_decoys!r}")
         if self.map_levels not in (2, 3):
             raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
         if self.score_views not in (1, 2):

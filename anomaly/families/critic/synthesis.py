@@ -49,6 +49,24 @@ def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
     return smooth(lung_prior.float().view(1, 1, size, size), max(0.5, size / 64))[0, 0]
 
 
+def decoy_prior(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Tensor:
+    """Where no lung is: the soft prior (S, S) outside both the run's lung prior and the
+    wide one (:func:`wide_lung_prior`), each widened by S/16 pixels. Opacities pasted
+    there are decoys: the map head is taught that a bright blob is an opacity only in a
+    lung.
+
+    Args:
+        normal_images: (N, 1, S, S) normal training films, uint8 or in [-1, 1].
+        lung_prior: (S, S) 0/1 lung-field prior of the run.
+    """
+    size = lung_prior.shape[-1]
+    lungs = torch.maximum(wide_lung_prior(normal_images), lung_prior.float().cpu())
+    margin = max(1, size // 16)
+    widened = F.max_pool2d(lungs.view(1, 1, size, size), 2 * margin + 1, stride=1,
+                           padding=margin)[0, 0]
+    return soft_lung_prior(1 - widened) * (1 - widened)
+
+
 def _uniform(low: float, high: float, shape: tuple[int, ...], device: torch.device,
              generator: torch.Generator | None) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, device=device, generator=generator)

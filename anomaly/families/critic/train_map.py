@@ -29,6 +29,7 @@ from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_normal_level
 from anomaly.families.critic.scorer import CriticFamily
 from anomaly.families.critic.synthesis import (
+    decoy_prior,
     soft_lung_prior,
     synthesise,
     vary_acquisition,
@@ -94,12 +95,14 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     model = dist.wrap(head)
     prior = placement_prior(config, images, lung_prior).to(device)
     synthesis = config.map_synthesis or config.synthesis
+    decoys = decoy_prior(images.cpu(), lung_prior.cpu()).to(device) if config.map_decoys else None
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
     def state(epoch: int) -> dict:
         return {**part, "network": critic.state_dict(), "map_epoch": epoch,
                 "config": {**part.get("config", {}), "map_epochs": config.map_epochs,
-                           "map_lr": config.map_lr, "map_synthesis": config.map_synthesis},
+                           "map_lr": config.map_lr, "map_synthesis": config.map_synthesis,
+                           "map_decoys": config.map_decoys},
                 "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
                 "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state()}
 
@@ -113,7 +116,8 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                    disable=not (progress and dist.is_main), leave=False)
         total = 0.0
         for batch_index in bar:
-            batch = opacity_batch(images[batch_index.to(device)], config, prior, synthesis)
+            batch = opacity_batch(images[batch_index.to(device)], config, prior, synthesis,
+                                  decoys, config.map_decoys)
 
             # Update the head alone: which pixels hold the pasted opacity?
             optimizer.zero_grad(set_to_none=True)
@@ -165,15 +169,22 @@ class OpacityBatch(NamedTuple):
 
 
 def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
-                  synthesis: str) -> OpacityBatch:
+                  synthesis: str, decoy_prior: torch.Tensor | None = None,
+                  decoy_share: float = 0.0) -> OpacityBatch:
     """One training batch of uint8 films (B, 1, S, S): their acquisition varied, then
-    opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``)."""
+    opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``), and
+    with ``decoy_prior`` decoys pasted into a random ``decoy_share`` of all films (inside
+    that prior, where no lung is; ``inputs`` only, the ``targets`` leave them out)."""
     varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
                               int(round(config.shift_fraction * films.shape[-1])),
                               tuple(config.scale_range), config.rotation_degrees)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
     inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
+    if decoy_prior is not None and decoy_share > 0:
+        with_decoys, _ = synthesise(inputs, decoy_prior, synthesis)
+        has_decoys = torch.rand(len(varied), device=varied.device) < decoy_share
+        inputs = torch.where(has_decoys.view(-1, 1, 1, 1), with_decoys, inputs)
     return OpacityBatch(varied, pasted, inputs, has_opacity,
                         opacity_target(masks, has_opacity, config.map_mask_level))
 
