@@ -111,9 +111,29 @@ def test_decoys_lie_outside_the_lungs_and_stay_out_of_the_target():
     assert torch.equal(none.inputs, plain.inputs)
 
 
-def test_map_decoys_must_be_a_share():
+def test_the_change_target_marks_the_pixels_an_opacity_visibly_changed():
+    films, lungs = lung_films()
+    films[:, :, 8:16] = 250  # the lungs' upper half brighter than any opacity's level
+    config = CriticConfig(gamma_range=(1, 1), shift_fraction=0, scale_range=(1, 1),
+                          rotation_degrees=0)
+    prior = soft_lung_prior(lungs)
+    torch.manual_seed(1)
+    batch = opacity_batch(films, config, prior, "blobs", target="change")
+    moved = (batch.pasted - batch.films).abs() / 2 > 0.02  # on [0, 1] intensities
+    expected = moved & batch.has_opacity.view(-1, 1, 1, 1)
+    assert batch.has_opacity.any() and expected.any()
+    assert torch.equal(batch.targets.bool(), expected)
+    assert not batch.targets[:, :, 8:16].any()  # too bright to change: no target there
+    torch.manual_seed(1)
+    blend = opacity_batch(films, config, prior, "blobs")
+    assert blend.targets[:, :, 8:16].any()  # the blend weight marks it all the same
+
+
+def test_map_decoys_must_be_a_share_and_the_target_a_known_one():
     with pytest.raises(ValueError, match="map_decoys"):
         CriticConfig(map_decoys=1.5)
+    with pytest.raises(ValueError, match="map_target"):
+        CriticConfig(map_target="visible")
 
 
 def test_the_map_loss_prefers_the_right_map_and_counts_clean_films():

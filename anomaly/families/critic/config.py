@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SYNTHESES = ("blobs", "patches", "mixed", "varied")  # the kinds of synthetic opacity (synthesis.py)
+MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 
 
 @dataclass
@@ -48,6 +49,10 @@ class CriticConfig:
             no lung is (:func:`~anomaly.families.critic.synthesis.decoy_prior`), left
             out of the head's target: the head learns that a bright blob is an opacity
             only in a lung (0: none).
+        map_target: what that stage teaches the head to find: ``blend`` (the pixels
+            whose blend weight exceeds ``map_mask_level``) or ``change`` (the pixels an
+            opacity visibly changed: by more than 0.02 of the intensity range, as the
+            evaluation lesions' masks, :data:`anomaly.eval_lesions.VISIBLE_CHANGE`).
     """
 
     epochs: int = 30
@@ -71,6 +76,7 @@ class CriticConfig:
     map_lr: float = 1e-3
     map_synthesis: str | None = None
     map_decoys: float = 0.0
+    map_target: str = "blend"
 
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
@@ -89,6 +95,9 @@ class CriticConfig:
                              f"{self.map_weight!r}, {self.map_mask_level!r}")
         if not 0 <= self.map_decoys <= 1:
             raise ValueError(f"map_decoys must be in [0, 1], not {self.map_decoys!r}")
+        if self.map_target not in MAP_TARGETS:
+            raise ValueError(f"map_target must be one of {', '.join(MAP_TARGETS)}, not "
+                             f"{self.map_target!r}")
         if self.map_levels not in (2, 3):
             raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
         if self.score_views not in (1, 2):

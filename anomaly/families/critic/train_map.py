@@ -24,6 +24,7 @@ from anomaly.checkpoint import load_weights
 from anomaly.data import uint8_to_model
 from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
+from anomaly.eval_lesions import VISIBLE_CHANGE
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_normal_level
@@ -102,7 +103,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         return {**part, "network": critic.state_dict(), "map_epoch": epoch,
                 "config": {**part.get("config", {}), "map_epochs": config.map_epochs,
                            "map_lr": config.map_lr, "map_synthesis": config.map_synthesis,
-                           "map_decoys": config.map_decoys},
+                           "map_decoys": config.map_decoys, "map_target": config.map_target},
                 "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
                 "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state()}
 
@@ -117,7 +118,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         total = 0.0
         for batch_index in bar:
             batch = opacity_batch(images[batch_index.to(device)], config, prior, synthesis,
-                                  decoys, config.map_decoys)
+                                  decoys, config.map_decoys, config.map_target)
 
             # Update the head alone: which pixels hold the pasted opacity?
             optimizer.zero_grad(set_to_none=True)
@@ -170,23 +171,28 @@ class OpacityBatch(NamedTuple):
 
 def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
                   synthesis: str, decoy_prior: torch.Tensor | None = None,
-                  decoy_share: float = 0.0) -> OpacityBatch:
+                  decoy_share: float = 0.0, target: str = "blend") -> OpacityBatch:
     """One training batch of uint8 films (B, 1, S, S): their acquisition varied, then
     opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``), and
     with ``decoy_prior`` decoys pasted into a random ``decoy_share`` of all films (inside
-    that prior, where no lung is; ``inputs`` only, the ``targets`` leave them out)."""
+    that prior, where no lung is; ``inputs`` only, the ``targets`` leave them out).
+    ``target``: the map's targets from the blend weights (``blend``) or from the pixels
+    the opacities visibly changed (``change``)."""
     varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
                               int(round(config.shift_fraction * films.shape[-1])),
                               tuple(config.scale_range), config.rotation_degrees)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
+    if target == "change":  # how far each pixel moved, on [0, 1] intensities
+        masks = (pasted - varied).abs() / 2
     inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
     if decoy_prior is not None and decoy_share > 0:
         with_decoys, _ = synthesise(inputs, decoy_prior, synthesis)
         has_decoys = torch.rand(len(varied), device=varied.device) < decoy_share
         inputs = torch.where(has_decoys.view(-1, 1, 1, 1), with_decoys, inputs)
+    level = VISIBLE_CHANGE if target == "change" else config.map_mask_level
     return OpacityBatch(varied, pasted, inputs, has_opacity,
-                        opacity_target(masks, has_opacity, config.map_mask_level))
+                        opacity_target(masks, has_opacity, level))
 
 
 def opacity_target(masks: torch.Tensor, has_opacity: torch.Tensor, level: float
