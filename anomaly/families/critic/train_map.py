@@ -96,7 +96,8 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     model = dist.wrap(head)
     prior = placement_prior(config, images, lung_prior).to(device)
     synthesis = config.map_synthesis or config.synthesis
-    decoys = decoy_prior(images.cpu(), lung_prior.cpu()).to(device) if config.map_decoys else None
+    decoy_placement = (decoy_prior(images.cpu(), lung_prior.cpu()).to(device)
+                       if config.map_decoys else None)
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
     def state(epoch: int) -> dict:
@@ -118,7 +119,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         total = 0.0
         for batch_index in bar:
             batch = opacity_batch(images[batch_index.to(device)], config, prior, synthesis,
-                                  decoys, config.map_decoys, config.map_target)
+                                  decoy_placement, config.map_decoys, config.map_target)
 
             # Update the head alone: which pixels hold the pasted opacity?
             optimizer.zero_grad(set_to_none=True)
@@ -170,11 +171,11 @@ class OpacityBatch(NamedTuple):
 
 
 def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor,
-                  synthesis: str, decoy_prior: torch.Tensor | None = None,
+                  synthesis: str, decoy_placement: torch.Tensor | None = None,
                   decoy_share: float = 0.0, target: str = "blend") -> OpacityBatch:
     """One training batch of uint8 films (B, 1, S, S): their acquisition varied, then
     opacities of ``synthesis`` pasted into a random half (inside the soft ``prior``), and
-    with ``decoy_prior`` decoys pasted into a random ``decoy_share`` of all films (inside
+    with ``decoy_placement`` decoys pasted into a random ``decoy_share`` of all films (inside
     that prior, where no lung is; ``inputs`` only, the ``targets`` leave them out).
     ``target``: the map's targets from the blend weights (``blend``) or from the pixels
     the opacities visibly changed (``change``)."""
@@ -186,8 +187,8 @@ def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor
     if target == "change":  # how far each pixel moved, on [0, 1] intensities
         masks = (pasted - varied).abs() / 2
     inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
-    if decoy_prior is not None and decoy_share > 0:
-        with_decoys, _ = synthesise(inputs, decoy_prior, synthesis)
+    if decoy_placement is not None and decoy_share > 0:
+        with_decoys, _ = synthesise(inputs, decoy_placement, synthesis)
         has_decoys = torch.rand(len(varied), device=varied.device) < decoy_share
         inputs = torch.where(has_decoys.view(-1, 1, 1, 1), with_decoys, inputs)
     level = VISIBLE_CHANGE if target == "change" else config.map_mask_level
