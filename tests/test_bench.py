@@ -94,19 +94,17 @@ def test_score_variants_example_prints_a_row_per_variant(trained_run, labelled_d
     assert rows["max(blur2(x - G(z)), 0), geometric lungs"] > 0.5
 
 
-def test_bench_critic(tmp_path, normal_dir):
-    from anomaly.train import TrainConfig, train_run
-    from tests.test_critic import CRITIC_ONLY
-
-    run = tmp_path / "critic"
-    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, progress=False, log=lambda *a: None)
-    out = run_script("bench_critic.py", "--model", run, "--data", normal_dir, "--images", 10,
-                     "--batch-size", 4, "--repeats", 1, "--threads", 1,
-                     "--json", tmp_path / "critic.json")
+def test_bench_critic(tmp_path, normal_dir, default_run, exported):
+    out = run_script("bench_critic.py", "--model", default_run, "--data", normal_dir,
+                     "--images", 10, "--batch-size", 4, "--repeats", 1, "--threads", 1,
+                     "--exported", exported, "--json", tmp_path / "critic.json")
     assert "mode critic, score density" in out and "files to scores" in out
     figures = json.loads((tmp_path / "critic.json").read_text())
-    assert [r["images"] for r in figures["results"]] == [10, 10, 10]
+    assert [r["images"] for r in figures["results"]] == [10] * 5
+    assert "files to scores and heat maps" in figures["results"][1]["what"]
+    assert "onnxruntime" in figures["results"][-1]["what"]
     assert all(r["images_per_second"] > 0 for r in figures["results"])
+    assert len(figures["run_seconds"]["exported"]) == 1
 
 
 def test_bench_start(tiny_run, tmp_path):
