@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, to
 def training_normals(state: dict, preprocess_config) -> torch.Tensor:
     """The normal films a run was trained on (its data folder less the held-out films),
     preprocessed, uint8 (N, 1, S, S)."""
-    held_out = {str(p) for p in state.get("holdout_paths", [])}
-    paths = [p for p in find_images(state["data_dir"]) if str(p) not in held_out]
+    held_out = {Path(p).resolve() for p in state.get("holdout_paths", [])}
+    paths = [p for p in find_images(state["data_dir"]) if Path(p).resolve() not in held_out]
     return load_images(paths, preprocess_config, progress=False).images
 
 
