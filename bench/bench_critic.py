@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from anomaly.data import find_images, load_images, uint8_to_model  # noqa: E402
 from anomaly.device import resolve_device  # noqa: E402
+from anomaly.families.critic.scorer import CPU_PIECE  # noqa: E402
 from anomaly.score import Scorer  # noqa: E402
 from bench.common import machine_info, markdown_table, median_time, print_machine  # noqa: E402
 
@@ -41,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heat", choices=["map", "gradcam"],
                         help="the critic's heat map (default: the run's, map with a map head)")
     parser.add_argument("--cpu-piece", type=int,
-                        help="films per network pass on the CPU (the critic's default: 8)")
+                        help="films per network pass on the CPU (the critic's default: "
+                             f"{CPU_PIECE})")
     parser.add_argument("--exported", help="also time this export of the model (anomaly "
                         "export: onnxruntime) from files to scores")
     parser.add_argument("--json", help="write the figures here")

@@ -184,14 +184,14 @@ def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor
                               tuple(config.scale_range), config.rotation_degrees)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
+    level = config.map_mask_level
     if target == "change":  # how far each pixel moved, on [0, 1] intensities
-        masks = (pasted - varied).abs() / 2
+        masks, level = (pasted - varied).abs() / 2, VISIBLE_CHANGE
     inputs = torch.where(has_opacity.view(-1, 1, 1, 1), pasted, varied)
     if decoy_placement is not None and decoy_share > 0:
         with_decoys, _ = synthesise(inputs, decoy_placement, synthesis)
         has_decoys = torch.rand(len(varied), device=varied.device) < decoy_share
         inputs = torch.where(has_decoys.view(-1, 1, 1, 1), with_decoys, inputs)
-    level = VISIBLE_CHANGE if target == "change" else config.map_mask_level
     return OpacityBatch(varied, pasted, inputs, has_opacity,
                         opacity_target(masks, has_opacity, level))
 
