@@ -19,7 +19,7 @@ from anomaly.checkpoint import load_checkpoint
 from anomaly.detector import Detector
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
-from anomaly.families.critic.synthesis import decoy_prior, soft_lung_prior
+from anomaly.families.critic.synthesis import decoy_prior, map_field, soft_lung_prior
 from anomaly.families.critic.train_map import map_loss, opacity_batch, opacity_target
 from anomaly.localisation import mass_inside, maximum_inside, pixel_auroc, pointing_game
 from anomaly.preprocess import map_to_original
@@ -305,6 +305,7 @@ def test_the_export_carries_the_map_and_reproduces_maps_and_regions(exported, de
 
     info = json.loads((exported / "export.json").read_text())
     assert info["heat"] == "map" and info["region_threshold"] > 0
+    assert np.asarray(info["map_field"]).shape == (32, 32)
     onnx = ExportedScorer(exported)
     ours = Scorer.from_checkpoint(default_run, device="cpu")
     got, want = scored(onnx, EXAMPLES), scored(ours, EXAMPLES)
@@ -477,6 +478,78 @@ def test_the_map_shown_keeps_the_order_of_the_raw_map_and_mutes_the_normal_level
     assert shown_map(raw, None) is raw  # runs without a level: the raw map
     tensor = shown_map(torch.as_tensor(raw), 0.004)
     np.testing.assert_allclose(tensor.numpy(), shown)
+
+
+def test_the_map_field_covers_the_lungs_and_leaves_out_the_films_corners():
+    films, lungs = lung_films()
+    field = map_field(films, lungs)
+    assert field.shape == lungs.shape and field.min() >= 0 and field.max() <= 1
+    assert field[lungs > 0].min() > 0.99  # every lung pixel kept whole
+    assert field[0, 0] < 0.01 and field[31, 31] < 0.01  # the corners far from any lung
+    assert (field[decoy_prior(films, lungs) > 0.5] < 0.5).all()  # decoys: where it is not
+
+
+def test_the_map_shown_is_muted_outside_its_field_and_keeps_its_order_inside():
+    from anomaly.families.critic.normal_level import shown_map
+
+    raw = np.array([[0.3, 0.001, 0.5, 0.9]])
+    field = np.array([1.0, 1.0, 1.0, 0.0])
+    shown = shown_map(raw, 0.004, field)
+    assert shown[0, 3] == 0  # outside the field: nothing, however sure the head is
+    np.testing.assert_allclose(shown[0, :3], shown_map(raw, 0.004)[0, :3])
+    tensor = shown_map(torch.as_tensor(raw), 0.004, torch.as_tensor(field))
+    np.testing.assert_allclose(tensor.numpy(), shown)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4)), np.full((4, 4), np.nan),
+                                 np.full((4, 4), 1.5), -np.ones((4, 4)), np.ones((4, 3))])
+def test_a_meaningless_map_field_is_refused(bad):
+    from anomaly.families.critic.normal_level import checked_map_field
+    from anomaly.validate import BadValue
+
+    assert checked_map_field(None, "map_field", 4) is None
+    assert checked_map_field(torch.ones(4, 4), "map_field", 4).dtype == np.float32
+    with pytest.raises(BadValue, match="map_field"):
+        checked_map_field(bad, "map_field", 4)
+
+
+def test_the_default_runs_map_is_shown_in_its_field_and_its_map_score_is_not(default_run):
+    state = load_checkpoint(default_run)
+    field = state["critic"]["map_field"]
+    assert field.shape == (32, 32) and 0 < field.mean() < 1
+    gated = Scorer.from_checkpoint(default_run, device="cpu")
+    whole = Scorer.from_checkpoint(default_run, device="cpu")
+    whole.family.map_field = None
+    assert gated.family.report_settings()["map_field"] is True
+    got, want = scored(gated, EXAMPLES), scored(whole, EXAMPLES)
+    np.testing.assert_allclose(got.components["map"], want.components["map"])
+    outside = torch.as_tensor(field) < 1e-6
+    assert outside.any() and (got.heatmaps[:, outside] == 0).all()
+    assert (want.heatmaps[:, outside] > 0).all()
+
+
+def test_a_run_resumed_with_another_map_field_refits_its_level_and_keeps_its_weights(
+        tmp_path, normal_dir):
+    from anomaly.train import TrainConfig, train_run
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(**_critic_only()), normal_dir, run, progress=False,
+              log=lambda *a: None)
+    before = load_checkpoint(run)
+    train_run(TrainConfig(**_critic_only(critic_map_field="film")), normal_dir, run,
+              resume=True, progress=False, log=lambda *a: None)
+    film = load_checkpoint(run)
+    assert "map_field" not in film["critic"] and "map_field" in before["critic"]
+    assert film["critic"]["map_normal_level"] != before["critic"]["map_normal_level"]
+    for key, value in before["critic"]["network"].items():
+        assert torch.equal(value, film["critic"]["network"][key]), key
+    train_run(TrainConfig(**_critic_only()), normal_dir, run, resume=True, progress=False,
+              log=lambda *a: None)
+    again = load_checkpoint(run)["critic"]
+    torch.testing.assert_close(again["map_field"], before["critic"]["map_field"])
+    assert again["map_normal_level"] == pytest.approx(before["critic"]["map_normal_level"])
+    with pytest.raises(ValueError, match="map_field"):
+        CriticConfig(map_field="neck")
 
 
 def test_the_normal_level_is_a_quantile_of_normal_pixels_and_bad_ones_are_refused():

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from anomaly import validate
-from anomaly.families.critic.normal_level import checked_normal_level
+from anomaly.families.critic.normal_level import checked_map_field, checked_normal_level
 from anomaly.validate import BadValue
 
 
 def check_critic_part(part: Any) -> None:
-    """The critic's architecture, density, heat scale and map level (see :func:`check_values`)."""
+    """The critic's architecture, density, heat scale, map level and map field (see
+    :func:`check_values`)."""
     from anomaly.families.critic.network import CriticArchitecture
 
     if not isinstance(part, dict):
@@ -26,6 +27,8 @@ def check_critic_part(part: Any) -> None:
         validate.density_part(part["density"], "critic.density", dim)
     validate.positive_number(part.get("heat_scale"), "critic.heat_scale", allow_none=True)
     checked_normal_level(part.get("map_normal_level"), "critic.map_normal_level")
+    checked_map_field(part.get("map_field"), "critic.map_field",
+                      CriticArchitecture(**arch).image_size)
     views = part.get("views", 1)
     if views not in (1, 2) or isinstance(views, bool):
         raise BadValue(f"critic.views is {views!r}, not 1 or 2")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 SYNTHESES = ("blobs", "patches", "mixed", "varied")  # the kinds of synthetic opacity (synthesis.py)
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
+MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 
 
 @dataclass
@@ -53,6 +54,11 @@ class CriticConfig:
             whose blend weight exceeds ``map_mask_level``) or ``change`` (the pixels an
             opacity visibly changed: by more than 0.02 of the intensity range, as the
             evaluation lesions' masks, :data:`anomaly.eval_lesions.VISIBLE_CHANGE`).
+        map_field: where the map shown may show opacity: ``lungs`` (where a lung can be:
+            the run's and the wide lung prior, grown by S/16, fitted on the training
+            normals, :func:`~anomaly.families.critic.synthesis.map_field`) or ``film``
+            (everywhere). The ``map`` score reads the lung field either way. May change
+            when a run is resumed.
     """
 
     epochs: int = 30
@@ -77,6 +83,7 @@ class CriticConfig:
     map_synthesis: str | None = None
     map_decoys: float = 0.0
     map_target: str = "blend"
+    map_field: str = "lungs"
 
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
@@ -98,6 +105,9 @@ class CriticConfig:
         if self.map_target not in MAP_TARGETS:
             raise ValueError(f"map_target must be one of {', '.join(MAP_TARGETS)}, not "
                              f"{self.map_target!r}")
+        if self.map_field not in MAP_FIELDS:
+            raise ValueError(f"map_field must be one of {', '.join(MAP_FIELDS)}, not "
+                             f"{self.map_field!r}")
         if self.map_levels not in (2, 3):
             raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
         if self.score_views not in (1, 2):

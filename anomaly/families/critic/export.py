@@ -1,6 +1,7 @@
 """What the critic exports (:func:`anomaly.export.export_run`): its network from films to
 embedding, logit and (with a map head) opacity map, and the export.json keys only it
-needs: the density, the lung field, the normals' components and the region threshold."""
+needs: the density, the lung field, the map field, the normals' components and the region
+threshold."""
 
 from __future__ import annotations
 
@@ -50,5 +51,7 @@ def export_parts(scorer) -> tuple[nn.Module, list[str], dict]:
             "heat": scorer.heat_name, "lung_field": family.lung_field.cpu().tolist(),
             "heldout_normal_components": {name: normal.get(name) for name in ("density", "map")},
             "region_threshold": scorer.region_threshold,
-            "map_normal_level": family.normal_level})
+            "map_normal_level": family.normal_level,
+            "map_field": None if family.map_field is None
+            else family.map_field.cpu().tolist()})
     return network, outputs, info

@@ -10,7 +10,11 @@ import numpy as np
 
 from anomaly import validate
 from anomaly.errors import CheckpointError
-from anomaly.families.critic.normal_level import checked_normal_level, shown_map
+from anomaly.families.critic.normal_level import (
+    checked_map_field,
+    checked_normal_level,
+    shown_map,
+)
 from anomaly.validate import BadValue
 
 
@@ -36,6 +40,7 @@ class CriticExportReader:
         self.has_map = "map" in info["components"]
         self.normal_level = checked_normal_level(info.get("map_normal_level"),
                                                  "map_normal_level")
+        self.map_field = checked_map_field(info.get("map_field"), "map_field", size)
         if self.has_map:
             self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
             self.normal_components = info.get("heldout_normal_components") or {}
@@ -55,7 +60,7 @@ class CriticExportReader:
         heat = None
         if self.has_map:
             raw = opacity[0].astype(np.float32)  # (B, S, S)
-            heat = shown_map(raw, self.normal_level)
+            heat = shown_map(raw, self.normal_level, self.map_field)
             inside = raw.reshape(len(heat), -1)[:, self.lung_field.ravel()].astype(np.float64)
             count = max(1, int(round(0.01 * inside.shape[1])))  # the top 1% (lungs.top_mean)
             components["map"] = np.sort(inside, axis=1)[:, -count:].mean(1)

@@ -1,4 +1,5 @@
-"""The opacity map as it is shown: the map head's probability above what normal films show.
+"""The opacity map as it is shown: the map head's probability inside the lungs, above what
+normal films show.
 
 The map head gives every pixel a small opacity probability, and on a film of some 16,000
 pixels those small values add up: on a normal film most of a raw map's heat lies
@@ -8,8 +9,12 @@ films (never trained on). The map shown, and measured, is the probability above 
 level; below it the probability is kept at :data:`BELOW_LEVEL_SLOPE` of its value, so the
 order of the pixels (and with it the pixel AUROC, the pointing game, the regions and
 their boxes) is that of the raw map, and a film with nothing above the level still has
-a maximum. The ``map`` score reads the raw probability. NumPy alone: the export reader
-uses it too.
+a maximum. Before that, the probability is multiplied by the run's *map field* (where a
+lung can be, :func:`anomaly.families.critic.synthesis.map_field`; 1 in the lungs, 0 on
+the neck, shoulders, flanks and abdomen), fitted on the training normals: the critic's
+opacities are only ever placed in the lungs, so the head was never taught what an
+opacity elsewhere looks like. The ``map`` score reads the raw probability in the lung
+field. NumPy alone: the export reader uses it too.
 """
 
 from __future__ import annotations
@@ -20,14 +25,30 @@ NORMAL_LEVEL_QUANTILE = 0.99  # of the held-out normal films' map pixels
 BELOW_LEVEL_SLOPE = 0.01  # what is kept of the probability below the normal level
 
 
-def shown_map(opacity, level: float | None):
+def shown_map(opacity, level: float | None, field=None):
     """The map shown (the same type and shape as ``opacity``, a tensor or an array of
-    probabilities): the probability above ``level``, plus :data:`BELOW_LEVEL_SLOPE` of
-    what lies below it; continuous and strictly increasing. ``level`` None: the raw
-    probability (runs fitted before the normal level existed)."""
+    probabilities (..., S, S)): the probability times ``field`` (S, S) of the same type
+    (None: 1 everywhere), then above ``level``, plus :data:`BELOW_LEVEL_SLOPE` of what
+    lies below it; continuous and increasing. ``level`` None: no level (runs fitted
+    before the normal level existed)."""
+    if field is not None:
+        opacity = opacity * field
     if level is None:
         return opacity
     return opacity.clip(max=level) * BELOW_LEVEL_SLOPE + (opacity - level).clip(min=0)
+
+
+def checked_map_field(value, field: str, size: int):
+    """A stored map field: None (the whole film) or an (S, S) array of values in [0, 1],
+    not all zero, as float32; else :class:`anomaly.validate.BadValue` naming ``field``."""
+    from anomaly import validate
+
+    if value is None:
+        return None
+    if hasattr(value, "cpu"):
+        value = value.cpu().numpy()
+    validate.lung_prior(value, field, size)
+    return np.asarray(value, dtype=np.float32)
 
 
 def checked_normal_level(value, field: str) -> float | None:

@@ -28,7 +28,7 @@ from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic import HEATS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
-from anomaly.families.critic.normal_level import shown_map
+from anomaly.families.critic.normal_level import checked_map_field, shown_map
 from anomaly.lungs import lung_field, top_mean
 
 CPU_PIECE = 4  # images per network pass on the CPU (bench/bench_critic.py --cpu-piece: 1-64 tried)
@@ -88,7 +88,8 @@ class CriticFamily:
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
                  views: int = 1, lung_prior: torch.Tensor | None = None,
-                 heat: str | None = None, normal_level: float | None = None):
+                 heat: str | None = None, normal_level: float | None = None,
+                 map_field=None):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
         self.has_map = critic.map_head is not None
@@ -109,6 +110,8 @@ class CriticFamily:
         self.heat_scale = 1.0 if heat == "map" else heat_scale  # a probability: 1 is red
         self.normal_level = normal_level  # of the map shown (normal_level.py); None: raw
         size = critic.arch.image_size
+        field = checked_map_field(map_field, "critic.map_field", size)  # None: the film
+        self.map_field = None if field is None else torch.from_numpy(field).to(device)
         prior = torch.ones(size, size) if lung_prior is None else lung_prior.float()
         self.lung_field = lung_field(prior).to(device)  # (S, S) 0/1
         self.components = ("density", "logit", *(("map",) if self.has_map else ()))
@@ -125,12 +128,14 @@ class CriticFamily:
         return cls(critic, state["density"], device, amp, state.get("heat_scale"),
                    int(state.get("views", 2)),  # runs before views were recorded: 2
                    lung_prior=lung_prior, heat=heat,
-                   normal_level=state.get("map_normal_level"))
+                   normal_level=state.get("map_normal_level"),
+                   map_field=state.get("map_field"))
 
     def report_settings(self) -> dict:
         """What a report of this family lists beside its scores."""
         return {"heat": self.heat, "views": self.views, "map_head": self.has_map,
-                **({"map_normal_level": self.normal_level} if self.has_map else {})}
+                **({"map_normal_level": self.normal_level,
+                    "map_field": self.map_field is not None} if self.has_map else {})}
 
     def settings(self) -> dict:
         """Settings that change the components: the mode, and reduced precision on CPU."""
@@ -187,7 +192,7 @@ class CriticFamily:
                 pooled = sum(self.critic.pooled(view_map) for view_map in maps)
                 density = mahalanobis(F.normalize(pooled, dim=1), self.density)
             if heatmaps:
-                heat = shown_map(opacity, self.normal_level)
+                heat = shown_map(opacity, self.normal_level, self.map_field)
         with torch.no_grad():
             logit = sum(self.critic.logits(self.critic.pooled(view_map))
                         for view_map in maps) / len(maps)

@@ -49,22 +49,41 @@ def soft_lung_prior(lung_prior: torch.Tensor) -> torch.Tensor:
     return smooth(lung_prior.float().view(1, 1, size, size), max(0.5, size / 64))[0, 0]
 
 
-def decoy_prior(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Tensor:
-    """Where no lung is: the soft prior (S, S) outside both the run's lung prior and the
-    wide one (:func:`wide_lung_prior`), each widened by S/16 pixels. Opacities pasted
-    there are decoys: the map head is taught that a bright blob is an opacity only in a
-    lung.
+def lung_region(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Tensor:
+    """Where a lung can be: the run's lung prior and the wide one
+    (:func:`wide_lung_prior`) together, widened by S/16 pixels in every direction. (S, S)
+    of 0/1 floats on the CPU.
 
     Args:
         normal_images: (N, 1, S, S) normal training films, uint8 or in [-1, 1].
         lung_prior: (S, S) 0/1 lung-field prior of the run.
     """
     size = lung_prior.shape[-1]
-    lungs = torch.maximum(wide_lung_prior(normal_images), lung_prior.float().cpu())
+    lungs = torch.maximum(wide_lung_prior(normal_images.cpu()), lung_prior.float().cpu())
     margin = max(1, size // 16)
-    widened = F.max_pool2d(lungs.view(1, 1, size, size), 2 * margin + 1, stride=1,
-                           padding=margin)[0, 0]
-    return soft_lung_prior(1 - widened) * (1 - widened)
+    return F.max_pool2d(lungs.view(1, 1, size, size), 2 * margin + 1, stride=1,
+                        padding=margin)[0, 0]
+
+
+def decoy_prior(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Tensor:
+    """Where no lung is: the soft prior (S, S) outside :func:`lung_region`. Opacities
+    pasted there are decoys: the map head is taught that a bright blob is an opacity only
+    in a lung.
+
+    Args:
+        normal_images: (N, 1, S, S) normal training films, uint8 or in [-1, 1].
+        lung_prior: (S, S) 0/1 lung-field prior of the run.
+    """
+    outside = 1 - lung_region(normal_images, lung_prior)
+    return soft_lung_prior(outside) * outside
+
+
+def map_field(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Tensor:
+    """Where the opacity map may show opacity: :func:`lung_region` with blurred edges
+    (:func:`soft_lung_prior`), (S, S) in [0, 1] on the CPU. The critic's opacities are
+    only ever placed in the lungs, so what its map head says of the neck, the shoulders
+    or the abdomen is a guess it was never taught."""
+    return soft_lung_prior(lung_region(normal_images, lung_prior))
 
 
 def _uniform(low: float, high: float, shape: tuple[int, ...], device: torch.device,

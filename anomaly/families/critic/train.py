@@ -30,11 +30,13 @@ from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import paste_opacities
 from anomaly.families.critic.train_map import (
+    map_field_due,
     map_loss,
     map_stage_due,
     opacity_batch,
     placement_prior,
     train_map_head,
+    with_map_field,
     with_normal_level,
 )
 from anomaly.monitor import evidence_panel
@@ -44,14 +46,15 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
     """The family's training entry (:class:`anomaly.families.base.TrainingRun`): train
     the critic, then its map head alone on the frozen critic (``map_epochs``,
     :mod:`anomaly.families.critic.train_map`), or go on where a resumed run stopped;
-    return the run's state with the critic's part. A part that owes neither stage
-    anything is kept as it is."""
+    return the run's state with the critic's part, its map field and the map's normal
+    level fitted. A part that owes neither stage anything and holds the map field its
+    settings ask for is kept as it is."""
     from anomaly.families import with_part
     from anomaly.monitor import watched_images
 
     part = state.get("critic", {})
     critic_due = part.get("density") is None or part.get("epoch", 0) < config.epochs
-    if not critic_due and not map_stage_due(part, config):
+    if not critic_due and not map_stage_due(part, config) and not map_field_due(part, config):
         return state
     if critic_due:
         watched = watched_images(run.holdout, run.config.preprocess_config(), run.device) \
@@ -69,6 +72,7 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
                               lambda part: run.save(with_part(state, "critic", part)),
                               writer=run.writer, progress=run.progress, log=run.log)
     if run.dist.is_main:
+        part = with_map_field(part, config, run.images, run.lung_prior)
         part = with_normal_level(part, run.holdout, run.config.preprocess_config(),
                                  run.device, run.lung_prior, log=run.log)
     state = with_part(state, "critic", part)

@@ -31,6 +31,7 @@ from anomaly.families.critic.normal_level import NORMAL_LEVEL_QUANTILE, fit_norm
 from anomaly.families.critic.scorer import CriticFamily
 from anomaly.families.critic.synthesis import (
     decoy_prior,
+    map_field,
     soft_lung_prior,
     synthesise,
     vary_acquisition,
@@ -38,10 +39,31 @@ from anomaly.families.critic.synthesis import (
 )
 
 
+def _has_head(part: dict) -> bool:
+    return part.get("architecture", {}).get("map_width", 0) > 0
+
+
 def map_stage_due(part: dict, config: CriticConfig) -> bool:
     """Whether the critic's part still owes epochs of the map head's own stage."""
-    has_head = part.get("architecture", {}).get("map_width", 0) > 0
-    return has_head and int(part.get("map_epoch", 0)) < config.map_epochs
+    return _has_head(part) and int(part.get("map_epoch", 0)) < config.map_epochs
+
+
+def map_field_due(part: dict, config: CriticConfig) -> bool:
+    """Whether the critic's part lacks the map field its settings ask for, or holds one
+    they do not (a run trained before the field existed, or resumed with another
+    ``map_field``)."""
+    return _has_head(part) and ("map_field" in part) != (config.map_field == "lungs")
+
+
+def with_map_field(part: dict, config: CriticConfig, images: torch.Tensor,
+                   lung_prior: torch.Tensor) -> dict:
+    """The critic's part with its map field (``map_field``, (S, S) in [0, 1],
+    :func:`~anomaly.families.critic.synthesis.map_field`) fitted on the training films
+    (N, 1, S, S) where ``config.map_field`` is ``lungs``; without one otherwise."""
+    rest = {key: value for key, value in part.items() if key != "map_field"}
+    if not _has_head(part) or config.map_field != "lungs":
+        return rest
+    return {**rest, "map_field": map_field(images, lung_prior)}
 
 
 def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
