@@ -487,6 +487,10 @@ def test_the_map_field_covers_the_lungs_and_leaves_out_the_films_corners():
     assert field[lungs > 0].min() > 0.99  # every lung pixel kept whole
     assert field[0, 0] < 0.01 and field[31, 31] < 0.01  # the corners far from any lung
     assert (field[decoy_prior(films, lungs) > 0.5] < 0.5).all()  # decoys: where it is not
+    big = torch.full((2, 1, 128, 128), 200, dtype=torch.uint8)
+    big[:, :, 20:100, 16:60] = big[:, :, 20:100, 68:112] = 60
+    wide = map_field(big, (big[0, 0] == 60).float())  # a blur's rounding stays below 1
+    assert wide.min() >= 0 and wide.max() == 1
 
 
 def test_the_map_shown_is_muted_outside_its_field_and_keeps_its_order_inside():

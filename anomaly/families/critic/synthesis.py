@@ -83,7 +83,7 @@ def map_field(normal_images: torch.Tensor, lung_prior: torch.Tensor) -> torch.Te
     (:func:`soft_lung_prior`), (S, S) in [0, 1] on the CPU. The critic's opacities are
     only ever placed in the lungs, so what its map head says of the neck, the shoulders
     or the abdomen is a guess it was never taught."""
-    return soft_lung_prior(lung_region(normal_images, lung_prior))
+    return soft_lung_prior(lung_region(normal_images, lung_prior)).clamp(0, 1)  # rounding
 
 
 def _uniform(low: float, high: float, shape: tuple[int, ...], device: torch.device,
