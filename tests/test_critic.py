@@ -314,6 +314,7 @@ def test_density_is_mirror_invariant_with_two_views(tmp_path, normal_dir):
     train_run(TrainConfig(**CRITIC_ONLY, critic_score_views=2), normal_dir, run, **QUIET)
     scorer = Scorer.from_checkpoint(run, device="cpu")
     images = torch.rand(3, 1, 32, 32) * 2 - 1
+    scorer.family.map_field = None  # the run's map field is its own, not mirror-symmetric
     plain, mirrored = scorer.score_tensor(images), scorer.score_tensor(images.flip(-1))
     np.testing.assert_allclose(plain.density, mirrored.density, rtol=1e-4)
     np.testing.assert_allclose(plain.logit, mirrored.logit, rtol=1e-4, atol=1e-5)
@@ -542,7 +543,7 @@ def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
                                atol=1e-5)
     torch.testing.assert_close(exported, embedding)
     assert scores.heatmaps.shape == (3, 32, 32) and (scores.heatmaps >= 0).all()
-    shown = shown_map(opacity, family.normal_level)  # the map shown: above the normal level
+    shown = shown_map(opacity, family.normal_level, family.map_field)  # in its field, above
     torch.testing.assert_close(shown, torch.as_tensor(scores.heatmaps), rtol=1e-4, atol=1e-5)
     mirrored = scorer.score_tensor(images.flip(-1))
     assert not np.allclose(mirrored.density, scores.density, rtol=1e-4)  # one view: not

@@ -73,7 +73,8 @@ def test_search_cannot_be_exported_and_torchscript_matches(default_run, tmp_path
     np.testing.assert_allclose(logit.detach().numpy(), scorer.score_tensor(images).logit,
                                rtol=1e-4, atol=1e-5)
     assert embedding.shape[0] == 3
-    shown = shown_map(opacity.detach().numpy(), scorer.family.normal_level)
+    shown = shown_map(opacity.detach().numpy(), scorer.family.normal_level,
+                      scorer.family.map_field.numpy())
     np.testing.assert_allclose(shown, scorer.score_tensor(images).heatmaps, rtol=1e-4, atol=1e-5)
 
 
