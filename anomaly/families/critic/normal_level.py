@@ -45,10 +45,8 @@ def checked_map_field(value, field: str, size: int):
 
     if value is None:
         return None
-    if hasattr(value, "cpu"):
-        value = value.cpu().numpy()
     validate.lung_prior(value, field, size)
-    return np.asarray(value, dtype=np.float32)
+    return validate.as_array(value, field).astype(np.float32)  # tensors as well
 
 
 def checked_normal_level(value, field: str) -> float | None:

@@ -242,7 +242,7 @@ def with_normal_level(part: dict, holdout: list, preprocess_config, device: torc
     as it was without a map head or without held-out films that can be read."""
     from anomaly.data import load_images
 
-    if part.get("architecture", {}).get("map_width", 0) <= 0 or part.get("density") is None:
+    if not _has_head(part) or part.get("density") is None:
         return part
     loaded = load_images(list(holdout), preprocess_config, progress=False)
     if not loaded.paths:
