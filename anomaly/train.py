@@ -349,7 +349,8 @@ def run_state(config: TrainConfig, holdout: list[Path], holdout_by_patient: int,
         "families": [],
         "preprocess": asdict(config.preprocess_config()),
         "train_config": config.to_dict(),
-        "holdout_paths": [str(p) for p in holdout],
+        # absolute: a resume or a score from another working directory still finds them
+        "holdout_paths": [str(Path(p).resolve()) for p in holdout],
         "holdout_by_patient": holdout_by_patient,  # the rest were split image by image
         "data_dir": str(Path(data_dir).resolve()),
         "lung_prior": lung_prior.cpu(),

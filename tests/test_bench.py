@@ -100,11 +100,35 @@ def test_bench_critic(tmp_path, normal_dir, default_run, exported):
                      "--exported", exported, "--json", tmp_path / "critic.json")
     assert "mode critic, score density" in out and "files to scores" in out
     figures = json.loads((tmp_path / "critic.json").read_text())
-    assert [r["images"] for r in figures["results"]] == [10] * 5
+    assert [r["images"] for r in figures["results"]] == [10] * 6
     assert "files to scores and heat maps" in figures["results"][1]["what"]
-    assert "onnxruntime" in figures["results"][-1]["what"]
+    assert "onnxruntime" in figures["results"][-2]["what"]
+    assert "heat maps, the export in onnxruntime" in figures["results"][-1]["what"]
     assert all(r["images_per_second"] > 0 for r in figures["results"])
-    assert len(figures["run_seconds"]["exported"]) == 1
+    assert len(figures["run_seconds"]["exported"]) == len(
+        figures["run_seconds"]["exported_heatmaps"]) == 1
+
+
+def test_bench_map_stage(tmp_path, normal_dir, default_run):
+    out = run_script("bench_map_stage.py", "--model", default_run, "--data", normal_dir,
+                     "--images", 8, "--repeats", 1, "--threads", 1,
+                     "--json", tmp_path / "map_stage.json")
+    assert "critic map stage" in out and "channels-last" in out
+    figures = json.loads((tmp_path / "map_stage.json").read_text())
+    for layout in ("NCHW (default)", "channels-last"):
+        parts = figures[layout]
+        assert parts["step_s"] == pytest.approx(
+            parts["batch_s"] + parts["critic_forward_s"] + parts["head_update_s"])
+        assert min(parts.values()) > 0
+
+
+def test_bench_map_stage_refuses_a_critic_without_map_head(tiny_run):
+    run, images = tiny_run  # a DCGAN-only run: no critic part at all
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_map_stage.py"),
+                           "--model", str(run), "--data", str(images)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode != 0 and "no critic map head" in done.stderr
 
 
 def test_bench_start(tiny_run, tmp_path):

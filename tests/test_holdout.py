@@ -73,3 +73,15 @@ def test_checkpoint_says_how_the_holdout_was_split(tmp_path, monkeypatch):
     trained = set(loaded)
     assert len(loaded) == len(trained) == 24 - len(held) and not trained & set(held)
     assert not {patient_id(p, PATTERN) for p in trained} & {patient_id(p, PATTERN) for p in held}
+
+
+def test_held_out_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A run trained from a relative data folder still finds its held-out films when it
+    is resumed or scored from another working directory."""
+    write_images(tmp_path / "normal", 20, seed=2)  # a holdout needs 20 films or more
+    monkeypatch.chdir(tmp_path)
+    train_run(TrainConfig(**{**TINY_CONFIG, "epochs": 1, "holdout_fraction": 0.25}), "normal",
+              tmp_path / "run", progress=False, log=lambda *a: None)
+    monkeypatch.chdir(tmp_path / "run")
+    held = [Path(p) for p in load_checkpoint(tmp_path / "run")["holdout_paths"]]
+    assert held and all(p.is_absolute() and p.exists() for p in held)

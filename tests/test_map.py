@@ -692,6 +692,13 @@ def test_a_finished_run_resumed_with_more_map_epochs_trains_its_head_on(tmp_path
     assert after["map_epoch"] == 3 and after["config"]["map_epochs"] == 3
     for key, value in before["network"].items():
         assert torch.equal(value, after["network"][key]) != key.startswith("map_head."), key
+    lines = []  # more epochs at another peak rate: a new cycle over those, at that rate
+    train_run(TrainConfig(**_critic_only(critic_map_epochs=4, critic_map_lr=0.003)),
+              normal_dir, run, resume=True, progress=False, log=lines.append)
+    last = load_checkpoint(run)["critic"]
+    assert last["map_epoch"] == 4 and last["config"]["map_lr"] == 0.003
+    assert any("new schedule to epoch 4 (map_lr 0.003)" in line for line in lines)
+    assert last["map_optimizer"]["param_groups"][0]["max_lr"] == 0.003
 
 
 def test_a_two_level_map_head_reads_blocks_3_and_4_and_still_draws_every_pixel():

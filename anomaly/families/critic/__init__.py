@@ -35,7 +35,8 @@ PART = "critic"  # where its part of a checkpoint lives
 CONFIG = CriticConfig
 LEGACY_KEYS = {f"critic_{name}": name for name in CriticConfig.__dataclass_fields__}
 # the map stage's settings, which a resumed run may change; every other one is kept
-RESUMABLE = ("map_epochs", "map_synthesis", "map_decoys", "map_target", "map_field")
+RESUMABLE = ("map_epochs", "map_lr", "map_synthesis", "map_decoys", "map_target",
+             "map_field")
 CLI_OPTIONS = (("--critic-epochs", "critic_epochs", int,
                 "Epochs of the opacity critic, trained first (0: no critic)."),)
 

@@ -97,9 +97,11 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     batch_size = min(config.batch_size, count // dist.world_size)
     steps_per_epoch = max(1, count // (batch_size * dist.world_size))
     start_epoch = int(part.get("map_epoch", 0))
-    # one one-cycle schedule over the stage; a finished stage given more epochs on
-    # resume goes on with a new cycle over those
-    same_plan = part.get("config", {}).get("map_epochs") == config.map_epochs
+    # one one-cycle schedule over the stage; a stage resumed with more epochs or another
+    # map_lr goes on with a new cycle over the epochs it still owes
+    stored = part.get("config", {})
+    same_plan = (stored.get("map_epochs") == config.map_epochs
+                 and stored.get("map_lr", config.map_lr) == config.map_lr)
     cycle_start = 0 if same_plan else start_epoch
     optimizer = torch.optim.AdamW(head.parameters(), config.map_lr / 2,
                                   weight_decay=config.weight_decay)
@@ -115,7 +117,8 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         order_rng.set_state(part["map_order_rng"])
         torch.set_rng_state(part["map_torch_rng"])
         log(f"critic map head: resuming at epoch {start_epoch}"
-            + ("" if same_plan else f" with a new schedule to epoch {config.map_epochs}"))
+            + ("" if same_plan else f" with a new schedule to epoch {config.map_epochs}"
+               f" (map_lr {config.map_lr:g})"))
     model = dist.wrap(head)
     prior = placement_prior(config, images, lung_prior).to(device)
     synthesis = config.map_synthesis or config.synthesis
