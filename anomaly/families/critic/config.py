@@ -79,7 +79,7 @@ class CriticConfig:
     map_mask_level: float = 0.1
     map_detach: bool = True
     map_epochs: int = 20
-    map_lr: float = 1e-3
+    map_lr: float = 6e-3
     map_synthesis: str | None = None
     map_decoys: float = 0.0
     map_target: str = "blend"
