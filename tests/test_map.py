@@ -714,4 +714,79 @@ def test_a_two_level_map_head_reads_blocks_3_and_4_and_still_draws_every_pixel()
     folded = fold_batchnorm(light)
     torch.testing.assert_close(folded(x, with_map=True)[1], logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="map_levels"):
-        CriticArchitecture(image_size=32, map_width=4, map_levels=4)
+        CriticArchitecture(image_size=32, map_width=4, map_levels=5)
+
+
+def test_a_four_level_map_head_reads_the_first_block_at_the_films_own_side():
+    full = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4)).eval()
+    fine = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4,
+                                            map_levels=4)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    features = fine.block_features(x)
+    assert features[0].shape[-1] == 32  # the first block keeps the film's side
+    logits = fine.map_head(features, 32)
+    assert logits.shape == (2, 1, 32, 32) and torch.isfinite(logits).all()
+    assert fine.map_head.up_full is not None and full.map_head.up_full is None
+    assert fine.map_head.logit.in_channels == 2  # map_width // 2 at the finest level
+    # the first block's features reach the map: change them and the logits change
+    moved = [features[0] + 1, *features[1:]]
+    assert not torch.allclose(fine.map_head(moved, 32), logits)
+    assert torch.equal(full.map_head(moved, 32), full.map_head(features, 32))  # 3 levels
+    folded = fold_batchnorm(fine)
+    torch.testing.assert_close(folded(x, with_map=True)[1], logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="at least map_levels = 4 blocks"):
+        CriticArchitecture(image_size=32, blocks=3, map_width=4, map_levels=4)
+
+
+def test_a_head_with_blocks_of_its_own_starts_as_the_critics_and_learns_apart():
+    arch = CriticArchitecture(image_size=32, width=4, map_width=4, map_own_blocks=2)
+    critic = OpacityCritic(arch).eval()
+    x = torch.randn(2, 1, 32, 32)
+    before = critic(x, with_map=True)[1]
+    critic.copy_blocks_into_map_head()
+    shared = OpacityCritic(CriticArchitecture(image_size=32, width=4, map_width=4)).eval()
+    shared.load_state_dict({name: value for name, value in critic.state_dict().items()
+                            if ".own_blocks." not in name})
+    copied = critic(x, with_map=True)[1]
+    assert not torch.allclose(before, copied)  # fresh blocks gave another map
+    torch.testing.assert_close(copied, shared(x, with_map=True)[1])  # copies: the same map
+    critic.train()
+    _, logits = critic(x, with_map=True, detach_map=True)
+    logits.sum().backward()
+    assert all(p.grad is None for p in critic.blocks.parameters())  # the critic's untouched
+    assert all(p.grad is not None for p in critic.map_head.own_blocks.parameters())
+    folded = fold_batchnorm(critic.eval())
+    torch.testing.assert_close(folded(x, with_map=True)[1], critic(x, with_map=True)[1],
+                               atol=1e-4, rtol=1e-4)
+    for bad in ({"map_own_blocks": 4}, {"map_own_blocks": -1},
+                {"map_own_blocks": 1, "map_width": 0}):
+        with pytest.raises(ValueError, match="map_own_blocks"):
+            CriticArchitecture(**{"image_size": 32, "width": 4, "map_width": 4, **bad})
+
+
+def test_the_heads_stage_forks_its_own_blocks_and_leaves_the_critic_as_it_was(tmp_path,
+                                                                             normal_dir):
+    from anomaly.train import TrainConfig, train_run
+
+    run = tmp_path / "run"  # the critic's stage alone, then the head's with two own blocks
+    train_run(TrainConfig(**_critic_only(critic_map_epochs=0)), normal_dir, run,
+              progress=False, log=lambda *a: None)
+    before = load_checkpoint(run)["critic"]
+    lines = []
+    train_run(TrainConfig(**_critic_only(critic_map_epochs=2, critic_map_own_blocks=2)),
+              normal_dir, run, resume=True, progress=False, log=lines.append)
+    after = load_checkpoint(run)["critic"]
+    assert after["architecture"]["map_own_blocks"] == 2 and after["map_epoch"] == 2
+    assert any("last 2 block(s) through its own copies" in line for line in lines)
+    for key, value in before["network"].items():  # the critic's own weights unchanged
+        assert torch.equal(value, after["network"][key]) != key.startswith("map_head."), key
+    own = [key for key in after["network"] if ".own_blocks." in key]
+    assert own and all(key not in before["network"] for key in own)
+    assert torch.equal(before["density"]["precision"], after["density"]["precision"])
+    from anomaly.score import Scorer
+
+    scores = Scorer.from_checkpoint(run, device="cpu").score_tensor(torch.zeros(2, 1, 32, 32))
+    assert scores.heatmaps.shape[-2:] == (32, 32) and torch.isfinite(scores.heatmaps).all()
+    with pytest.raises(ValueError, match="map_own_blocks is 2 in this run.*epoch 2"):
+        train_run(TrainConfig(**_critic_only(critic_map_epochs=2, critic_map_own_blocks=1)),
+                  normal_dir, run, resume=True, progress=False, log=lambda *a: None)

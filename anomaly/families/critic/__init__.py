@@ -36,7 +36,7 @@ CONFIG = CriticConfig
 LEGACY_KEYS = {f"critic_{name}": name for name in CriticConfig.__dataclass_fields__}
 # the map stage's settings, which a resumed run may change; every other one is kept
 RESUMABLE = ("map_epochs", "map_lr", "map_synthesis", "map_decoys", "map_target",
-             "map_field")
+             "map_field", "map_own_blocks")
 CLI_OPTIONS = (("--critic-epochs", "critic_epochs", int,
                 "Epochs of the opacity critic, trained first (0: no critic)."),)
 

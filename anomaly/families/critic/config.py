@@ -33,7 +33,15 @@ class CriticConfig:
         map_width: channels of the map head's finest level (0: no map head; the heat map
             is then the density's Grad-CAM).
         map_levels: the blocks the map head reads (3: blocks 2-4, logits at half the side;
-            2: blocks 3-4, at a quarter, about half the head's work).
+            2: blocks 3-4, at a quarter, about half the head's work; 4: blocks 1-4, at
+            the film's own side).
+        map_own_blocks: how many of the critic's deepest blocks the map head reads
+            through its own copies (0: none, the critic's features alone; up to 3): the
+            head's stage starts them as copies of the critic's and fine-tunes them with
+            the head at the critic's peak rate ``lr``, so the map gets features of its
+            own while the critic, its density and every image score but ``map`` stay as
+            they were. Each costs that block's work again when scoring. Set before the
+            head's stage begins (a resumed run whose stage has not started may set it).
         map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
         map_detach: the map head learns from the critic's features without changing them
             (its loss stops at the features), so the critic trains exactly as without a
@@ -75,6 +83,7 @@ class CriticConfig:
     score_views: int = 1
     map_width: int = 32
     map_levels: int = 3
+    map_own_blocks: int = 0
     map_weight: float = 1.0
     map_mask_level: float = 0.1
     map_detach: bool = True
@@ -108,8 +117,11 @@ class CriticConfig:
         if self.map_field not in MAP_FIELDS:
             raise ValueError(f"map_field must be one of {', '.join(MAP_FIELDS)}, not "
                              f"{self.map_field!r}")
-        if self.map_levels not in (2, 3):
-            raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
+        if self.map_levels not in (2, 3, 4):
+            raise ValueError(f"map_levels must be 2, 3 or 4, not {self.map_levels!r}")
+        if not 0 <= self.map_own_blocks <= 3 or (self.map_own_blocks and not self.map_width):
+            raise ValueError(f"map_own_blocks must be in [0, 3] and needs a map head "
+                             f"(map_width > 0), not {self.map_own_blocks!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
         for name in ("synthesis", "map_synthesis"):

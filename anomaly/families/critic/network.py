@@ -5,7 +5,9 @@ Pure ``nn.Module``s: explicit constructor arguments, one output type in train an
 mode, no losses or optimisers. The map head is a U-Net-style decoder on the critic's
 blocks (as DRAEM's discriminative network is on its encoder): it reads the last block's
 features, upsamples them twice with the skips of the blocks before, and draws one opacity
-logit per pixel.
+logit per pixel (with four levels, a third time with the first block's, at the film's
+own side). It may read the deepest blocks through its own copies of them
+(``map_own_blocks``), fine-tuned for the map while the critic's stay as they were.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
 
 
 @dataclass
@@ -31,8 +35,11 @@ class CriticArchitecture:
         map_width: channels of the map head's finest level (0: no map head, as in runs
             made before it existed).
         map_levels: the blocks the map head reads: 3 (blocks 2-4, logits at half the
-            side) or 2 (blocks 3-4, logits at a quarter of the side: about half the
-            head's work).
+            side), 2 (blocks 3-4, logits at a quarter of the side: about half the
+            head's work) or 4 (blocks 1-4, logits at the input's own side).
+        map_own_blocks: how many of the deepest blocks the map head reads through its own
+            copies of them (fed by the critic's block before them) instead of the
+            critic's: 0 (none) to ``blocks - 1``. Each costs that block's work again.
     """
 
     image_size: int = 128
@@ -41,16 +48,22 @@ class CriticArchitecture:
     blocks: int = 4
     map_width: int = 0
     map_levels: int = 3
+    map_own_blocks: int = 0
 
     def __post_init__(self) -> None:
-        if self.map_levels not in (2, 3):
-            raise ValueError(f"map_levels must be 2 or 3, not {self.map_levels!r}")
+        if self.map_levels not in MAP_LEVELS:
+            raise ValueError(f"map_levels must be 2, 3 or 4, not {self.map_levels!r}")
         if self.blocks < 1 or self.image_size % (2 ** self.blocks):
             raise ValueError(f"image_size {self.image_size} must be a multiple of "
                              f"2 ** blocks = {2 ** self.blocks}")
-        if self.map_width < 0 or (self.map_width and self.blocks < 3):
+        if self.map_width < 0 or (self.map_width and self.blocks < self.map_levels):
             raise ValueError(f"map_width {self.map_width} needs >= 0 and, when set, "
-                             "at least 3 blocks")
+                             f"at least map_levels = {self.map_levels} blocks")
+        if not 0 <= self.map_own_blocks < self.blocks or (self.map_own_blocks
+                                                          and not self.map_width):
+            raise ValueError(f"map_own_blocks must be in [0, {self.blocks - 1}] and needs "
+                             f"a map head, not {self.map_own_blocks!r} with map_width "
+                             f"{self.map_width}")
 
     @property
     def feature_dim(self) -> int:
@@ -82,34 +95,66 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 class OpacityMapHead(nn.Module):
     """Per-pixel opacity logits from the critic's block features.
 
-    Reads the last three blocks' features (before their pools; sides S/8, S/4, S/2 at 4
-    blocks): the deepest is reduced to ``2 * map_width`` channels, upsampled, joined to
-    the block before it and convolved, then once more with the block before that; a 1x1
-    convolution gives one logit per pixel at half the input side, bilinearly enlarged to
-    the input's side. With ``levels`` 2 it stops after the first join (logits at a
-    quarter of the side). Output (B, 1, S, S).
+    Reads the last ``levels`` blocks' features (before their pools; at 4 blocks, sides
+    S/8, S/4, S/2 and S): the deepest is reduced to ``2 * map_width`` channels, upsampled,
+    joined to the block before it and convolved (``2 * map_width`` channels out), then
+    once more with the block before that (``map_width``) and, at four levels, with the
+    first block's (``map_width // 2``, at the input's side); a 1x1 convolution gives one
+    logit per pixel, bilinearly enlarged to the input's side where it is coarser
+    (2 levels: S/4, 3 levels: S/2). Output (B, 1, S, S).
+
+    With ``own_blocks`` k, the last k blocks' features are first computed again by the
+    head's own blocks (the same architecture as the critic's, each after a 2x2 max-pool)
+    from the critic's block before them, so they can learn what the map needs.
     """
 
-    def __init__(self, block_widths: list[int], map_width: int, levels: int = 3):
+    def __init__(self, block_widths: list[int], map_width: int, levels: int = 3,
+                 own_blocks: int = 0):
         super().__init__()
+        count = len(block_widths)
+        self.own_blocks = nn.ModuleList(
+            conv_block(cin, cout) for cin, cout in
+            zip(block_widths[count - own_blocks - 1: count - 1],
+                block_widths[count - own_blocks:])) if own_blocks else None
         deep, middle, shallow = block_widths[-1], block_widths[-2], block_widths[-3]
+        full_width = max(1, map_width // 2)
         self.reduce = conv_bn_relu(deep, 2 * map_width)
         self.up_middle = conv_bn_relu(2 * map_width + middle, 2 * map_width)
         self.up_shallow = conv_bn_relu(2 * map_width + shallow, map_width) \
-            if levels == 3 else None
-        self.logit = nn.Conv2d(map_width if levels == 3 else 2 * map_width, 1, 1)
+            if levels >= 3 else None
+        self.up_full = conv_bn_relu(map_width + block_widths[-4], full_width) \
+            if levels == 4 else None
+        last = {2: 2 * map_width, 3: map_width, 4: full_width}[levels]
+        self.logit = nn.Conv2d(last, 1, 1)
 
     def forward(self, features: list[torch.Tensor], size: int) -> torch.Tensor:
         """Logits (B, 1, size, size) from the blocks' features (shallow to deep)."""
+        features = self.own_features(features)
         x = self.reduce(features[-1])
         stages = [(features[-2], self.up_middle)]
         if self.up_shallow is not None:
             stages.append((features[-3], self.up_shallow))
+        if self.up_full is not None:
+            stages.append((features[-4], self.up_full))
         for skip, conv in stages:
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = conv(torch.cat([x, skip], dim=1))
         x = self.logit(x)
+        if x.shape[-1] == size:
+            return x
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    def own_features(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The blocks' features the head reads: the critic's, the last ones replaced by
+        its own blocks' where it has them."""
+        if self.own_blocks is None:
+            return features
+        shared = len(features) - len(self.own_blocks)
+        own, x = list(features[:shared]), features[shared - 1]
+        for block in self.own_blocks:
+            x = block(F.max_pool2d(x, 2))
+            own.append(x)
+        return own
 
 
 class OpacityCritic(nn.Module):
@@ -136,7 +181,17 @@ class OpacityCritic(nn.Module):
         self.map_head = None
         if arch.map_width:  # drawn from its own random state: the rest start as without it
             with torch.random.fork_rng(devices=[]):
-                self.map_head = OpacityMapHead(widths, arch.map_width, arch.map_levels)
+                self.map_head = OpacityMapHead(widths, arch.map_width, arch.map_levels,
+                                               arch.map_own_blocks)
+
+    def copy_blocks_into_map_head(self) -> None:
+        """Set the map head's own blocks (``map_own_blocks``) to the critic's last
+        blocks' weights and statistics: where the head's stage starts fine-tuning them."""
+        if self.map_head is None or self.map_head.own_blocks is None:
+            raise ValueError("this critic's map head has no blocks of its own")
+        critic_blocks = self.blocks[len(self.blocks) - len(self.map_head.own_blocks):]
+        for own, block in zip(self.map_head.own_blocks, critic_blocks):
+            own.load_state_dict(block.state_dict())
 
     def block_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every block's features before its pool, shallow to deep; the last is

@@ -14,6 +14,7 @@ Then the map's normal level is fitted on the held-out normals
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from typing import Callable, NamedTuple
 
 import torch
@@ -43,9 +44,15 @@ def _has_head(part: dict) -> bool:
     return part.get("architecture", {}).get("map_width", 0) > 0
 
 
+def _own_blocks(part: dict) -> int:
+    return int(part.get("architecture", {}).get("map_own_blocks", 0))
+
+
 def map_stage_due(part: dict, config: CriticConfig) -> bool:
-    """Whether the critic's part still owes epochs of the map head's own stage."""
-    return _has_head(part) and int(part.get("map_epoch", 0)) < config.map_epochs
+    """Whether the critic's part still owes epochs of the map head's own stage (or asks
+    for another count of the head's own blocks, which only its stage can give it)."""
+    return _has_head(part) and (int(part.get("map_epoch", 0)) < config.map_epochs
+                                or _own_blocks(part) != config.map_own_blocks)
 
 
 def map_field_due(part: dict, config: CriticConfig) -> bool:
@@ -86,27 +93,50 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
 
     Returns:
         The critic's part with the head's new weights and ``map_epoch``.
+
+    Raises:
+        ValueError: ``map_own_blocks`` differs from the part's after its stage began.
     """
-    critic = OpacityCritic(CriticArchitecture(**part["architecture"])).to(
+    start_epoch = int(part.get("map_epoch", 0))
+    arch = CriticArchitecture(**part["architecture"])
+    fork = arch.map_own_blocks != config.map_own_blocks
+    if fork and start_epoch > 0:
+        raise ValueError(f"map_own_blocks is {arch.map_own_blocks} in this run, whose map "
+                         f"head's stage is at epoch {start_epoch}; it can only change before "
+                         "that stage begins (resume a copy of the run made before it)")
+    critic = OpacityCritic(replace(arch, map_own_blocks=config.map_own_blocks)).to(
         device, memory_format=torch.channels_last)  # oneDNN's faster layout, as in training
-    load_weights(critic, part["network"], "critic")
+    if fork:  # the head's own blocks start as copies of the critic's
+        load_weights(critic, {**critic.state_dict(), **{
+            name: value for name, value in part["network"].items()
+            if not name.startswith("map_head.own_blocks.")}}, "critic")
+        if config.map_own_blocks:
+            critic.copy_blocks_into_map_head()
+        log(f"critic map head: reading the last {config.map_own_blocks} block(s) through "
+            "its own copies" if config.map_own_blocks else
+            "critic map head: reading the critic's blocks alone")
+    else:
+        load_weights(critic, part["network"], "critic")
     critic.eval()  # frozen: BatchNorm keeps its statistics, no weight changes
     critic.requires_grad_(False)
     head = critic.map_head.requires_grad_(True)
     count = len(images)
     batch_size = min(config.batch_size, count // dist.world_size)
     steps_per_epoch = max(1, count // (batch_size * dist.world_size))
-    start_epoch = int(part.get("map_epoch", 0))
     # one one-cycle schedule over the stage; a stage resumed with more epochs or another
     # map_lr goes on with a new cycle over the epochs it still owes
     stored = part.get("config", {})
     same_plan = (stored.get("map_epochs") == config.map_epochs
                  and stored.get("map_lr", config.map_lr) == config.map_lr)
     cycle_start = 0 if same_plan else start_epoch
-    optimizer = torch.optim.AdamW(head.parameters(), config.map_lr / 2,
+    # the head's layers at map_lr; its own copies of the critic's blocks at the critic's lr
+    own = [] if head.own_blocks is None else list(head.own_blocks.parameters())
+    layers = [p for p in head.parameters() if all(p is not q for q in own)]
+    groups = [(layers, config.map_lr), *([(own, config.lr)] if own else [])]
+    optimizer = torch.optim.AdamW([{"params": params, "lr": peak / 2} for params, peak in groups],
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config.map_lr,
+        optimizer, [peak for _, peak in groups],
         total_steps=max(1, (config.map_epochs - cycle_start) * steps_per_epoch))
     torch.manual_seed(seed + 1)
     order_rng = torch.Generator().manual_seed(seed + 1)
@@ -127,8 +157,10 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     step = start_epoch * steps_per_epoch  # TensorBoard's step
 
     def state(epoch: int) -> dict:
-        return {**part, "network": critic.state_dict(), "map_epoch": epoch,
+        return {**part, "architecture": asdict(critic.arch), "network": critic.state_dict(),
+                "map_epoch": epoch,
                 "config": {**part.get("config", {}), "map_epochs": config.map_epochs,
+                           "map_own_blocks": config.map_own_blocks,
                            "map_lr": config.map_lr, "map_synthesis": config.map_synthesis,
                            "map_decoys": config.map_decoys, "map_target": config.map_target},
                 "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
