@@ -790,3 +790,24 @@ def test_the_heads_stage_forks_its_own_blocks_and_leaves_the_critic_as_it_was(tm
     with pytest.raises(ValueError, match="map_own_blocks is 2 in this run.*epoch 2"):
         train_run(TrainConfig(**_critic_only(critic_map_epochs=2, critic_map_own_blocks=1)),
                   normal_dir, run, resume=True, progress=False, log=lambda *a: None)
+
+
+def test_new_map_head_copies_a_run_with_a_fresh_head_of_another_architecture(default_run,
+                                                                             tmp_path):
+    out = tmp_path / "four"
+    done = subprocess.run([sys.executable, "examples/new_map_head.py", str(default_run),
+                           str(out), "--map-levels", "4"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "fresh layers: map_head.logit, map_head.up_full" in done.stdout
+    before, after = load_checkpoint(default_run), load_checkpoint(out)
+    part = after["critic"]
+    assert part["architecture"]["map_levels"] == 4 and "map_epoch" not in part
+    assert after["train_config"]["critic"]["map_levels"] == 4
+    for key, value in before["critic"]["network"].items():  # all but the head's last layer
+        if not key.startswith("map_head.logit"):
+            assert torch.equal(part["network"][key], value), key
+    again = subprocess.run([sys.executable, "examples/new_map_head.py", str(default_run),
+                            str(out), "--map-levels", "4"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode != 0 and "already exists" in again.stderr

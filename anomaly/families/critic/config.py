@@ -83,7 +83,7 @@ class CriticConfig:
     score_views: int = 1
     map_width: int = 32
     map_levels: int = 3
-    map_own_blocks: int = 0
+    map_own_blocks: int = 2
     map_weight: float = 1.0
     map_mask_level: float = 0.1
     map_detach: bool = True
