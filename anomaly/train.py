@@ -210,8 +210,14 @@ class TrainConfig:
 
     @staticmethod
     def known_part(saved: Mapping[str, Any]) -> dict:
-        """A saved config without the keys this version no longer knows."""
-        return normalise_config(saved, "checkpoint", drop_unknown=True)
+        """A saved config without the keys this version no longer knows, and with the
+        settings added since it was saved at what its run did before they existed (each
+        family's ``SAVED_BEFORE``), not at today's defaults."""
+        known = normalise_config(saved, "checkpoint", drop_unknown=True)
+        for name, module in FAMILIES.items():
+            if isinstance(known.get(name), dict):
+                known[name] = {**getattr(module, "SAVED_BEFORE", {}), **known[name]}
+        return known
 
     def section(self, name: str) -> Any:
         """The settings of family ``name``."""

@@ -286,8 +286,10 @@ def test_detector_returns_the_regions_score_regions_writes(default_run, tmp_path
     from anomaly.score_files import score_files
 
     detector = Detector.from_run(default_run, device="cpu")
+    scorer = detector.scorer  # a threshold half of the films' peaks pass: boxes to compare
+    peaks = [float(heat.max()) for heat in scored(scorer, EXAMPLES).heatmaps]
+    scorer.region_threshold = float(np.median(peaks))
     predictions = detector.predict(EXAMPLES)
-    scorer = detector.scorer
     out = tmp_path / "s.csv"
     score_files(scorer, EXAMPLES, out, progress=False, regions=True)
     films = [json.loads(line) for line in open(str(out) + ".regions.jsonl")]
@@ -762,6 +764,9 @@ def test_a_head_with_blocks_of_its_own_starts_as_the_critics_and_learns_apart():
                 {"map_own_blocks": 1, "map_width": 0}):
         with pytest.raises(ValueError, match="map_own_blocks"):
             CriticArchitecture(**{"image_size": 32, "width": 4, "map_width": 4, **bad})
+    with pytest.raises(ValueError, match="map_own_blocks must be in"):
+        CriticConfig(map_own_blocks=4)
+    assert CriticConfig(map_width=0).map_own_blocks == 2  # no head: the setting is moot
 
 
 def test_the_heads_stage_forks_its_own_blocks_and_leaves_the_critic_as_it_was(tmp_path,
@@ -811,3 +816,20 @@ def test_new_map_head_copies_a_run_with_a_fresh_head_of_another_architecture(def
                             str(out), "--map-levels", "4"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_a_run_saved_before_own_blocks_existed_resumes_as_it_was(tmp_path, normal_dir):
+    from anomaly.checkpoint import resolve_checkpoint_path, save_checkpoint
+    from anomaly.train import TrainConfig, resume_config, train_run
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(**_critic_only(critic_map_own_blocks=0)), normal_dir, run,
+              progress=False, log=lambda *a: None)
+    state = load_checkpoint(run)  # as saved by a version without the setting
+    del state["train_config"]["critic"]["map_own_blocks"]
+    del state["critic"]["architecture"]["map_own_blocks"]
+    save_checkpoint(state, resolve_checkpoint_path(run))
+    config = resume_config(run)
+    assert config.section("critic").map_own_blocks == 0  # not today's default
+    train_run(config, normal_dir, run, resume=True, progress=False, log=lambda *a: None)
+    assert load_checkpoint(run)["critic"].get("architecture", {}).get("map_own_blocks", 0) == 0

@@ -37,6 +37,9 @@ LEGACY_KEYS = {f"critic_{name}": name for name in CriticConfig.__dataclass_field
 # the map stage's settings, which a resumed run may change; every other one is kept
 RESUMABLE = ("map_epochs", "map_lr", "map_synthesis", "map_decoys", "map_target",
              "map_field", "map_own_blocks")
+# settings added after runs were saved without them: what those runs did (a run saved
+# before the map head had blocks of its own resumes without them, not with the default)
+SAVED_BEFORE = {"map_own_blocks": 0}
 CLI_OPTIONS = (("--critic-epochs", "critic_epochs", int,
                 "Epochs of the opacity critic, trained first (0: no critic)."),)
 

@@ -41,7 +41,9 @@ class CriticConfig:
             the head at the critic's peak rate ``lr``, so the map gets features of its
             own while the critic, its density and every image score but ``map`` stay as
             they were. Each costs that block's work again when scoring. Set before the
-            head's stage begins (a resumed run whose stage has not started may set it).
+            head's stage begins (a resumed run whose stage has not started may set it);
+            without that stage (``map_epochs: 0``) the head reads the critic's blocks,
+            and without a head (``map_width: 0``) it means nothing.
         map_weight: weight of the map head's loss (pixel BCE + Dice) beside the film's.
         map_detach: the map head learns from the critic's features without changing them
             (its loss stops at the features), so the critic trains exactly as without a
@@ -119,9 +121,8 @@ class CriticConfig:
                              f"{self.map_field!r}")
         if self.map_levels not in (2, 3, 4):
             raise ValueError(f"map_levels must be 2, 3 or 4, not {self.map_levels!r}")
-        if not 0 <= self.map_own_blocks <= 3 or (self.map_own_blocks and not self.map_width):
-            raise ValueError(f"map_own_blocks must be in [0, 3] and needs a map head "
-                             f"(map_width > 0), not {self.map_own_blocks!r}")
+        if not 0 <= self.map_own_blocks <= 3:
+            raise ValueError(f"map_own_blocks must be in [0, 3], not {self.map_own_blocks!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
         for name in ("synthesis", "map_synthesis"):

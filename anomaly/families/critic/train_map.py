@@ -49,10 +49,11 @@ def _own_blocks(part: dict) -> int:
 
 
 def map_stage_due(part: dict, config: CriticConfig) -> bool:
-    """Whether the critic's part still owes epochs of the map head's own stage (or asks
-    for another count of the head's own blocks, which only its stage can give it)."""
-    return _has_head(part) and (int(part.get("map_epoch", 0)) < config.map_epochs
-                                or _own_blocks(part) != config.map_own_blocks)
+    """Whether the critic's part still owes epochs of the map head's own stage (or, with
+    a stage, asks for another count of the head's own blocks, which only it can give)."""
+    return _has_head(part) and config.map_epochs > 0 and (
+        int(part.get("map_epoch", 0)) < config.map_epochs
+        or _own_blocks(part) != config.map_own_blocks)
 
 
 def map_field_due(part: dict, config: CriticConfig) -> bool:
