@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import torch
 
 from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
-from anomaly.families.critic.network import MAP_LEVELS, CriticArchitecture, OpacityCritic
+from anomaly.families.critic.config import MAP_LEVELS
+from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 
 STAGE_KEYS = ("map_epoch", "map_optimizer", "map_schedule", "map_order_rng", "map_torch_rng",
               "map_normal_level")

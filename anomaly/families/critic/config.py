@@ -7,6 +7,7 @@ from dataclasses import dataclass
 SYNTHESES = ("blobs", "patches", "mixed", "varied")  # the kinds of synthetic opacity (synthesis.py)
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
+MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
 
 
 @dataclass
@@ -119,8 +120,8 @@ class CriticConfig:
         if self.map_field not in MAP_FIELDS:
             raise ValueError(f"map_field must be one of {', '.join(MAP_FIELDS)}, not "
                              f"{self.map_field!r}")
-        if self.map_levels not in (2, 3, 4):
-            raise ValueError(f"map_levels must be 2, 3 or 4, not {self.map_levels!r}")
+        if self.map_levels not in MAP_LEVELS:
+            raise ValueError(f"map_levels must be one of {MAP_LEVELS}, not {self.map_levels!r}")
         if not 0 <= self.map_own_blocks <= 3:
             raise ValueError(f"map_own_blocks must be in [0, 3], not {self.map_own_blocks!r}")
         if self.score_views not in (1, 2):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
+from anomaly.families.critic.config import MAP_LEVELS
 
 
 @dataclass
@@ -52,7 +52,7 @@ class CriticArchitecture:
 
     def __post_init__(self) -> None:
         if self.map_levels not in MAP_LEVELS:
-            raise ValueError(f"map_levels must be 2, 3 or 4, not {self.map_levels!r}")
+            raise ValueError(f"map_levels must be one of {MAP_LEVELS}, not {self.map_levels!r}")
         if self.blocks < 1 or self.image_size % (2 ** self.blocks):
             raise ValueError(f"image_size {self.image_size} must be a multiple of "
                              f"2 ** blocks = {2 ** self.blocks}")

@@ -132,7 +132,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     cycle_start = 0 if same_plan else start_epoch
     # the head's layers at map_lr; its own copies of the critic's blocks at the critic's lr
     own = [] if head.own_blocks is None else list(head.own_blocks.parameters())
-    layers = [p for p in head.parameters() if all(p is not q for q in own)]
+    layers = [p for name, p in head.named_parameters() if not name.startswith("own_blocks.")]
     groups = [(layers, config.map_lr), *([(own, config.lr)] if own else [])]
     optimizer = torch.optim.AdamW([{"params": params, "lr": peak / 2} for params, peak in groups],
                                   weight_decay=config.weight_decay)
