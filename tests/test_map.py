@@ -792,9 +792,10 @@ def test_the_heads_stage_forks_its_own_blocks_and_leaves_the_critic_as_it_was(tm
 
     scores = Scorer.from_checkpoint(run, device="cpu").score_tensor(torch.zeros(2, 1, 32, 32))
     assert scores.heatmaps.shape[-2:] == (32, 32) and torch.isfinite(scores.heatmaps).all()
-    with pytest.raises(ValueError, match="map_own_blocks is 2 in this run.*epoch 2"):
+    with pytest.raises(ValueError, match="map_own_blocks is 2 in this run.*epoch 2") as err:
         train_run(TrainConfig(**_critic_only(critic_map_epochs=2, critic_map_own_blocks=1)),
                   normal_dir, run, resume=True, progress=False, log=lambda *a: None)
+    assert str(err.value).startswith(str(run)) and "last.pt: " in str(err.value)
 
 
 def test_new_map_head_copies_a_run_with_a_fresh_head_of_another_architecture(default_run,

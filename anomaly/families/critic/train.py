@@ -39,6 +39,7 @@ from anomaly.families.critic.train_map import (
     with_map_field,
     with_normal_level,
 )
+from anomaly.io import display_path
 from anomaly.monitor import evidence_panel
 
 
@@ -70,7 +71,8 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
         part = train_map_head(config, run.config.seed, run.images, run.lung_prior, part,
                               run.dist, run.device, run.use_amp,
                               lambda part: run.save(with_part(state, "critic", part)),
-                              writer=run.writer, progress=run.progress, log=run.log)
+                              writer=run.writer, progress=run.progress, log=run.log,
+                              where=display_path(run.checkpoint))
     if run.dist.is_main:
         part = with_map_field(part, config, run.images, run.lung_prior)
         part = with_normal_level(part, run.holdout, run.config.preprocess_config(),

@@ -77,7 +77,7 @@ def with_map_field(part: dict, config: CriticConfig, images: torch.Tensor,
 def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                    lung_prior: torch.Tensor, part: dict, dist, device: torch.device,
                    use_amp: bool, save: Callable[[dict], None], writer=None,
-                   progress: bool = True, log=print) -> dict:
+                   progress: bool = True, log=print, where: str = "this run") -> dict:
     """Train the map head of a trained critic's ``part`` alone, the critic frozen.
 
     Args:
@@ -91,6 +91,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         dist, device, use_amp: as for the critic's training.
         save: writes the whole checkpoint with the critic's part (rank 0 calls it).
         writer: TensorBoard ``SummaryWriter`` (rank 0) or None.
+        where: the run's checkpoint as named in errors.
 
     Returns:
         The critic's part with the head's new weights and ``map_epoch``.
@@ -102,7 +103,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
     arch = CriticArchitecture(**part["architecture"])
     fork = arch.map_own_blocks != config.map_own_blocks
     if fork and start_epoch > 0:
-        raise ValueError(f"map_own_blocks is {arch.map_own_blocks} in this run, whose map "
+        raise ValueError(f"{where}: map_own_blocks is {arch.map_own_blocks} in this run, whose map "
                          f"head's stage is at epoch {start_epoch}; it can only change before "
                          "that stage begins (resume a copy of the run made before it)")
     critic = OpacityCritic(replace(arch, map_own_blocks=config.map_own_blocks)).to(
