@@ -142,6 +142,8 @@ def check_values(state: dict[str, Any]) -> None:
         if not isinstance(entry, dict):
             raise BadValue("thresholds holds an entry that is not a dict")
         validate.finite_number(entry.get("value"), "thresholds.value")
+        if entry.get("region_threshold") is not None:
+            validate.positive_number(entry["region_threshold"], "thresholds.region_threshold")
 
 
 def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:

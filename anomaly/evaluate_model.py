@@ -45,11 +45,19 @@ def limit_per_class(folder: LabelledFolder, max_images: int | None) -> LabelledF
                           folder.normal_class, folder.empty_classes)
 
 
-def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True, log=print
+def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True, log=print,
+                   heat_maxima: dict | None = None
                    ) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """Score a labelled folder; return (paths, binary labels, scores) of readable images."""
+    """Score a labelled folder; return (paths, binary labels, scores) of readable images.
+    ``heat_maxima``, when given, receives each one's heat-map maximum by path."""
+    from anomaly.regions import scores_and_heat_maxima
+
     label_of = dict(zip(folder.paths, folder.binary_labels.tolist()))
-    result = scorer.score_paths(folder.paths, progress=progress)
+    if heat_maxima is not None:
+        result, maxima = scores_and_heat_maxima(scorer, folder.paths, progress)
+        heat_maxima.update(maxima)
+    else:
+        result = scorer.score_paths(folder.paths, progress=progress)
     for path, reason in result.failures:
         log(f"skipped {display_path(path)}: {reason}")
     labels = np.array([label_of[p] for p in result.paths], dtype=np.int64)
@@ -119,16 +127,20 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
 
 def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
                         normal_class: str = "NORMAL", threshold_metric: str = "youden",
-                        quantile: float = 0.95, progress: bool = True, log=print,
-                        **scorer_options) -> dict:
+                        quantile: float = 0.95, regions: bool = True, progress: bool = True,
+                        log=print, **scorer_options) -> dict:
     """Pick the threshold on ``val_dir`` and store it in the checkpoint for this mode,
     score and settings, where ``anomaly score`` and :meth:`Scorer.decision` find it.
 
     Labelled validation data with both classes gives Youden's J (or F1); normal images
-    only give their ``quantile``.
+    only give their ``quantile``. With ``regions``, the region threshold of the scorer's
+    heat map is fitted again on the folder's normal films when it holds at least
+    :data:`anomaly.regions.REGION_MIN_NORMALS` of them (the run's own, fitted on its
+    held-out normals, is kept otherwise, and said so), and stored in the same entry.
 
     Returns:
-        The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``.
+        The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``, and with a
+        refitted region threshold ``region_threshold``, ``region_heat``, ``region_n``.
     """
     from anomaly import pretrained
     from anomaly.checkpoint import (
@@ -138,6 +150,7 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
         save_checkpoint,
     )
     from anomaly.decision import threshold_key
+    from anomaly.regions import REGION_MIN_NORMALS, fit_region_threshold
 
     path = resolve_checkpoint_path(model)
     if path.resolve() == (pretrained.folder() / pretrained.CHECKPOINT_NAME).resolve():
@@ -146,12 +159,23 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
                               "and calibrate the copy")
     scorer = Scorer.from_checkpoint(path, **scorer_options)
     val = read_validation_folder(val_dir, normal_class)
-    _, labels, scores = score_labelled(scorer, val, progress, log)
+    maxima: dict = {}
+    paths, labels, scores = score_labelled(scorer, val, progress, log,
+                                           heat_maxima=maxima if regions else None)
     value, source = choose_threshold(labels, scores, metric=threshold_metric,
                                      quantile=quantile)
     entry = {"value": value, "source": source if source != "val" else
              f"val-{threshold_metric}", "n": int(len(scores)), "mode": scorer.mode,
              "score": scorer.score, "val_dir": str(Path(val_dir).resolve())}
+    if regions:
+        normal = [maxima[p] for p, label in zip(paths, labels) if label == 0 and p in maxima]
+        if len(normal) >= REGION_MIN_NORMALS:
+            entry.update(region_threshold=fit_region_threshold(normal),
+                         region_heat=scorer.heat_name, region_n=len(normal))
+        else:
+            log(f"kept the run's region threshold: {display_path(val_dir)} holds "
+                f"{len(normal)} readable normal films, fewer than the {REGION_MIN_NORMALS} "
+                "needed to fit it again")
     state = load_checkpoint(path)
     state.setdefault("thresholds", {})[threshold_key(scorer.output_settings())] = entry
     save_checkpoint(state, path)

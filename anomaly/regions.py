@@ -3,8 +3,10 @@ boxes in the film's pixels.
 
 The threshold is fitted on normal films the model never trained on (the held-out
 normals): the ``quantile`` of their maps' maxima, so about ``1 - quantile`` of such
-films get a region at all. It is stored in the checkpoint and the export; a map whose
-threshold is missing or not finite gets no regions but an error.
+films get a region at all. ``anomaly calibrate`` fits it again on a site's own normal
+films (at least :data:`REGION_MIN_NORMALS`), where another hospital's normals light the
+map more than the training hospital's. It is stored in the checkpoint and the export; a
+map whose threshold is missing or not finite gets no regions but an error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from anomaly.preprocess import map_to_original
 from anomaly.validate import positive_number
 
 REGION_QUANTILE = 0.95  # of the held-out normals' map maxima
+REGION_MIN_NORMALS = 20  # normal films needed to fit the threshold again on a site's films
 MIN_AREA_FRACTION = 1 / 1024  # smallest region kept, as a share of the film's area
 
 
@@ -64,6 +67,21 @@ def fit_region_threshold(maxima: Iterable[float], quantile: float = REGION_QUANT
     if len(maxima) < 2 or not all(math.isfinite(v) for v in maxima):
         raise ValueError("fitting a region threshold needs at least 2 finite heat maps")
     return max(float(np.quantile(maxima, quantile)), 1e-6)
+
+
+def scores_and_heat_maxima(scorer, paths, progress: bool = False):
+    """Score ``paths`` with their heat maps (a :class:`anomaly.score.Scorer`); return the
+    :class:`anomaly.score.ScoreResult` and a dict of each scored file's heat-map maximum
+    (the values a region threshold is fitted on)."""
+    maxima: dict = {}
+
+    def keep_maxima(batch_paths, scores) -> None:
+        if scores.heatmaps is not None:
+            maxima.update(zip(batch_paths, scores.heatmaps.flatten(1).amax(1).tolist()))
+
+    result = scorer.score_paths(paths, progress=progress, on_batch=keep_maxima,
+                                heatmaps=True)
+    return result, maxima
 
 
 def find_regions(heat: np.ndarray, threshold: float, min_area: int | None = None

@@ -101,6 +101,7 @@ class Scorer:
         self.checkpoint_id: str | None = None  # set by from_checkpoint
         self.stored_thresholds: dict[str, dict] = {}  # by anomaly calibrate, per settings
         self.region_threshold: float | None = None  # of this heat map, fitted on normals
+        self.region_source = "fitted on the held-out normals"  # or by anomaly calibrate
 
     @classmethod
     def from_state(cls, state: dict, mode: str | None = None, score: str | None = None,
@@ -141,6 +142,11 @@ class Scorer:
             scorer.normal_components = fitted.get("components")
             scorer.region_threshold = (fitted.get("region_thresholds") or {}).get(
                 scorer.heat_name)
+        stored = scorer.stored_thresholds.get(threshold_key(scorer.output_settings())) or {}
+        if stored.get("region_heat") == scorer.heat_name \
+                and stored.get("region_threshold") is not None:  # by anomaly calibrate
+            scorer.region_threshold = stored["region_threshold"]
+            scorer.region_source = f"calibrated on {stored.get('region_n')} normal films"
         if scorer.normal_components is None and scorer.needs_calibration:
             holdout = scorer.available_holdout()
             if len(holdout) < 2:

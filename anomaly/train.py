@@ -494,17 +494,6 @@ def train_run(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     return last
 
 
-def _score_with_heat_maxima(scorer, paths: list[Path]):
-    """The scores of ``paths`` and each film's heat-map maximum (for its regions)."""
-    maxima: list[float] = []
-
-    def keep_maxima(batch_paths, scores) -> None:
-        maxima.extend(scores.heatmaps.flatten(1).amax(1).tolist())
-
-    result = scorer.score_paths(paths, progress=False, on_batch=keep_maxima, heatmaps=True)
-    return result, maxima
-
-
 def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     """Score the run's held-out normal images with the default mode and store them.
 
@@ -514,7 +503,7 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     each mode's region threshold (:func:`anomaly.regions.fit_region_threshold`).
     """
     from anomaly.families import ONE_PASS_MODES
-    from anomaly.regions import fit_region_threshold
+    from anomaly.regions import fit_region_threshold, scores_and_heat_maxima
     from anomaly.score import Scorer, available_modes, default_mode
 
     path = Path(model)
@@ -528,15 +517,15 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     state["score_stats"] = {}
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)
-        result, maxima = _score_with_heat_maxima(scorer, holdout)
+        result, maxima = scores_and_heat_maxima(scorer, holdout)
         thresholds = {}
         if len(holdout) >= 2:  # a quantile of one film's maximum would mean nothing
-            thresholds[scorer.heat_name] = fit_region_threshold(maxima)
+            thresholds[scorer.heat_name] = fit_region_threshold(maxima.values())
             for heat in getattr(scorer.family, "heats", ()):  # the family's other heat maps
                 if heat not in thresholds:
                     other = Scorer.from_state(state, mode=mode, heat=heat)
-                    thresholds[heat] = fit_region_threshold(_score_with_heat_maxima(
-                        other, holdout)[1])
+                    thresholds[heat] = fit_region_threshold(scores_and_heat_maxima(
+                        other, holdout)[1].values())
         else:
             log("only one held-out normal image: no region threshold (score --regions "
                 "will refuse this run)")

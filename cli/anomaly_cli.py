@@ -261,23 +261,29 @@ def export_command(model, out_dir, fmt, mode, threshold):
               show_default=True, help="With both classes in --val.")
 @click.option("--quantile", type=float, default=0.95, show_default=True,
               help="With normal images only in --val: this quantile of their scores.")
+@click.option("--regions/--no-regions", default=True, show_default=True,
+              help="Also fit the heat map's region threshold again on the normal films of "
+                   "--val (at least 20), so about 5% of this site's normals get a region.")
 @scorer_options
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
-def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, mode,
+def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, regions, mode,
                       score_kind, iterations, search_lr, lam, batch_size, seed, device, cpu_bf16,
                       heat, no_progress):
     """Pick the decision threshold on validation data and store it with the model."""
     from anomaly.evaluate_model import calibrate_threshold
 
     stored = calibrate_threshold(model, val_dir, normal_class, threshold_metric, quantile,
-                                 progress=not no_progress, mode=mode, score=score_kind,
-                                 iterations=iterations, lr=search_lr, lam=lam,
-                                 batch_size=batch_size, device=device or "auto", seed=seed,
-                                 cpu_bf16=cpu_bf16, heat=heat)
+                                 regions=regions, progress=not no_progress, mode=mode,
+                                 score=score_kind, iterations=iterations, lr=search_lr,
+                                 lam=lam, batch_size=batch_size, device=device or "auto",
+                                 seed=seed, cpu_bf16=cpu_bf16, heat=heat)
     click.echo(f"stored threshold {stored['value']:.5g} ({stored['source']}, "
                f"{stored['n']} validation images) for mode {stored['mode']}, score "
                f"{stored['score']}")
+    if "region_threshold" in stored:
+        click.echo(f"stored region threshold {stored['region_threshold']:.5g} of the "
+                   f"{stored['region_heat']} heat map ({stored['region_n']} normal films)")
 
 
 @main.command("evaluate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from anomaly.decision import conformal_p_values, make_decision
 from anomaly.evaluate_model import calibrate_threshold
 from anomaly.score import Scorer
 from cli.anomaly_cli import main as anomaly_main
+from tests.conftest import write_images
 
 
 def test_p_value_counts_normals_at_least_as_high_with_the_plus_one():
@@ -94,3 +96,108 @@ def test_calibrate_stores_a_threshold_that_score_then_uses(default_run, labelled
                                                   str(labelled_dir), "--alpha", "0.05",
                                                   "--no-progress"])
     assert conformal.exit_code == 0 and "conformal" in conformal.output
+
+
+def site_folder(root: Path, normals: int) -> Path:
+    """Another site's validation films: ``normals`` normal films and 4 with a blob."""
+    write_images(root / "NORMAL", normals, seed=31)
+    write_images(root / "PNEUMONIA", 4, seed=32, blob=True)
+    return root
+
+
+def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_run,
+                                                                         tmp_path):
+    import json
+    import shutil
+
+    from anomaly.export import export_run
+    from anomaly.regions import REGION_MIN_NORMALS, REGION_QUANTILE, scores_and_heat_maxima
+
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    site = site_folder(tmp_path / "site", REGION_MIN_NORMALS + 4)
+    before = Scorer.from_checkpoint(run)
+    trained = before.region_threshold
+    assert trained is not None and before.heat_name == "map"
+    entry = calibrate_threshold(run, site, progress=False, log=lambda *a: None)
+    _, maxima = scores_and_heat_maxima(before, sorted((site / "NORMAL").iterdir()))
+    expected = np.quantile(list(maxima.values()), REGION_QUANTILE)
+    assert entry["region_n"] == REGION_MIN_NORMALS + 4 and entry["region_heat"] == "map"
+    assert entry["region_threshold"] == pytest.approx(expected, rel=1e-6)
+    assert not np.isclose(expected, trained)  # the test tells the two apart
+    after = Scorer.from_checkpoint(run)
+    assert after.region_threshold == entry["region_threshold"]
+    assert "calibrated" in after.region_source
+    # stored with the score threshold: another score kind keeps the run's own
+    assert Scorer.from_checkpoint(run, score="logit").region_threshold == trained
+    # and so does another heat map of the same score
+    gradcam = Scorer.from_checkpoint(run, heat="gradcam")
+    assert gradcam.region_threshold == load_checkpoint(run)["score_stats"]["critic"][
+        "region_thresholds"]["gradcam"]
+    # the export carries the site's threshold
+    export_run(run, tmp_path / "exported")
+    info = json.loads((tmp_path / "exported" / "export.json").read_text())
+    assert info["region_threshold"] == pytest.approx(entry["region_threshold"])
+
+
+def test_calibrate_keeps_the_runs_region_threshold_with_too_few_normals_or_when_asked(
+        default_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(default_run, run)
+    trained = Scorer.from_checkpoint(run).region_threshold
+    said = []
+    few = calibrate_threshold(run, site_folder(tmp_path / "few", 10), progress=False,
+                              log=said.append)
+    assert "region_threshold" not in few
+    assert any("kept the run's region threshold" in line and "10 readable normal" in line
+               for line in said)
+    assert Scorer.from_checkpoint(run).region_threshold == trained
+    done = CliRunner().invoke(anomaly_main, [
+        "calibrate", "--model", str(run), "--val", str(site_folder(tmp_path / "many", 24)),
+        "--no-regions", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert "stored threshold" in done.output and "region threshold" not in done.output
+    assert Scorer.from_checkpoint(run).region_threshold == trained
+    done = CliRunner().invoke(anomaly_main, [
+        "calibrate", "--model", str(run), "--val", str(tmp_path / "many"), "--no-progress"])
+    assert done.exit_code == 0 and "stored region threshold" in done.output, done.output
+    assert Scorer.from_checkpoint(run).region_threshold != trained
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0, "x"])
+def test_a_stored_region_threshold_that_is_not_a_positive_number_is_refused(
+        default_run, tmp_path, value):
+    import torch
+
+    from anomaly.checkpoint import CheckpointError
+
+    state = load_checkpoint(default_run)
+    state["thresholds"] = {"{}": {"value": 1.0, "source": "val-youden",
+                                  "region_threshold": value, "region_heat": "map"}}
+    path = tmp_path / "tampered.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="thresholds.region_threshold"):
+        load_checkpoint(path)
+
+
+def test_site_regions_example_calibrates_on_one_half_and_checks_the_other(default_run,
+                                                                          tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    site = site_folder(tmp_path / "site", 48)
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "examples/site_regions.py", "--model",
+                           str(default_run), "--data", str(site), "--json", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert (figures["calibration_normals"], figures["check_normals"]) == (24, 24)
+    assert figures["abnormal"] == 4 and figures["site_threshold"] is not None
+    assert figures["site_threshold"] != figures["run_threshold"]
+    for rule in ("run", "site"):
+        assert all(0 <= figures[rule][kind] <= 1 for kind in ("normals", "abnormal"))
+    assert load_checkpoint(default_run).get("thresholds") is None  # the run is untouched
