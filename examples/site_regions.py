@@ -85,7 +85,7 @@ def main(argv=None) -> None:
                     "abnormal": share_with_a_region(own, abnormal)},
             "site": {"normals": share_with_a_region(calibrated, check),
                      "abnormal": share_with_a_region(calibrated, abnormal)}}
-    print(f"{args.model}: {own.heat_name} map; {len(calibration)} normal films calibrate, "
+    print(f"{args.model}: heat map {own.heat_name}; {len(calibration)} normal films calibrate, "
           f"{len(check)} other normals and {len(abnormal)} abnormal films are checked")
     for name, label in (("run", "the run's own threshold"), ("site", "the site's threshold")):
         value = figures[f"{name}_threshold"]
