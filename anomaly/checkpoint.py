@@ -142,8 +142,13 @@ def check_values(state: dict[str, Any]) -> None:
         if not isinstance(entry, dict):
             raise BadValue("thresholds holds an entry that is not a dict")
         validate.finite_number(entry.get("value"), "thresholds.value")
-        if entry.get("region_threshold") is not None:
-            validate.positive_number(entry["region_threshold"], "thresholds.region_threshold")
+        regions = entry.get("region_thresholds") or {}
+        if not isinstance(regions, dict):
+            raise BadValue("thresholds.region_thresholds is not a dict")
+        for heat, fitted in regions.items():
+            if not isinstance(fitted, dict):
+                raise BadValue(f"thresholds.region_thresholds.{heat} is not a dict")
+            validate.positive_number(fitted.get("value"), f"thresholds.region_thresholds.{heat}")
 
 
 def load_weights(module: torch.nn.Module, weights: dict, what: str) -> None:

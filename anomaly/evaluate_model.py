@@ -135,12 +135,13 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
     Labelled validation data with both classes gives Youden's J (or F1); normal images
     only give their ``quantile``. With ``regions``, the region threshold of the scorer's
     heat map is fitted again on the folder's normal films when it holds at least
-    :data:`anomaly.regions.REGION_MIN_NORMALS` of them (the run's own, fitted on its
-    held-out normals, is kept otherwise, and said so), and stored in the same entry.
+    :data:`anomaly.regions.REGION_MIN_NORMALS` of them with a finite map (else the one
+    fitted before is kept, and said so), and stored in the same entry, by heat map.
 
     Returns:
-        The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``, and with a
-        refitted region threshold ``region_threshold``, ``region_heat``, ``region_n``.
+        The stored entry: ``value``, ``source``, ``n``, ``mode``, ``score``, and
+        ``region_thresholds`` (heat map -> ``value`` and ``n``, the normal films it was
+        fitted on) where one was fitted now or before.
     """
     from anomaly import pretrained
     from anomaly.checkpoint import (
@@ -150,7 +151,6 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
         save_checkpoint,
     )
     from anomaly.decision import threshold_key
-    from anomaly.regions import REGION_MIN_NORMALS, fit_region_threshold
 
     path = resolve_checkpoint_path(model)
     if path.resolve() == (pretrained.folder() / pretrained.CHECKPOINT_NAME).resolve():
@@ -164,22 +164,50 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
                                            heat_maxima=maxima if regions else None)
     value, source = choose_threshold(labels, scores, metric=threshold_metric,
                                      quantile=quantile)
+    key = threshold_key(scorer.output_settings())
+    state = load_checkpoint(path)
+    earlier = (state.get("thresholds") or {}).get(key) or {}
     entry = {"value": value, "source": source if source != "val" else
              f"val-{threshold_metric}", "n": int(len(scores)), "mode": scorer.mode,
              "score": scorer.score, "val_dir": str(Path(val_dir).resolve())}
+    region_thresholds = dict(earlier.get("region_thresholds") or {})  # by heat map
+    fitted = None
     if regions:
         normal = [maxima[p] for p, label in zip(paths, labels) if label == 0 and p in maxima]
-        if len(normal) >= REGION_MIN_NORMALS:
-            entry.update(region_threshold=fit_region_threshold(normal),
-                         region_heat=scorer.heat_name, region_n=len(normal))
-        else:
-            log(f"kept the run's region threshold: {display_path(val_dir)} holds "
-                f"{len(normal)} readable normal films, fewer than the {REGION_MIN_NORMALS} "
-                "needed to fit it again")
-    state = load_checkpoint(path)
-    state.setdefault("thresholds", {})[threshold_key(scorer.output_settings())] = entry
+        fitted = refit_region_threshold(normal, display_path(val_dir), log)
+        if fitted is not None:
+            region_thresholds[scorer.heat_name] = fitted
+    if fitted is None and scorer.heat_name in region_thresholds:
+        log(f"kept the {scorer.heat_name} map's region threshold calibrated before on "
+            f"{region_thresholds[scorer.heat_name]['n']} normal films")
+    elif fitted is None:
+        log(f"kept the run's own region threshold of the {scorer.heat_name} map (fitted on "
+            "its held-out normals)")
+    if region_thresholds:
+        entry["region_thresholds"] = region_thresholds
+    state.setdefault("thresholds", {})[key] = entry
     save_checkpoint(state, path)
     return entry
+
+
+def refit_region_threshold(normal_maxima: list[float], folder: str, log=print
+                           ) -> dict | None:
+    """The region threshold (``value``, ``n``) fitted on the heat-map maxima of a site's
+    normal films, or None (said in one line) with fewer than
+    :data:`anomaly.regions.REGION_MIN_NORMALS` finite ones."""
+    import math
+
+    from anomaly.regions import REGION_MIN_NORMALS, fit_region_threshold
+
+    finite = [m for m in normal_maxima if math.isfinite(m)]
+    if len(finite) < len(normal_maxima):
+        log(f"{folder}: {len(normal_maxima) - len(finite)} normal films with a heat map that "
+            "is not finite are left out of the region threshold")
+    if len(finite) < REGION_MIN_NORMALS:
+        log(f"{folder}: {len(finite)} normal films with a heat map, fewer than the "
+            f"{REGION_MIN_NORMALS} needed to fit the region threshold again")
+        return None
+    return {"value": fit_region_threshold(finite), "n": len(finite)}
 
 
 def describe_scorer(scorer: Scorer) -> str:

@@ -76,8 +76,9 @@ def scores_and_heat_maxima(scorer, paths, progress: bool = False):
     maxima: dict = {}
 
     def keep_maxima(batch_paths, scores) -> None:
-        if scores.heatmaps is not None:
-            maxima.update(zip(batch_paths, scores.heatmaps.flatten(1).amax(1).tolist()))
+        if scores.heatmaps is None:
+            raise ValueError("this scorer draws no heat maps, so it has no regions")
+        maxima.update(zip(batch_paths, scores.heatmaps.flatten(1).amax(1).tolist()))
 
     result = scorer.score_paths(paths, progress=progress, on_batch=keep_maxima,
                                 heatmaps=True)

@@ -101,7 +101,6 @@ class Scorer:
         self.checkpoint_id: str | None = None  # set by from_checkpoint
         self.stored_thresholds: dict[str, dict] = {}  # by anomaly calibrate, per settings
         self.region_threshold: float | None = None  # of this heat map, fitted on normals
-        self.region_source = "fitted on the held-out normals"  # or by anomaly calibrate
 
     @classmethod
     def from_state(cls, state: dict, mode: str | None = None, score: str | None = None,
@@ -143,10 +142,9 @@ class Scorer:
             scorer.region_threshold = (fitted.get("region_thresholds") or {}).get(
                 scorer.heat_name)
         stored = scorer.stored_thresholds.get(threshold_key(scorer.output_settings())) or {}
-        if stored.get("region_heat") == scorer.heat_name \
-                and stored.get("region_threshold") is not None:  # by anomaly calibrate
-            scorer.region_threshold = stored["region_threshold"]
-            scorer.region_source = f"calibrated on {stored.get('region_n')} normal films"
+        calibrated = (stored.get("region_thresholds") or {}).get(scorer.heat_name)
+        if calibrated is not None:  # fitted on a site's normal films by anomaly calibrate
+            scorer.region_threshold = calibrated["value"]
         if scorer.normal_components is None and scorer.needs_calibration:
             holdout = scorer.available_holdout()
             if len(holdout) < 2:

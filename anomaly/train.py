@@ -514,6 +514,10 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
         return
     default = default_mode(state)  # search modes score the held-out images on demand
     modes = [m for m in available_modes(state) if m in ONE_PASS_MODES or m == default]
+    stale = state.pop("thresholds", None)  # picked on the model as it was
+    if stale:
+        log(f"dropped {len(stale)} threshold(s) stored by anomaly calibrate for the model as "
+            "it was: calibrate it again")
     state["score_stats"] = {}
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)

@@ -138,7 +138,8 @@ def scorer_options(command):
                    "false-positive rate of at most ALPHA on normal films like the "
                    "training ones).")
 @click.option("--regions", is_flag=True,
-              help="Box the heat map's regions above the run's region threshold: their "
+              help="Box the heat map's regions above the region threshold (the run's, or "
+                   "the one anomaly calibrate fitted on a site's normals): their "
                    "count as a CSV column, the boxes (film pixels) in OUT.regions.jsonl.")
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Score only the first N images.")
@@ -281,9 +282,9 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
     click.echo(f"stored threshold {stored['value']:.5g} ({stored['source']}, "
                f"{stored['n']} validation images) for mode {stored['mode']}, score "
                f"{stored['score']}")
-    if "region_threshold" in stored:
-        click.echo(f"stored region threshold {stored['region_threshold']:.5g} of the "
-                   f"{stored['region_heat']} heat map ({stored['region_n']} normal films)")
+    for heat, fitted in stored.get("region_thresholds", {}).items():
+        click.echo(f"stored region threshold {fitted['value']:.5g} of the {heat} heat map "
+                   f"(fitted on {fitted['n']} normal films)")
 
 
 @main.command("evaluate")

@@ -68,11 +68,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as work:
         site = Path(work) / "site" / args.normal_class
         site.mkdir(parents=True)
-        for path in calibration:
-            (site / path.name).symlink_to(path.resolve())
+        for index, path in enumerate(calibration):  # numbered: names may repeat
+            (site / f"{index:05d}_{path.name}").symlink_to(path.resolve())
         model = Path(work) / "model.pt"
         shutil.copy(source, model)
         own = Scorer.from_checkpoint(model)
+        if own.region_threshold is None:
+            sys.exit(f"error: {args.model} has no region threshold of its "
+                     f"{own.heat_name} heat map to compare with")
         entry = calibrate_threshold(model, site.parent, args.normal_class, progress=False)
         calibrated = Scorer.from_checkpoint(model)
         figures = {
@@ -80,7 +83,8 @@ def main(argv=None) -> None:
             "calibration_normals": len(calibration), "check_normals": len(check),
             "abnormal": len(abnormal),
             "run_threshold": own.region_threshold,
-            "site_threshold": entry.get("region_threshold"),
+            "site_threshold": (entry.get("region_thresholds") or {}).get(
+                own.heat_name, {}).get("value"),
             "run": {"normals": share_with_a_region(own, check),
                     "abnormal": share_with_a_region(own, abnormal)},
             "site": {"normals": share_with_a_region(calibrated, check),
@@ -89,7 +93,7 @@ def main(argv=None) -> None:
           f"{len(check)} other normals and {len(abnormal)} abnormal films are checked")
     for name, label in (("run", "the run's own threshold"), ("site", "the site's threshold")):
         value = figures[f"{name}_threshold"]
-        value = "(none fitted)" if value is None else f"{value:.4g}"
+        value = "(none fitted: the run's)" if value is None else f"{value:.4g}"
         print(f"  {label} {value}: films with a region: normals "
               f"{figures[name]['normals']:.1%}, abnormal {figures[name]['abnormal']:.1%}")
     if args.json:

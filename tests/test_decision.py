@@ -112,6 +112,7 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
 
     from anomaly.export import export_run
     from anomaly.regions import REGION_MIN_NORMALS, REGION_QUANTILE, scores_and_heat_maxima
+    from anomaly.train import fit_score_statistics
 
     run = tmp_path / "run"
     shutil.copytree(default_run, run)
@@ -122,22 +123,32 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     entry = calibrate_threshold(run, site, progress=False, log=lambda *a: None)
     _, maxima = scores_and_heat_maxima(before, sorted((site / "NORMAL").iterdir()))
     expected = np.quantile(list(maxima.values()), REGION_QUANTILE)
-    assert entry["region_n"] == REGION_MIN_NORMALS + 4 and entry["region_heat"] == "map"
-    assert entry["region_threshold"] == pytest.approx(expected, rel=1e-6)
+    fitted = entry["region_thresholds"]["map"]
+    assert list(entry["region_thresholds"]) == ["map"]
+    assert fitted["n"] == REGION_MIN_NORMALS + 4
+    assert fitted["value"] == pytest.approx(expected, rel=1e-6)
     assert not np.isclose(expected, trained)  # the test tells the two apart
     after = Scorer.from_checkpoint(run)
-    assert after.region_threshold == entry["region_threshold"]
-    assert "calibrated" in after.region_source
+    assert after.region_threshold == fitted["value"]
     # stored with the score threshold: another score kind keeps the run's own
     assert Scorer.from_checkpoint(run, score="logit").region_threshold == trained
-    # and so does another heat map of the same score
-    gradcam = Scorer.from_checkpoint(run, heat="gradcam")
-    assert gradcam.region_threshold == load_checkpoint(run)["score_stats"]["critic"][
-        "region_thresholds"]["gradcam"]
+    # and so does another heat map of the same score, until it is calibrated too
+    own_gradcam = load_checkpoint(run)["score_stats"]["critic"]["region_thresholds"]["gradcam"]
+    assert Scorer.from_checkpoint(run, heat="gradcam").region_threshold == own_gradcam
+    both = calibrate_threshold(run, site, heat="gradcam", progress=False, log=lambda *a: None)
+    assert sorted(both["region_thresholds"]) == ["gradcam", "map"]  # the map's is kept
+    assert Scorer.from_checkpoint(run).region_threshold == fitted["value"]
+    assert Scorer.from_checkpoint(run, heat="gradcam").region_threshold == \
+        both["region_thresholds"]["gradcam"]["value"] != own_gradcam
     # the export carries the site's threshold
     export_run(run, tmp_path / "exported")
     info = json.loads((tmp_path / "exported" / "export.json").read_text())
-    assert info["region_threshold"] == pytest.approx(entry["region_threshold"])
+    assert info["region_threshold"] == pytest.approx(fitted["value"])
+    # the model changes (its statistics fitted again): every stored threshold is dropped
+    said = []
+    fit_score_statistics(run, log=said.append)
+    assert "thresholds" not in load_checkpoint(run) and any("dropped 1" in s for s in said)
+    assert Scorer.from_checkpoint(run).region_threshold == pytest.approx(trained)
 
 
 def test_calibrate_keeps_the_runs_region_threshold_with_too_few_normals_or_when_asked(
@@ -150,20 +161,31 @@ def test_calibrate_keeps_the_runs_region_threshold_with_too_few_normals_or_when_
     said = []
     few = calibrate_threshold(run, site_folder(tmp_path / "few", 10), progress=False,
                               log=said.append)
-    assert "region_threshold" not in few
-    assert any("kept the run's region threshold" in line and "10 readable normal" in line
-               for line in said)
+    assert "region_thresholds" not in few
+    assert any("10 normal films with a heat map, fewer than the 20" in line for line in said)
+    assert any("kept the run's own region threshold" in line for line in said)
     assert Scorer.from_checkpoint(run).region_threshold == trained
     done = CliRunner().invoke(anomaly_main, [
         "calibrate", "--model", str(run), "--val", str(site_folder(tmp_path / "many", 24)),
         "--no-regions", "--no-progress"])
     assert done.exit_code == 0, done.output
-    assert "stored threshold" in done.output and "region threshold" not in done.output
+    assert "stored threshold" in done.output and "stored region" not in done.output
     assert Scorer.from_checkpoint(run).region_threshold == trained
     done = CliRunner().invoke(anomaly_main, [
         "calibrate", "--model", str(run), "--val", str(tmp_path / "many"), "--no-progress"])
     assert done.exit_code == 0 and "stored region threshold" in done.output, done.output
-    assert Scorer.from_checkpoint(run).region_threshold != trained
+    site = Scorer.from_checkpoint(run).region_threshold
+    assert site != trained
+    # calibrating again without refitting keeps the site's, and says so
+    done = CliRunner().invoke(anomaly_main, [
+        "calibrate", "--model", str(run), "--val", str(tmp_path / "many"), "--no-regions",
+        "--no-progress"])
+    assert done.exit_code == 0 and "calibrated before on 24 normal films" in done.output
+    assert Scorer.from_checkpoint(run).region_threshold == site
+    from anomaly.regions import REGION_MIN_NORMALS
+
+    usage = CliRunner().invoke(anomaly_main, ["calibrate", "--help"]).output
+    assert f"(at least {REGION_MIN_NORMALS})" in " ".join(usage.split())
 
 
 @pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0, "x"])
@@ -175,10 +197,10 @@ def test_a_stored_region_threshold_that_is_not_a_positive_number_is_refused(
 
     state = load_checkpoint(default_run)
     state["thresholds"] = {"{}": {"value": 1.0, "source": "val-youden",
-                                  "region_threshold": value, "region_heat": "map"}}
+                                  "region_thresholds": {"map": {"value": value, "n": 24}}}}
     path = tmp_path / "tampered.pt"
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match="thresholds.region_threshold"):
+    with pytest.raises(CheckpointError, match="thresholds.region_thresholds.map"):
         load_checkpoint(path)
 
 
