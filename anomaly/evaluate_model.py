@@ -178,10 +178,10 @@ def calibrate_threshold(model: str | os.PathLike, val_dir: str | os.PathLike,
         if fitted is not None:
             region_thresholds[scorer.heat_name] = fitted
     if fitted is None and scorer.heat_name in region_thresholds:
-        log(f"kept the {scorer.heat_name} map's region threshold calibrated before on "
+        log(f"kept the region threshold ({scorer.heat_name} heat map) calibrated before on "
             f"{region_thresholds[scorer.heat_name]['n']} normal films")
     elif fitted is None:
-        log(f"kept the run's own region threshold of the {scorer.heat_name} map (fitted on "
+        log(f"kept the run's own region threshold ({scorer.heat_name} heat map, fitted on "
             "its held-out normals)")
     if region_thresholds:
         entry["region_thresholds"] = region_thresholds
