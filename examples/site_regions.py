@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path
 from anomaly.data import scan_labelled_folder
 from anomaly.evaluate_model import calibrate_threshold
+from anomaly.regions import find_regions
 from anomaly.score import Scorer
 from anomaly.train import patient_id
 
@@ -39,15 +40,19 @@ def split_by_patient(paths: list[Path], pattern: str) -> tuple[list[Path], list[
             [p for p in paths if (patient_id(p, pattern) or p.name) not in first])
 
 
-def share_with_a_region(scorer: Scorer, paths: list[Path]) -> float:
-    """The share of ``paths`` whose heat map has at least one region."""
-    boxed = []
+def shares_with_a_region(scorer: Scorer, paths: list[Path], thresholds: list[float]
+                         ) -> list[float]:
+    """For each region threshold, the share of ``paths`` whose heat map has at least one
+    region above it (the films scored once)."""
+    boxed = [[] for _ in thresholds]
 
     def count(batch_paths, scores) -> None:
-        boxed.extend(bool(scorer.regions(heat.numpy())) for heat in scores.heatmaps)
+        for heat in scores.heatmaps:
+            for found, threshold in zip(boxed, thresholds):
+                found.append(bool(find_regions(heat.numpy(), threshold)))
 
     scorer.score_paths(paths, progress=False, on_batch=count, heatmaps=True)
-    return sum(boxed) / max(len(boxed), 1)
+    return [sum(found) / max(len(found), 1) for found in boxed]
 
 
 def main(argv=None) -> None:
@@ -77,18 +82,17 @@ def main(argv=None) -> None:
             sys.exit(f"error: {args.model} has no region threshold of its "
                      f"{own.heat_name} heat map to compare with")
         entry = calibrate_threshold(model, site.parent, args.normal_class, progress=False)
-        calibrated = Scorer.from_checkpoint(model)
-        figures = {
-            "model": str(args.model), "data": str(args.data), "heat": own.heat_name,
-            "calibration_normals": len(calibration), "check_normals": len(check),
-            "abnormal": len(abnormal),
-            "run_threshold": own.region_threshold,
-            "site_threshold": (entry.get("region_thresholds") or {}).get(
-                own.heat_name, {}).get("value"),
-            "run": {"normals": share_with_a_region(own, check),
-                    "abnormal": share_with_a_region(own, abnormal)},
-            "site": {"normals": share_with_a_region(calibrated, check),
-                     "abnormal": share_with_a_region(calibrated, abnormal)}}
+    site_threshold = (entry.get("region_thresholds") or {}).get(own.heat_name, {}).get("value")
+    rules = [own.region_threshold, site_threshold or own.region_threshold]  # none: the run's
+    normal_shares = shares_with_a_region(own, check, rules)
+    abnormal_shares = shares_with_a_region(own, abnormal, rules)
+    figures = {
+        "model": str(args.model), "data": str(args.data), "heat": own.heat_name,
+        "calibration_normals": len(calibration), "check_normals": len(check),
+        "abnormal": len(abnormal), "run_threshold": own.region_threshold,
+        "site_threshold": site_threshold,
+        **{name: {"normals": normal_shares[i], "abnormal": abnormal_shares[i]}
+           for i, name in enumerate(("run", "site"))}}
     print(f"{args.model}: heat map {own.heat_name}; {len(calibration)} normal films calibrate, "
           f"{len(check)} other normals and {len(abnormal)} abnormal films are checked")
     for name, label in (("run", "the run's own threshold"), ("site", "the site's threshold")):
