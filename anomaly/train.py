@@ -510,14 +510,16 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     path = checkpoint_path(path) if path.is_dir() else path
     state = load_checkpoint(path)
     holdout = [Path(p) for p in state.get("holdout_paths", [])]
-    if not holdout:
-        return
-    default = default_mode(state)  # search modes score the held-out images on demand
-    modes = [m for m in available_modes(state) if m in ONE_PASS_MODES or m == default]
     stale = state.pop("thresholds", None)  # picked on the model as it was
     if stale:
         log(f"dropped {len(stale)} threshold(s) stored by anomaly calibrate for the model as "
             "it was: calibrate it again")
+    if not holdout:
+        if stale:
+            save_checkpoint(state, path)
+        return
+    default = default_mode(state)  # search modes score the held-out images on demand
+    modes = [m for m in available_modes(state) if m in ONE_PASS_MODES or m == default]
     state["score_stats"] = {}
     for mode in modes:
         scorer = Scorer.from_state(state, mode=mode)

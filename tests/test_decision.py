@@ -110,9 +110,10 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     import json
     import shutil
 
+    from anomaly.checkpoint import save_checkpoint
     from anomaly.export import export_run
     from anomaly.regions import REGION_MIN_NORMALS, REGION_QUANTILE, scores_and_heat_maxima
-    from anomaly.train import fit_score_statistics
+    from anomaly.train import checkpoint_path, fit_score_statistics
 
     run = tmp_path / "run"
     shutil.copytree(default_run, run)
@@ -149,6 +150,12 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     fit_score_statistics(run, log=said.append)
     assert "thresholds" not in load_checkpoint(run) and any("dropped 1" in s for s in said)
     assert Scorer.from_checkpoint(run).region_threshold == pytest.approx(trained)
+    # a run without held-out normals drops them too
+    state = load_checkpoint(run)
+    state.update(holdout_paths=[], thresholds={"{}": {"value": 1.0, "source": "given"}})
+    save_checkpoint(state, checkpoint_path(run))
+    fit_score_statistics(run, log=said.append)
+    assert "thresholds" not in load_checkpoint(run)
 
 
 def test_calibrate_keeps_the_runs_region_threshold_with_too_few_normals_or_when_asked(
