@@ -99,6 +99,25 @@ def test_zoom_and_tilt_move_structures_about_the_centre():
         TrainConfig(critic_scale_range=[1.1, 0.9])
 
 
+def test_sharpness_blurs_or_sharpens_an_edge_and_is_off_by_default():
+    films = torch.full((32, 1, 128, 128), -0.5)  # the side its blur is set for
+    films[:, :, :, 64:] = 0.5  # one vertical edge (mirrored or not, still one edge)
+    torch.manual_seed(0)
+    plain = vary_acquisition(films, gamma=(1.0, 1.0))
+    torch.manual_seed(0)
+    off = vary_acquisition(films, gamma=(1.0, 1.0), sharpness=0.0)
+    assert torch.equal(plain, off)  # no draw, the same random stream
+    torch.manual_seed(0)
+    varied = vary_acquisition(films, gamma=(1.0, 1.0), sharpness=1.0)
+    assert varied.min() >= -1 and varied.max() <= 1
+    steepest = (varied[:, 0, 8, 1:] - varied[:, 0, 8, :-1]).abs().amax(-1)  # (B,)
+    assert (steepest < 0.9).any() and (steepest > 1.1).any()  # some blurred, some sharpened
+    assert torch.allclose(varied.mean((1, 2, 3)), films.mean((1, 2, 3)), atol=0.05)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="critic: sharpness"):
+            TrainConfig(critic_sharpness=bad)
+
+
 def test_patches_carry_the_same_films_anatomy_into_its_lungs_where_brighter():
     torch.manual_seed(0)
     prior = soft_lung_prior(lungs())

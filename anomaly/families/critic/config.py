@@ -25,6 +25,8 @@ class CriticConfig:
         shift_fraction: largest random shift as a fraction of the side (0: none).
         scale_range: range of the random zoom about the centre (``[1, 1]``: none).
         rotation_degrees: largest random tilt either way (0: none).
+        sharpness: largest random blur or sharpening either way (0: none; 1: from the
+            film blurred at sigma 1 px of 128 to an unsharp mask of the same strength).
         score_views: how films are embedded for the density and scored: 1 (the film
             alone, the default) or 2 (the film and its mirror image averaged, so a film
             and its mirror score the same; twice the work).
@@ -83,6 +85,7 @@ class CriticConfig:
     synthesis: str = "blobs"
     scale_range: tuple[float, float] = (0.85, 1.15)
     rotation_degrees: float = 8.0
+    sharpness: float = 0.0
     score_views: int = 1
     map_width: int = 32
     map_levels: int = 3
@@ -103,6 +106,8 @@ class CriticConfig:
             if len(values) != 2 or not 0 < values[0] <= values[1]:
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
             setattr(self, name, values)
+        if not 0 <= self.sharpness <= 1:
+            raise ValueError(f"sharpness must be in [0, 1], not {self.sharpness!r}")
         if self.epochs < 0 or self.map_epochs < 0:
             raise ValueError(f"epochs and map_epochs must be >= 0, not {self.epochs!r}, "
                              f"{self.map_epochs!r}")

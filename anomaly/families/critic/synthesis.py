@@ -12,8 +12,9 @@ AnatPaste): a soft-edged region of the same film, moved into its lung field, ble
 where it is brighter than the lung it covers.
 
 :func:`vary_acquisition` changes what differs between acquisitions and not what marks an
-opacity: a mirror image, a gamma curve (exposure and processing), a zoom and a tilt
-(distance and positioning) and a shift (framing).
+opacity: a mirror image, a gamma curve (exposure and processing), optionally a blur or
+sharpening (detector and processing), a zoom and a tilt (distance and positioning) and a
+shift (framing).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from anomaly.families.critic.config import SYNTHESES  # noqa: F401 (its kinds, named here too)
 from anomaly.lungs import darkest_inside, mean_normal_image, smooth
+
+SHARPNESS_SIGMA = 1 / 128  # the blur of vary_acquisition's sharpness, as a share of the side
 
 
 def wide_lung_prior(normal_images: torch.Tensor, fraction: float = 0.35) -> torch.Tensor:
@@ -292,10 +296,10 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
 
 def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.25),
                      max_shift: int = 0, scale: tuple[float, float] = (1.0, 1.0),
-                     max_rotation: float = 0.0, generator: torch.Generator | None = None
-                     ) -> torch.Tensor:
-    """Mirror half the films, apply a random gamma curve, zoom and tilt, and a random
-    circular shift.
+                     max_rotation: float = 0.0, generator: torch.Generator | None = None,
+                     sharpness: float = 0.0) -> torch.Tensor:
+    """Mirror half the films, apply a random gamma curve, blur or sharpen them, zoom and
+    tilt, and a random circular shift.
 
     Args:
         images: (B, 1, S, S) films in [-1, 1].
@@ -305,6 +309,11 @@ def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.
             reflected.
         max_rotation: largest tilt in degrees either way (0: none).
         generator: random source on the images' device.
+        sharpness: largest amount of blur or sharpening either way (0: none): each film
+            becomes ``x + a * (x - blur(x))`` with ``a`` drawn from ``[-sharpness,
+            sharpness]`` (``a = -1``: the blurred film; ``a > 0``: an unsharp mask), the
+            blur Gaussian with sigma ``SHARPNESS_SIGMA`` of the side, as films of another
+            detector or processing chain differ.
 
     Returns:
         (B, 1, S, S) films in [-1, 1].
@@ -315,6 +324,11 @@ def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.
     if gamma != (1.0, 1.0):
         exponent = _uniform(*gamma, (batch, 1, 1, 1), device, generator)
         images = ((images + 1) / 2).clamp(0, 1).pow(exponent) * 2 - 1
+    if sharpness > 0:
+        amount = _uniform(-sharpness, sharpness, (batch, 1, 1, 1), device, generator)
+        sigma = SHARPNESS_SIGMA * images.shape[-1]
+        blurred = gaussian_blur(images, [2 * math.ceil(2 * sigma) + 1] * 2, [sigma] * 2)
+        images = (images + amount * (images - blurred)).clamp(-1, 1)
     if tuple(scale) != (1.0, 1.0) or max_rotation > 0:
         zoom = _uniform(*scale, (batch,), device, generator)
         angle = _uniform(-max_rotation, max_rotation, (batch,), device, generator) \

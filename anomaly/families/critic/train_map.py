@@ -242,7 +242,8 @@ def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor
     the opacities visibly changed (``change``)."""
     varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
                               int(round(config.shift_fraction * films.shape[-1])),
-                              tuple(config.scale_range), config.rotation_degrees)
+                              tuple(config.scale_range), config.rotation_degrees,
+                              sharpness=config.sharpness)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
     level = config.map_mask_level
