@@ -494,13 +494,16 @@ def train_run(config: TrainConfig, data_dir: str | os.PathLike, run_dir: str | o
     return last
 
 
-def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
+def fit_score_statistics(model: str | os.PathLike, log=print,
+                         retrained: str | None = None) -> None:
     """Score the run's held-out normal images with the default mode and store them.
 
     The components of normal images the GAN never trained on standardise the ``fused``
     score, and ``anomaly evaluate`` uses the 95% quantile of their scores as the
     threshold when no labelled validation folder is given. Their heat maps' maxima give
     each mode's region threshold (:func:`anomaly.regions.fit_region_threshold`).
+    Thresholds stored by ``anomaly calibrate`` were picked on the model as it was: those
+    of the ``retrained`` family's modes are dropped (every one when None).
     """
     from anomaly.families import ONE_PASS_MODES
     from anomaly.regions import fit_region_threshold, scores_and_heat_maxima
@@ -510,9 +513,9 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     path = checkpoint_path(path) if path.is_dir() else path
     state = load_checkpoint(path)
     holdout = [Path(p) for p in state.get("holdout_paths", [])]
-    stale = state.pop("thresholds", None)  # picked on the model as it was
+    stale = drop_stale_thresholds(state, retrained)
     if stale:
-        log(f"dropped {len(stale)} threshold(s) stored by anomaly calibrate for the model as "
+        log(f"dropped {stale} threshold(s) stored by anomaly calibrate for the model as "
             "it was: calibrate it again")
     if not holdout:
         if stale:
@@ -541,6 +544,27 @@ def fit_score_statistics(model: str | os.PathLike, log=print) -> None:
     save_checkpoint(state, path)
     log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
         f"{', '.join(modes)}")
+
+
+def drop_stale_thresholds(state: dict, retrained: str | None = None) -> int:
+    """Remove the thresholds ``anomaly calibrate`` stored for the modes of the
+    ``retrained`` family (all of them when None) from a checkpoint's state; return how
+    many were removed."""
+    import json
+
+    def mode_of(key: str):
+        try:
+            return json.loads(key).get("mode")
+        except (ValueError, AttributeError):  # not a key calibrate writes: dropped
+            return None
+
+    stored = state.pop("thresholds", None) or {}
+    changed = None if retrained is None else set(FAMILIES[retrained].MODES)
+    kept = {key: entry for key, entry in stored.items()
+            if changed is not None and mode_of(key) not in changed | {None}}
+    if kept:
+        state["thresholds"] = kept
+    return len(stored) - len(kept)
 
 
 train_gan = train_run  # its name before families had a training seam (anomaly train-gan)

@@ -145,8 +145,12 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     export_run(run, tmp_path / "exported")
     info = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert info["region_threshold"] == pytest.approx(fitted["value"])
-    # the model changes (its statistics fitted again): every stored threshold is dropped
+    # another family retrained (the DCGAN's encoder): the critic's thresholds stay
     said = []
+    fit_score_statistics(run, log=said.append, retrained="dcgan")
+    assert len(load_checkpoint(run)["thresholds"]) == 1 and not any("dropped" in s for s in said)
+    assert Scorer.from_checkpoint(run).region_threshold == fitted["value"]
+    # the model changes (its statistics fitted again): every stored threshold is dropped
     fit_score_statistics(run, log=said.append)
     assert "thresholds" not in load_checkpoint(run) and any("dropped 1" in s for s in said)
     assert Scorer.from_checkpoint(run).region_threshold == pytest.approx(trained)
@@ -156,6 +160,25 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     save_checkpoint(state, checkpoint_path(run))
     fit_score_statistics(run, log=said.append)
     assert "thresholds" not in load_checkpoint(run)
+
+
+def test_only_the_retrained_familys_calibrated_thresholds_are_dropped():
+    import json
+
+    from anomaly.train import drop_stale_thresholds
+
+    def key(mode):
+        return json.dumps({"mode": mode, "score": "x"}, sort_keys=True)
+
+    stored = {key("critic"): {"value": 1.0}, key("encoder"): {"value": 2.0},
+              "not json": {"value": 3.0}}
+    state = {"thresholds": dict(stored)}
+    assert drop_stale_thresholds(state, "dcgan") == 2  # the encoder's, and the unreadable
+    assert list(state["thresholds"]) == [key("critic")]
+    assert drop_stale_thresholds(state, "critic") == 1 and "thresholds" not in state
+    state = {"thresholds": dict(stored)}
+    assert drop_stale_thresholds(state) == 3 and "thresholds" not in state
+    assert drop_stale_thresholds({}) == 0
 
 
 def test_calibrate_keeps_the_runs_region_threshold_with_too_few_normals_or_when_asked(

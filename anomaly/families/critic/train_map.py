@@ -319,6 +319,6 @@ def refit_normal_level(model, log=print) -> None:
     state["critic"] = with_normal_level(state["critic"], state.get("holdout_paths", []),
                                         config, torch.device("cpu"), prior, log=log)
     save_checkpoint(state, path)
-    fit_score_statistics(path, log=log)
+    fit_score_statistics(path, log=log, retrained="critic")
 
 

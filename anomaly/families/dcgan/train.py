@@ -323,7 +323,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         save_checkpoint(state, path)
     writer.close()
     if fit_statistics:
-        fit_score_statistics(path, log=log)
+        fit_score_statistics(path, log=log, retrained="dcgan")
     return path
 
 
