@@ -209,11 +209,12 @@ class TrainConfig:
             raise ConfigError(f"{' + '.join(s for _, s in sources)}: {err}") from None
 
     @staticmethod
-    def known_part(saved: Mapping[str, Any]) -> dict:
+    def known_part(saved: Mapping[str, Any], source: str = "checkpoint") -> dict:
         """A saved config without the keys this version no longer knows, and with the
         settings added since it was saved at what its run did before they existed (each
-        family's ``SAVED_BEFORE``), not at today's defaults."""
-        known = normalise_config(saved, "checkpoint", drop_unknown=True)
+        family's ``SAVED_BEFORE``), not at today's defaults; ``source`` names it in
+        errors."""
+        known = normalise_config(saved, source, drop_unknown=True)
         for name, module in FAMILIES.items():
             if isinstance(known.get(name), dict):
                 known[name] = {**getattr(module, "SAVED_BEFORE", {}), **known[name]}
@@ -396,8 +397,7 @@ def check_resume_settings(previous: dict, config: TrainConfig, data_dir: str | o
     Raises:
         ConfigError: one line naming each such setting, its saved and its new value.
     """
-    saved = normalise_config(previous.get("train_config", {}), display_path(path),
-                             drop_unknown=True)
+    saved = TrainConfig.known_part(previous.get("train_config", {}), display_path(path))
     allowed = resumable_settings()
     differ = changed_settings(saved, config, allowed)
     trained_on = previous.get("data_dir")
@@ -523,8 +523,10 @@ def fit_score_statistics(model: str | os.PathLike, log=print,
         return
     default = default_mode(state)  # search modes score the held-out images on demand
     modes = [m for m in available_modes(state) if m in ONE_PASS_MODES or m == default]
-    state["score_stats"] = {}
-    for mode in modes:
+    earlier = state.get("score_stats") or {}
+    unchanged = set() if retrained is None else set(modes) - set(FAMILIES[retrained].MODES)
+    state["score_stats"] = {m: earlier[m] for m in modes if m in unchanged and m in earlier}
+    for mode in [m for m in modes if m not in state["score_stats"]]:  # the others: kept
         scorer = Scorer.from_state(state, mode=mode)
         result, maxima = scores_and_heat_maxima(scorer, holdout)
         thresholds = {}
@@ -542,8 +544,10 @@ def fit_score_statistics(model: str | os.PathLike, log=print,
             **result.statistics(), **scorer.settings(), "components": result.components(),
             "region_thresholds": thresholds}
     save_checkpoint(state, path)
-    log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
-        f"{', '.join(modes)}")
+    fitted = [m for m in modes if m not in unchanged or m not in earlier]
+    if fitted:
+        log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
+            f"{', '.join(fitted)}")
 
 
 def drop_stale_thresholds(state: dict, retrained: str | None = None) -> int:
@@ -552,16 +556,19 @@ def drop_stale_thresholds(state: dict, retrained: str | None = None) -> int:
     many were removed."""
     import json
 
-    def mode_of(key: str):
+    def mode_of(key: str, entry) -> str | None:
         try:
-            return json.loads(key).get("mode")
-        except (ValueError, AttributeError):  # not a key calibrate writes: dropped
-            return None
+            mode = json.loads(key).get("mode")
+        except (ValueError, AttributeError):  # not a key calibrate writes
+            mode = None
+        if mode is None and isinstance(entry, dict):
+            mode = entry.get("mode")  # calibrate also files it in the entry
+        return mode if isinstance(mode, str) else None  # unknown: dropped
 
     stored = state.pop("thresholds", None) or {}
     changed = None if retrained is None else set(FAMILIES[retrained].MODES)
     kept = {key: entry for key, entry in stored.items()
-            if changed is not None and mode_of(key) not in changed | {None}}
+            if changed is not None and mode_of(key, entry) not in changed | {None}}
     if kept:
         state["thresholds"] = kept
     return len(stored) - len(kept)

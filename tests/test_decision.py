@@ -147,8 +147,13 @@ def test_calibrate_fits_the_region_threshold_again_on_the_sites_normals(default_
     assert info["region_threshold"] == pytest.approx(fitted["value"])
     # another family retrained (the DCGAN's encoder): the critic's thresholds stay
     said = []
+    state = load_checkpoint(run)
+    state["score_stats"]["critic"]["marker"] = 1  # kept as it was, not fitted again
+    save_checkpoint(state, checkpoint_path(run))
     fit_score_statistics(run, log=said.append, retrained="dcgan")
     assert len(load_checkpoint(run)["thresholds"]) == 1 and not any("dropped" in s for s in said)
+    assert load_checkpoint(run)["score_stats"]["critic"]["marker"] == 1
+    assert said[-1].endswith("for modes: discriminator, encoder")  # the DCGAN's alone
     assert Scorer.from_checkpoint(run).region_threshold == fitted["value"]
     # the model changes (its statistics fitted again): every stored threshold is dropped
     fit_score_statistics(run, log=said.append)
@@ -171,13 +176,14 @@ def test_only_the_retrained_familys_calibrated_thresholds_are_dropped():
         return json.dumps({"mode": mode, "score": "x"}, sort_keys=True)
 
     stored = {key("critic"): {"value": 1.0}, key("encoder"): {"value": 2.0},
-              "not json": {"value": 3.0}}
+              "not json": {"value": 3.0}, key(["critic"]): {"value": 4.0},
+              "{}": {"value": 5.0, "mode": "critic"}}  # the entry names its mode
     state = {"thresholds": dict(stored)}
-    assert drop_stale_thresholds(state, "dcgan") == 2  # the encoder's, and the unreadable
-    assert list(state["thresholds"]) == [key("critic")]
-    assert drop_stale_thresholds(state, "critic") == 1 and "thresholds" not in state
+    assert drop_stale_thresholds(state, "dcgan") == 3  # the encoder's, and the unreadable
+    assert sorted(state["thresholds"]) == sorted([key("critic"), "{}"])
+    assert drop_stale_thresholds(state, "critic") == 2 and "thresholds" not in state
     state = {"thresholds": dict(stored)}
-    assert drop_stale_thresholds(state) == 3 and "thresholds" not in state
+    assert drop_stale_thresholds(state) == 5 and "thresholds" not in state
     assert drop_stale_thresholds({}) == 0
 
 

@@ -821,6 +821,7 @@ def test_new_map_head_copies_a_run_with_a_fresh_head_of_another_architecture(def
 
 def test_a_run_saved_before_own_blocks_existed_resumes_as_it_was(tmp_path, normal_dir):
     from anomaly.checkpoint import resolve_checkpoint_path, save_checkpoint
+    from anomaly.config import ConfigError
     from anomaly.train import TrainConfig, resume_config, train_run
 
     run = tmp_path / "run"
@@ -829,8 +830,13 @@ def test_a_run_saved_before_own_blocks_existed_resumes_as_it_was(tmp_path, norma
     state = load_checkpoint(run)  # as saved by a version without the setting
     del state["train_config"]["critic"]["map_own_blocks"]
     del state["critic"]["architecture"]["map_own_blocks"]
+    del state["train_config"]["critic"]["sharpness"]  # nor this one: it trained without
     save_checkpoint(state, resolve_checkpoint_path(run))
     config = resume_config(run)
     assert config.section("critic").map_own_blocks == 0  # not today's default
+    assert config.section("critic").sharpness == 0.0
+    with pytest.raises(ConfigError, match=r"critic.sharpness 0.0 there, 0.5 now"):
+        train_run(config.replace(critic_sharpness=0.5), normal_dir, run, resume=True,
+                  progress=False, log=lambda *a: None)
     train_run(config, normal_dir, run, resume=True, progress=False, log=lambda *a: None)
     assert load_checkpoint(run)["critic"].get("architecture", {}).get("map_own_blocks", 0) == 0

@@ -39,7 +39,7 @@ RESUMABLE = ("map_epochs", "map_lr", "map_synthesis", "map_decoys", "map_target"
              "map_field", "map_own_blocks")
 # settings added after runs were saved without them: what those runs did (a run saved
 # before the map head had blocks of its own resumes without them, not with the default)
-SAVED_BEFORE = {"map_own_blocks": 0}
+SAVED_BEFORE = {"map_own_blocks": 0, "sharpness": 0.0}
 CLI_OPTIONS = (("--critic-epochs", "critic_epochs", int,
                 "Epochs of the opacity critic, trained first (0: no critic)."),)
 

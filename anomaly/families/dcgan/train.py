@@ -264,6 +264,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         raise DataError(f"{display_path(path)}: pass the GAN's training folder (--data)")
     loaded, _, _ = prepare_training_images(config, data_dir, log, progress)
     images = loaded.images.to(torch_device)
+    had_prior = state.get("lung_prior") is not None  # a new one changes every family's scores
     state.setdefault("lung_prior", lung_field_prior(loaded.images))
     arch = GANArchitecture(**state["architecture"])
     generator, discriminator = Generator(arch), Discriminator(arch)
@@ -323,7 +324,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
         save_checkpoint(state, path)
     writer.close()
     if fit_statistics:
-        fit_score_statistics(path, log=log, retrained="dcgan")
+        fit_score_statistics(path, log=log, retrained="dcgan" if had_prior else None)
     return path
 
 
