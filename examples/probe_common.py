@@ -11,9 +11,12 @@ import torch
 from anomaly.data import find_images, load_images, scan_labelled_folder, uint8_to_model
 
 
-def probe_arguments(doc: str, argv=None) -> argparse.Namespace:
-    """Parse ``--model RUN --data FOLDER [--data ...] [--threads N]`` (and apply --threads)."""
+def probe_arguments(doc: str, argv=None, extra=None) -> argparse.Namespace:
+    """Parse ``--model RUN --data FOLDER [--data ...] [--threads N]`` (and apply --threads);
+    ``extra(parser)`` adds a probe's own options."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--model", required=True, help="run directory or checkpoint")
     parser.add_argument("--data", action="append", required=True,
                         help="labelled folder (repeatable): one AUROC column each")

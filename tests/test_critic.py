@@ -531,6 +531,20 @@ def test_view_probe_reproduces_the_default_density(critic_run, labelled_dir, cap
         assert 0 <= _row(out, name) <= 1
 
 
+def test_varied_density_probe_reproduces_the_default_and_fits_copies(critic_run, labelled_dir,
+                                                                     capsys):
+    """Its 0-copies row is the run's own density; varied copies fit another one."""
+    run_example("critic_varied_density_probe", ["--model", str(critic_run), "--data",
+                                                str(labelled_dir), "--copies", "2"])
+    out = capsys.readouterr().out
+    own = _row(out, "0 copies")
+    assert own == pytest.approx(_auroc_of_default(critic_run, labelled_dir), abs=2e-3)
+    assert 0 <= _row(out, "2 copies") <= 1 and "2 varied copies of each" in out
+    with pytest.raises(SystemExit):
+        run_example("critic_varied_density_probe", ["--model", str(critic_run), "--data",
+                                                    str(labelled_dir), "--copies", "0"])
+
+
 def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,
                                                                  capsys):
     run_example("critic_cell_probe", ["--model", str(critic_run), "--data", str(labelled_dir)])
