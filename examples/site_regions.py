@@ -60,6 +60,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="run directory or checkpoint")
     parser.add_argument("--data", required=True, help="labelled folder (NORMAL and others)")
     parser.add_argument("--normal-class", default="NORMAL")
+    parser.add_argument("--heat", help="heat map to box (default: the run's, map where "
+                        "it has a head; gradcam: the density's Grad-CAM)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -77,11 +79,13 @@ def main(argv=None) -> None:
             (site / f"{index:05d}_{path.name}").symlink_to(path.resolve())
         model = Path(work) / "model.pt"
         shutil.copy(source, model)
-        own = Scorer.from_checkpoint(model)
+        heat = {"heat": args.heat} if args.heat else {}
+        own = Scorer.from_checkpoint(model, **heat)
         if own.region_threshold is None:
             sys.exit(f"error: {args.model} has no region threshold of its "
                      f"{own.heat_name} heat map to compare with")
-        entry = calibrate_threshold(model, site.parent, args.normal_class, progress=False)
+        entry = calibrate_threshold(model, site.parent, args.normal_class, progress=False,
+                                    **heat)
     site_threshold = (entry.get("region_thresholds") or {}).get(own.heat_name, {}).get("value")
     rules = [own.region_threshold, site_threshold or own.region_threshold]  # none: the run's
     normal_shares = shares_with_a_region(own, check, rules)

@@ -259,3 +259,14 @@ def test_site_regions_example_calibrates_on_one_half_and_checks_the_other(defaul
     for rule in ("run", "site"):
         assert all(0 <= figures[rule][kind] <= 1 for kind in ("normals", "abnormal"))
     assert load_checkpoint(default_run).get("thresholds") is None  # the run is untouched
+    grad = tmp_path / "gradcam.json"  # the density's Grad-CAM instead of the map
+    done = subprocess.run([sys.executable, "examples/site_regions.py", "--model",
+                           str(default_run), "--data", str(site), "--heat", "gradcam",
+                           "--json", str(grad)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    gradcam = json.loads(grad.read_text())
+    own = load_checkpoint(default_run)["score_stats"]["critic"]["region_thresholds"]
+    assert gradcam["heat"] == "gradcam" and gradcam["run_threshold"] == own["gradcam"]
+    assert gradcam["site_threshold"] is not None and gradcam["site_threshold"] != \
+        figures["site_threshold"]
