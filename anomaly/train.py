@@ -526,7 +526,8 @@ def fit_score_statistics(model: str | os.PathLike, log=print,
     earlier = state.get("score_stats") or {}
     unchanged = set() if retrained is None else set(modes) - set(FAMILIES[retrained].MODES)
     state["score_stats"] = {m: earlier[m] for m in modes if m in unchanged and m in earlier}
-    for mode in [m for m in modes if m not in state["score_stats"]]:  # those fitted again
+    fitted = [m for m in modes if m not in state["score_stats"]]  # the others: kept
+    for mode in fitted:
         scorer = Scorer.from_state(state, mode=mode)
         result, maxima = scores_and_heat_maxima(scorer, holdout)
         thresholds = {}
@@ -544,7 +545,6 @@ def fit_score_statistics(model: str | os.PathLike, log=print,
             **result.statistics(), **scorer.settings(), "components": result.components(),
             "region_thresholds": thresholds}
     save_checkpoint(state, path)
-    fitted = [m for m in modes if m not in unchanged or m not in earlier]
     if fitted:
         log(f"fitted score statistics on {len(holdout)} held-out normal images for modes: "
             f"{', '.join(fitted)}")

@@ -82,8 +82,7 @@ def main(argv=None) -> None:
     part = state.get("critic", {})
     if not part.get("architecture", {}).get("map_width"):
         raise SystemExit(f"{args.model}: this run has no critic map head")
-    config = CriticConfig(**{k: v for k, v in part.get("config", {}).items()
-                             if k in CriticConfig.__dataclass_fields__})
+    config = CriticConfig.from_saved(part.get("config", {}))
     paths = find_images(args.data)[: args.images]
     films = load_images(paths, PreprocessConfig(**state["preprocess"]), progress=False).images
     prior = placement_prior(config, films, torch.as_tensor(state["lung_prior"]))

@@ -3,7 +3,7 @@
 The density is refitted (as training does) on the embeddings of the run's training
 normals alone (``0 copies``: the run's own density) and together with ``--copies N``
 copies of each film changed as in training (the run's mirror, gamma, zoom, tilt and
-shift, :func:`~anomaly.families.critic.synthesis.vary_acquisition`, fixed seed): a
+shift, :func:`~anomaly.families.critic.synthesis.vary_as_configured`, fixed seed): a
 Gaussian that has seen more acquisitions. Each labelled folder is scored with the film
 alone. No label chooses anything.
 
@@ -35,7 +35,7 @@ from anomaly.evaluate import auroc
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import OpacityCritic
 from anomaly.families.critic.scorer import critic_embedding
-from anomaly.families.critic.synthesis import vary_acquisition
+from anomaly.families.critic.synthesis import vary_as_configured
 
 
 @torch.no_grad()
@@ -47,11 +47,7 @@ def embed(critic: OpacityCritic, images: torch.Tensor, config: CriticConfig | No
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
         if config is not None:
-            batch = vary_acquisition(
-                batch, tuple(config.gamma_range),
-                int(round(config.shift_fraction * batch.shape[-1])),
-                tuple(config.scale_range), config.rotation_degrees, generator=generator,
-                sharpness=config.sharpness)
+            batch = vary_as_configured(batch, config, generator)
         parts.append(critic_embedding(critic, batch, 1))
     return torch.cat(parts)
 
@@ -67,9 +63,7 @@ def main(argv=None) -> None:
     copies = [0, *args.copies]
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
-    saved = {k: v for k, v in state["critic"].get("config", {}).items()
-             if k in CriticConfig.__dataclass_fields__}
-    config = CriticConfig(**saved)
+    config = CriticConfig.from_saved(state["critic"].get("config", {}))
     train = uint8_to_model(train)
     generator = torch.Generator().manual_seed(0)
     embeddings = [embed(critic, train)]

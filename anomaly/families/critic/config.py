@@ -100,6 +100,12 @@ class CriticConfig:
     map_target: str = "blend"
     map_field: str = "lungs"
 
+    @classmethod
+    def from_saved(cls, values: dict) -> "CriticConfig":
+        """The settings a checkpoint's critic part saved (``part["config"]``), less the
+        keys that are not settings (its ``seed``) or that this version no longer knows."""
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
     def __post_init__(self) -> None:
         for name in ("gamma_range", "scale_range"):
             values = tuple(getattr(self, name))

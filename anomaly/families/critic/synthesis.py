@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from anomaly.families.critic.config import SYNTHESES  # noqa: F401 (its kinds, named here too)
+from anomaly.families.critic.config import (  # SYNTHESES: its kinds, named here too
+    SYNTHESES,  # noqa: F401
+    CriticConfig,
+)
 from anomaly.lungs import darkest_inside, mean_normal_image, smooth
 
 SHARPNESS_SIGMA = 1 / 128  # the blur of vary_acquisition's sharpness, as a share of the side
@@ -292,6 +295,16 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     patches, patch_masks = paste_patches(images, soft_prior)
     use_patch = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
     return torch.where(use_patch, patches, blobs), torch.where(use_patch, patch_masks, blob_masks)
+
+
+def vary_as_configured(images: torch.Tensor, config: CriticConfig,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`vary_acquisition` with a :class:`CriticConfig`'s settings (its shift as a
+    fraction of the images' side), as training varies films."""
+    return vary_acquisition(images, tuple(config.gamma_range),
+                            int(round(config.shift_fraction * images.shape[-1])),
+                            tuple(config.scale_range), config.rotation_degrees,
+                            generator=generator, sharpness=config.sharpness)
 
 
 def vary_acquisition(images: torch.Tensor, gamma: tuple[float, float] = (0.8, 1.25),

@@ -35,7 +35,7 @@ from anomaly.families.critic.synthesis import (
     map_field,
     soft_lung_prior,
     synthesise,
-    vary_acquisition,
+    vary_as_configured,
     wide_lung_prior,
 )
 
@@ -240,10 +240,7 @@ def opacity_batch(films: torch.Tensor, config: CriticConfig, prior: torch.Tensor
     that prior, where no lung is; ``inputs`` only, the ``targets`` leave them out).
     ``target``: the map's targets from the blend weights (``blend``) or from the pixels
     the opacities visibly changed (``change``)."""
-    varied = vary_acquisition(uint8_to_model(films), tuple(config.gamma_range),
-                              int(round(config.shift_fraction * films.shape[-1])),
-                              tuple(config.scale_range), config.rotation_degrees,
-                              sharpness=config.sharpness)
+    varied = vary_as_configured(uint8_to_model(films), config)
     has_opacity = torch.rand(len(varied), device=varied.device) < 0.5  # (B,)
     pasted, masks = synthesise(varied, prior, synthesis)
     level = config.map_mask_level
