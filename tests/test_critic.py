@@ -163,10 +163,34 @@ def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
         outputs[kind] = synthesise(films, prior, kind)[0]
     assert not torch.equal(outputs["blobs"], outputs["patches"])
     assert not torch.equal(outputs["mixed"], outputs["blobs"])
-    with pytest.raises(ValueError, match="blobs, patches, mixed, varied"):
+    with pytest.raises(ValueError, match="blobs, patches, mixed, varied, diffuse, blobs"):
         synthesise(films, prior, "stars")
     with pytest.raises(ValueError, match="critic: synthesis"):
         TrainConfig(critic_synthesis="stars").critic_config()
+
+
+def test_diffuse_opacities_are_a_wide_faint_haze_in_one_or_both_lungs():
+    from anomaly.families.critic.synthesis import paste_diffuse_opacities
+
+    prior = soft_lung_prior(lungs(64))
+    films = torch.full((60, 1, 64, 64), -0.6)
+    pasted, masks = paste_diffuse_opacities(films, prior,
+                                            generator=torch.Generator().manual_seed(1))
+    changed = (pasted - films).abs() > 1e-6
+    assert not changed[:, :, prior == 0].any()  # nothing outside the (soft) lung prior
+    assert (pasted >= films - 1e-6).all() and pasted.max() <= 1
+    assert masks.min() >= 0 and masks.max() <= 0.5 + 1e-6  # faint: alpha at most 0.5
+    seen = masks > 0.05  # a Gaussian's tail reaches the other lung: count what shows
+    left, right = seen[..., :32].any(dim=(1, 2, 3)), seen[..., 32:].any(dim=(1, 2, 3))
+    assert (left | right).all() and 0.4 < (left & right).float().mean() < 0.9  # 2 in 3: both
+    torch.manual_seed(1)
+    blobs = synthesise(films, prior, "blobs")[1]
+    assert (masks > 0.02).float().mean() > (blobs > 0.02).float().mean()  # wider than blobs
+    again = paste_diffuse_opacities(films, prior, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(again[0], pasted)
+    torch.manual_seed(3)
+    either = synthesise(films, prior, "blobs+diffuse")[1]
+    assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
 
 
 def test_acquisition_changes_mirror_gamma_and_shift():
@@ -543,6 +567,19 @@ def test_varied_density_probe_reproduces_the_default_and_fits_copies(critic_run,
     with pytest.raises(SystemExit):
         run_example("critic_varied_density_probe", ["--model", str(critic_run), "--data",
                                                     str(labelled_dir), "--copies", "0"])
+
+
+def test_site_density_probe_fits_on_one_half_and_checks_the_other(critic_run, labelled_dir,
+                                                                   capsys):
+    run_example("site_density_probe", ["--model", str(critic_run), "--data", str(labelled_dir)])
+    out = capsys.readouterr().out
+    assert out.count("5 site normals, 5 normals and 10 abnormal films checked") == 2
+    header = next(line for line in out.splitlines() if line.startswith("| score |"))
+    assert "A fits, B checked" in header and "B fits, A checked" in header
+    for name in ("density fitted on the training normals (the run's)",
+                 "density fitted on the training and site normals",
+                 "density fitted on the site's normals alone", "lung brightness (no network)"):
+        assert 0 <= _row(out, name) <= 1
 
 
 def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,

@@ -47,3 +47,22 @@ def test_python_api_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "critic (threshold" in done.stdout and "heldout-normal-quantile" in done.stdout
     assert done.stdout.count(" p=") == 8 and "AUROC on the 8 example images" in done.stdout
+
+
+def test_subtype_auroc_scores_each_kind_against_every_normal(tmp_path):
+    scores = tmp_path / "scores.csv"
+    scores.write_text("path,label,score\n"
+                      "n/a.png,0,0.1\nn/b.png,0,0.2\n"
+                      "p/person1_bacteria_1.png,1,0.9\np/person2_bacteria_2.png,1,0.8\n"
+                      "p/person3_virus_3.png,1,0.15\n")
+    done = subprocess.run([sys.executable, "examples/subtype_auroc.py", str(scores),
+                           "--kind", "bacteria", "--kind", "virus"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2])
+            for line in done.stdout.splitlines() if "(" in line}
+    assert rows == {"bacteria (2)": 1.0, "virus (1)": 0.5, "all abnormal (3)": 0.833}
+    scores.write_text("file,score\na.png,1\n")
+    refused = subprocess.run([sys.executable, "examples/subtype_auroc.py", str(scores)],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "not an evaluation's scores.csv" in refused.stderr

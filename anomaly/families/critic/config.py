@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SYNTHESES = ("blobs", "patches", "mixed", "varied")  # the kinds of synthetic opacity (synthesis.py)
+# the kinds of synthetic opacity (synthesis.py)
+SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse")
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
@@ -30,6 +31,11 @@ class CriticConfig:
         score_views: how films are embedded for the density and scored: 1 (the film
             alone, the default) or 2 (the film and its mirror image averaged, so a film
             and its mirror score the same; twice the work).
+        synthesis: the synthetic opacities the critic learns from (one of
+            :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
+            ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
+            in one or both lungs), ``blobs+diffuse`` (either, at random), ``patches``,
+            ``mixed`` or ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).

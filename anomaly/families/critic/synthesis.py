@@ -275,26 +275,74 @@ def paste_patches(images: torch.Tensor, soft_prior: torch.Tensor,
     return (out * 2 - 1).clamp(-1, 1), strength
 
 
+def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
+                            radius: tuple[float, float] = (0.12, 0.3),
+                            level: tuple[float, float] = (0.55, 0.95),
+                            alpha: tuple[float, float] = (0.15, 0.5),
+                            generator: torch.Generator | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend a wide, faint, finely textured haze into one or both lungs of each film.
+
+    Where :func:`paste_opacities` draws consolidation (a dense region of centimetres),
+    this draws what an interstitial or bronchopneumonic pattern looks like: a large
+    Gaussian haze per lung (semi-axes ``radius`` of the side; both lungs on two films in
+    three), its weight modulated by fine noise (a pixel's width, so it reads as streaks
+    and nodules rather than a smooth cloud), masked by the soft lung prior and blended
+    towards a brightness level with a small ``alpha``, as there.
+
+    Arguments and returns as :func:`paste_opacities`; the masks are the blend weights.
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    columns = torch.arange(size, device=device).view(1, size)
+    out = (images + 1) / 2  # (B, 1, S, S) on [0, 1]
+    weight = torch.zeros(batch, size, size, device=device)
+    first = torch.rand(batch, device=device, generator=generator) < 0.5  # the left lung first
+    both = torch.rand(batch, device=device, generator=generator) < 2 / 3
+    for side, wanted in ((0, torch.ones_like(both)), (1, both)):
+        left = first if side == 0 else ~first
+        halves = [prior * (columns < size // 2), prior * (columns >= size // 2)]
+        centres = [_lung_centres(half, "a haze") for half in halves]
+        pick = [c[torch.randint(c.numel(), (batch,), device=device, generator=generator)]
+                for c in centres]
+        centre = torch.where(left, pick[0], pick[1])
+        haze = _gaussian_blob(size, (centre // size).float().view(batch, 1, 1),
+                              (centre % size).float().view(batch, 1, 1), radius, generator)
+        weight = torch.maximum(weight, haze * wanted.float().view(batch, 1, 1))
+    fine = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
+                  max(0.5, size / 128))[:, 0]
+    fine = fine / (fine.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+    amplitude = _uniform(0.3, 1.0, (batch, 1, 1), device, generator)
+    weight = (weight * (1 + amplitude * fine)).clamp(0, 1) * prior  # (B, S, S)
+    strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * weight[:, None]
+    target = _uniform(*level, (batch, 1, 1, 1), device, generator)
+    out = out + strength * (target - out).clamp(min=0)
+    return (out * 2 - 1).clamp(-1, 1), strength
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
     (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
-    (:func:`paste_varied_opacities`) or ``mixed`` (each film blobs or patches at
-    random). Returns (films, masks) as those do."""
+    (:func:`paste_varied_opacities`), ``diffuse`` (:func:`paste_diffuse_opacities`),
+    ``mixed`` (each film blobs or patches at random) or ``blobs+diffuse`` (each film
+    blobs or a diffuse haze at random). Returns (films, masks) as those do."""
     if kind == "blobs":
         return paste_opacities(images, soft_prior)
     if kind == "patches":
         return paste_patches(images, soft_prior)
     if kind == "varied":
         return paste_varied_opacities(images, soft_prior)
-    if kind != "mixed":
+    if kind == "diffuse":
+        return paste_diffuse_opacities(images, soft_prior)
+    if kind not in ("mixed", "blobs+diffuse"):
         raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not {kind!r}")
     blobs, blob_masks = paste_opacities(images, soft_prior)
-    patches, patch_masks = paste_patches(images, soft_prior)
-    use_patch = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
-    return torch.where(use_patch, patches, blobs), torch.where(use_patch, patch_masks, blob_masks)
+    other = paste_patches if kind == "mixed" else paste_diffuse_opacities
+    others, other_masks = other(images, soft_prior)
+    use_other = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
+    return torch.where(use_other, others, blobs), torch.where(use_other, other_masks, blob_masks)
 
 
 def vary_as_configured(images: torch.Tensor, config: CriticConfig,
