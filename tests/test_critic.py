@@ -18,6 +18,7 @@ from anomaly.families.critic.synthesis import (
     vary_acquisition,
 )
 from anomaly.families.dcgan.train import train_encoder
+from anomaly.regions import find_regions
 from anomaly.score import Scorer, available_modes
 from anomaly.train import TrainConfig, train_run
 from tests.conftest import TINY_DEFAULT
@@ -190,6 +191,21 @@ def test_diffuse_opacities_are_a_wide_faint_haze_in_one_or_both_lungs():
     torch.testing.assert_close(again[0], pasted)
     torch.manual_seed(3)
     either = synthesise(films, prior, "blobs+diffuse")[1]
+    assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
+
+
+def test_multifocal_opacities_are_many_small_blobs():
+    from anomaly.families.critic.synthesis import paste_multifocal_opacities
+
+    prior = soft_lung_prior(lungs(64))
+    films = torch.full((40, 1, 64, 64), -0.6)
+    _, masks = paste_multifocal_opacities(films, prior, generator=torch.Generator().manual_seed(2))
+    _, blobs = paste_opacities(films, prior, generator=torch.Generator().manual_seed(2))
+    spots = [len(find_regions(m[0].numpy(), 0.1)) for m in masks]
+    assert max(spots) >= 4 and not (masks[:, :, prior == 0] > 0).any()
+    assert (masks > 0.1).float().mean() < (blobs > 0.1).float().mean() * 2  # small ones
+    torch.manual_seed(3)
+    either = synthesise(films, prior, "blobs+multifocal")[1]
     assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
 
 

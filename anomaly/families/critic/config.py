@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # the kinds of synthetic opacity (synthesis.py)
-SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse")
+SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", "multifocal",
+             "blobs+multifocal")
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
@@ -34,7 +35,8 @@ class CriticConfig:
         synthesis: the synthetic opacities the critic learns from (one of
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
-            in one or both lungs), ``blobs+diffuse`` (either, at random), ``patches``,
+            in one or both lungs), ``multifocal`` (up to 10 small blobs), ``blobs+diffuse``
+            or ``blobs+multifocal`` (blobs or the other, at random), ``patches``,
             ``mixed`` or ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider

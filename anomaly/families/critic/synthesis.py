@@ -321,28 +321,39 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
     return (out * 2 - 1).clamp(-1, 1), strength
 
 
+def paste_multifocal_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
+                               generator: torch.Generator | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to 10 small opacities scattered over the lung field (semi-axes 3-8% of the
+    side), as :func:`paste_opacities` draws them: a patchy, multifocal pattern rather
+    than one dense region. Arguments and returns as there."""
+    return paste_opacities(images, soft_prior, max_count=10, radius=(0.03, 0.08),
+                           generator=generator)
+
+
+PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
+           "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
+           "multifocal": paste_multifocal_opacities}
+MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
+            "blobs+multifocal": ("blobs", "multifocal")}
+
+
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
     (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
     (:func:`paste_varied_opacities`), ``diffuse`` (:func:`paste_diffuse_opacities`),
-    ``mixed`` (each film blobs or patches at random) or ``blobs+diffuse`` (each film
-    blobs or a diffuse haze at random). Returns (films, masks) as those do."""
-    if kind == "blobs":
-        return paste_opacities(images, soft_prior)
-    if kind == "patches":
-        return paste_patches(images, soft_prior)
-    if kind == "varied":
-        return paste_varied_opacities(images, soft_prior)
-    if kind == "diffuse":
-        return paste_diffuse_opacities(images, soft_prior)
-    if kind not in ("mixed", "blobs+diffuse"):
+    ``multifocal`` (:func:`paste_multifocal_opacities`), or a mixture that gives each
+    film blobs or the other kind at random: ``mixed`` (patches), ``blobs+diffuse``,
+    ``blobs+multifocal``. Returns (films, masks) as those do."""
+    if kind in PASTERS:
+        return PASTERS[kind](images, soft_prior)
+    if kind not in MIXTURES:
         raise ValueError(f"synthesis must be one of {', '.join(SYNTHESES)}, not {kind!r}")
-    blobs, blob_masks = paste_opacities(images, soft_prior)
-    other = paste_patches if kind == "mixed" else paste_diffuse_opacities
-    others, other_masks = other(images, soft_prior)
-    use_other = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
-    return torch.where(use_other, others, blobs), torch.where(use_other, other_masks, blob_masks)
+    first, second = (PASTERS[name](images, soft_prior) for name in MIXTURES[kind])
+    use_second = (torch.rand(len(images), device=images.device) < 0.5).view(-1, 1, 1, 1)
+    return (torch.where(use_second, second[0], first[0]),
+            torch.where(use_second, second[1], first[1]))
 
 
 def vary_as_configured(images: torch.Tensor, config: CriticConfig,
