@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -14,7 +15,14 @@ from anomaly.data import (
     refuse_shared_files,
     scan_labelled_folder,
 )
-from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
+from anomaly.evaluate import (
+    auroc,
+    build_report,
+    check_subgroups,
+    choose_threshold,
+    subgroup_report,
+    write_report,
+)
 from anomaly.fidelity import FidelityCollector, reconstruction_fidelity
 from anomaly.io import display_path
 from anomaly.score import Scorer
@@ -68,8 +76,9 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
                  out_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None,
                  normal_class: str = "NORMAL", threshold_metric: str = "youden",
                  quantile: float = 0.95, threshold_on_test: bool = False,
-                 max_images: int | None = None, resamples: int = 1000, progress: bool = True,
-                 log=print, **scorer_options) -> dict:
+                 max_images: int | None = None, resamples: int = 1000,
+                 subgroups: Sequence[str] = (), progress: bool = True, log=print,
+                 **scorer_options) -> dict:
     """Score ``data_dir`` (and ``val_dir``), pick the threshold, write the report.
 
     Without ``val_dir`` the threshold is the ``quantile`` of the scores of the normal
@@ -87,6 +96,9 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
         threshold_on_test: allow picking the threshold on the test data when there is
             no validation data (the report then says ``"test"``).
         max_images: at most this many images per class and folder.
+        resamples: bootstrap resamples for the AUROC confidence intervals.
+        subgroups: name patterns of anomalous files, each reported apart against every
+            normal file (:func:`~anomaly.evaluate.subgroup_report`).
         **scorer_options: ``mode``, ``score``, ``iterations``, ``lr``, ``lam``,
             ``batch_size``, ``device``, ``seed``.
 
@@ -97,6 +109,7 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
     log(f"scoring with {describe_scorer(scorer)}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
+    check_subgroups(test.paths, test.binary_labels, subgroups, display_path(data_dir))
     val = None
     if val_dir is not None:  # checked before anything is scored
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
@@ -115,6 +128,9 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
     report.update(family=scorer.family.name, mode=scorer.mode, score=scorer.score,
                   **scorer.family.report_settings(),
                   val_auroc=_val_auroc(val_labels, val_scores))
+    if subgroups:
+        report["subgroups"] = subgroup_report(paths, labels, scores, threshold, subgroups,
+                                              resamples)
     if scorer.reconstructs:
         report["fidelity_heldout_normals"] = fidelity.summary() or reconstruction_fidelity(
             scorer, scorer.available_holdout())

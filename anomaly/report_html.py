@@ -121,12 +121,32 @@ def _metrics_table(report: dict) -> str:
     return "<table>" + "".join(rows) + counts + "</table>"
 
 
+def _subgroups_table(report: dict) -> str:
+    """Each subgroup of anomalous films against every normal one (``--subgroup``)."""
+    groups = report.get("subgroups") or {}
+    if not groups:
+        return ""
+    rows = []
+    for name, group in groups.items():
+        low, high = group["auroc_ci95"]
+        key = html.escape(f"subgroups.{name}")
+        count = _text(group["n_anomalous"])
+        rows.append(f'<tr><th class="name">{html.escape(name)}</th>'
+                    f'<td data-key="{key}.n_anomalous" data-value="{count}">{count}</td>'
+                    f'{_number(key + ".auroc", group["auroc"])}'
+                    f'{_number(key + ".auroc_ci95.0", low)}{_number(key + ".auroc_ci95.1", high)}'
+                    f'{_number(key + ".recall", group["recall"])}</tr>')
+    return ("<h2>Subgroups of the anomalous films, each against every normal film</h2>"
+            "<table><tr><th>name holds</th><th>anomalous</th><th>AUROC</th><th>CI low</th>"
+            "<th>CI high</th><th>recall</th></tr>" + "".join(rows) + "</table>")
+
+
 def _settings_list(report: dict) -> str:
     """The report's other keys (mode, score, backbone, val AUROC, fidelity ...)."""
     listed = {}
     for key, value in report.items():
         if key in {k for k, _ in METRICS} | {"auroc_ci95", "confusion_matrix", "n", "n_normal",
-                                             "n_anomalous", "threshold_source"}:
+                                             "n_anomalous", "threshold_source", "subgroups"}:
             continue
         if isinstance(value, float):
             listed[key] = f"{value:.4g}"
@@ -183,6 +203,7 @@ def render_report_html(report: dict, figures: dict[str, str | os.PathLike],
 <p class="note">An image is flagged anomalous when its score is at least the threshold
 (picked on: {html.escape(report["threshold_source"])}). Recall is sensitivity.</p>
 {_metrics_table(report)}
+{_subgroups_table(report)}
 {_settings_list(report)}
 <h2>ROC, scores by class, confusion matrix</h2>
 <div class="figures">{figure_tags}</div>

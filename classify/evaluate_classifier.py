@@ -18,7 +18,14 @@ from sklearn.metrics import classification_report, roc_auc_score
 
 from anomaly.atomic import atomic_file, write_text_atomically
 from anomaly.data import DataError, LabelledFolder, refuse_shared_files, scan_labelled_folder
-from anomaly.evaluate import auroc, build_report, choose_threshold, write_report
+from anomaly.evaluate import (
+    auroc,
+    build_report,
+    check_subgroups,
+    choose_threshold,
+    subgroup_report,
+    write_report,
+)
 from anomaly.evaluate_model import limit_per_class, read_validation_folder
 from anomaly.io import display_path, spreadsheet_safe
 from classify.predict import Classifier, Predictions, resolve_classifier_checkpoint
@@ -113,7 +120,8 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                         normal_class: str | None = None, threshold_metric: str = "youden",
                         quantile: float = 0.95, threshold_on_test: bool = False,
                         max_images: int | None = None, resamples: int = 1000,
-                        batch_size: int = 32, device: str = "auto", progress: bool = True,
+                        batch_size: int = 32, device: str = "auto",
+                        subgroups: Sequence[str] = (), progress: bool = True,
                         log=print) -> dict:
     """Predict ``data_dir`` (and ``val_dir``), pick the threshold, write the report.
 
@@ -132,6 +140,8 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
             (the report then says ``"test"``).
         max_images: at most this many images per class and folder.
         resamples: bootstrap resamples for the AUROC confidence interval.
+        subgroups: name patterns of anomalous files, each reported apart against every
+            normal file (:func:`~anomaly.evaluate.subgroup_report`).
 
     Returns:
         The report dict (also written to ``out_dir/report.json``).
@@ -148,6 +158,7 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                         f"{classifier.normal_class}")
     test = limit_per_class(scan_labelled_folder(data_dir, normal_class), max_images)
     log(f"{display_path(data_dir)}: {test.summary()}")
+    check_subgroups(test.paths, test.binary_labels, subgroups, display_path(data_dir))
     val = None
     if val_dir is not None:  # checked before anything is predicted
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
@@ -168,6 +179,9 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                   checkpoint=str(resolve_classifier_checkpoint(model)),
                   val_auroc=(auroc(val_labels, val_scores) if val_labels is not None
                              and len(np.unique(val_labels)) == 2 else None))
+    if subgroups:
+        report["subgroups"] = subgroup_report(predictions.paths, labels, scores, threshold,
+                                              subgroups, resamples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(classifier.class_names) > 2:

@@ -295,13 +295,14 @@ def calibrate_command(model, val_dir, normal_class, threshold_metric, quantile, 
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
-                     threshold_on_test, max_images, resamples, mode, score_kind, iterations,
-                     search_lr, lam, batch_size, seed, device, cpu_bf16, heat, no_progress):
+                     threshold_on_test, max_images, resamples, subgroups, mode, score_kind,
+                     iterations, search_lr, lam, batch_size, seed, device, cpu_bf16, heat,
+                     no_progress):
     """Score a labelled folder and write report.json, scores.csv and plots."""
     from anomaly.evaluate_model import evaluate_model
 
     report = evaluate_model(model, data_dir, out_dir, val_dir, normal_class, threshold_metric,
-                          quantile, threshold_on_test, max_images, resamples,
+                          quantile, threshold_on_test, max_images, resamples, subgroups,
                           progress=not no_progress, mode=mode, score=score_kind,
                           iterations=iterations,
                           lr=search_lr, lam=lam, batch_size=batch_size,
@@ -317,6 +318,10 @@ def print_report(report: dict, out_dir) -> None:
                f"recall {report['recall']:.3f}, specificity {report['specificity']:.3f}, "
                f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
                f"accuracy {report['accuracy']:.3f}")
+    for name, group in report.get("subgroups", {}).items():
+        low, high = group["auroc_ci95"]
+        click.echo(f"  {name} ({group['n_anomalous']} anomalous): AUROC {group['auroc']:.4f} "
+                   f"(95% CI {low:.4f}-{high:.4f}), recall {group['recall']:.3f}")
     click.echo(f"report: {display_path(Path(out_dir) / 'report.json')}")
 
 

@@ -112,14 +112,15 @@ def tune_command(data_dir, val_dir, study_dir, config_file, space_file, trials, 
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_metric, quantile,
-                     threshold_on_test, max_images, resamples, batch_size, device, no_progress):
+                     threshold_on_test, max_images, resamples, subgroups, batch_size, device,
+                     no_progress):
     """Predict a labelled folder and write report.json (normal vs the rest), scores and plots."""
     from classify.evaluate_classifier import evaluate_classifier
     from cli.anomaly_cli import print_report
 
     report = evaluate_classifier(model, data_dir, out_dir, val_dir, normal_class,
                                  threshold_metric, quantile, threshold_on_test, max_images,
-                                 resamples, batch_size, device or "auto",
+                                 resamples, batch_size, device or "auto", subgroups,
                                  progress=not no_progress, log=click.echo)
     if report.get("macro_auroc_ovr") is not None:
         click.echo(f"macro one-vs-rest AUROC {report['macro_auroc_ovr']:.4f}, multi-class "

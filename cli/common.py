@@ -55,6 +55,9 @@ def evaluation_options(command):
         click.option("--max-images", type=click.IntRange(min=1), help="At most N images per class (a quick try)."),
         click.option("--resamples", type=int, default=1000, show_default=True,
                      help="Bootstrap resamples for the AUROC confidence interval."),
+        click.option("--subgroup", "subgroups", multiple=True,
+                     help="Text in the names of some anomalous files (e.g. virus): their "
+                          "AUROC against every normal file, reported apart (repeatable)."),
     ]
     for option in reversed(options):
         command = option(command)

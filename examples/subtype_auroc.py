@@ -1,45 +1,51 @@
-"""AUROC of each kind of abnormal film against all the normals, from evaluations' scores.
+"""AUROC of each kind of abnormal film against all the normals, from written evaluations.
 
 The chest X-ray data names each pneumonia film ``..._bacteria_...`` or ``..._virus_...``;
 a score that finds consolidation (bacterial, lobar) may miss the diffuse pattern of a
-viral pneumonia. Reads the ``scores.csv`` that ``anomaly evaluate`` writes (columns
-path, label, score), one column per file, one row per name pattern (searched in the
-file name) and one for every abnormal film.
+viral pneumonia. ``anomaly evaluate --subgroup virus`` reports this as it evaluates;
+this reads evaluations already written: the ``scores.csv`` that ``anomaly evaluate`` (or
+``classify evaluate``) writes, with its ``report.json`` beside it, one column per file,
+one row per name pattern (:func:`anomaly.evaluate.subgroup_report`) and one for every
+abnormal film.
 
     python examples/subtype_auroc.py runs/s0/density/scores.csv \
         runs/s0/lung-brightness/scores.csv --kind bacteria --kind virus
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import this checkout's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly.evaluate import auroc  # noqa: E402
+from anomaly.evaluate import (
+    auroc,
+    check_subgroups,
+    read_scores_csv,
+    subgroup_report,
+)
 
 
-def subtype_aurocs(scores_csv: Path, kinds: list[str]) -> dict[str, tuple[int, float]]:
-    """(count, AUROC against every normal) of the abnormal films whose name holds each
-    kind, and of them all (``all abnormal``)."""
-    with open(scores_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"path", "label", "score"} <= set(rows[0]):
-        raise SystemExit(f"error: {scores_csv}: not an evaluation's scores.csv "
-                         "(columns path, label, score)")
-    normals = [float(r["score"]) for r in rows if r["label"] == "0"]
-    figures = {}
-    for kind in [*kinds, None]:
-        abnormal = [float(r["score"]) for r in rows if r["label"] == "1"
-                    and (kind is None or kind in Path(r["path"]).name)]
-        if not normals or not abnormal:
-            raise SystemExit(f"error: {scores_csv}: no normal films or none named {kind!r}")
-        labels = [0] * len(normals) + [1] * len(abnormal)
-        figures[kind or "all abnormal"] = (len(abnormal), auroc(labels, normals + abnormal))
+def subtype_aurocs(scores_csv: Path, kinds: list[str]) -> dict[str, tuple[int, str]]:
+    """(count, AUROC against every normal with its 95% CI) of the abnormal films whose
+    name holds each kind, and (count, AUROC) of them all (``all abnormal``)."""
+    report_json = scores_csv.parent / "report.json"
+    try:
+        paths, labels, scores = read_scores_csv(scores_csv)
+        threshold = json.loads(report_json.read_text())["threshold"]
+        check_subgroups(paths, labels, kinds, str(scores_csv))
+    except (OSError, KeyError, ValueError) as error:  # EvaluationError is a ValueError
+        raise SystemExit(f"error: {scores_csv}: not an evaluation's scores.csv with its "
+                         f"report.json ({error})") from None
+    figures = {name: (group["n_anomalous"], "{:.3f} ({:.3f}-{:.3f})".format(
+                   group["auroc"], *group["auroc_ci95"]))
+               for name, group in subgroup_report(paths, labels, scores, threshold, kinds).items()}
+    figures["all abnormal"] = (int(labels.sum()), f"{auroc(labels, scores):.3f}")
     return figures
 
 
@@ -53,7 +59,7 @@ def main(argv=None) -> None:
     print("| abnormal films | " + " | ".join(str(p) for p in args.scores) + " |")
     print("|---|" + "---|" * len(columns))
     for name, (count, _) in columns[0].items():
-        cells = " | ".join(f"{column[name][1]:.3f}" for column in columns)
+        cells = " | ".join(column[name][1] for column in columns)
         print(f"| {name} ({count}) | {cells} |")
 
 

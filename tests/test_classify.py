@@ -114,10 +114,12 @@ def test_evaluate_then_predict_with_cam(binary_run, binary_data, tmp_path):
     result = runner.invoke(main, [
         "evaluate", "--model", str(run_dir), "--data", str(binary_data["test"]),
         "--val", str(binary_data["val"]), "--out", str(report_dir), "--resamples", "50",
-        "--no-progress"])
+        "--subgroup", "pneumonia_0", "--no-progress"])
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
     assert REPORT_KEYS <= set(report)
+    assert report["subgroups"]["pneumonia_0"]["n_anomalous"] == 6
+    assert report["subgroups"]["pneumonia_0"]["auroc"] == report["auroc"]
     assert report["model"] == "classify" and report["threshold_source"] == "val"
     assert (report["n"], report["n_normal"], report["n_anomalous"]) == (12, 6, 6)
     assert "per_class" not in report  # two classes: the binary report only

@@ -42,9 +42,17 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
 
     report_dir = tmp_path / "report"
     result = run("evaluate", "--model", run_dir, "--data", labelled_dir, "--val", val_dir,
-                 "--out", report_dir, "--resamples", 50, "--no-progress")
+                 "--out", tmp_path / "refused", "--subgroup", "virus", "--no-progress")
+    assert result.exit_code != 0 and "--subgroup 'virus': no anomalous file" in result.output
+    assert not (tmp_path / "refused").exists()  # refused before anything was scored
+    result = run("evaluate", "--model", run_dir, "--data", labelled_dir, "--val", val_dir,
+                 "--out", report_dir, "--resamples", 50, "--subgroup", "IMG_00",
+                 "--subgroup", "img_003", "--no-progress")
     assert result.exit_code == 0, result.output
     report = json.loads((report_dir / "report.json").read_text())
+    every, one = report["subgroups"]["IMG_00"], report["subgroups"]["img_003"]
+    assert every["n_anomalous"] == 10 and every["auroc"] == report["auroc"]  # any case
+    assert every["recall"] == report["recall"] and "img_003 (1 anomalous)" in result.output
     # recomputed independently: score both folders with the library, not from the report
     scorer = Scorer.from_checkpoint(run_dir)
     test, val = scan_labelled_folder(labelled_dir), scan_labelled_folder(val_dir)
@@ -56,6 +64,10 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
     assert report["threshold"] != pytest.approx(pick_threshold(test.binary_labels, test_scores))
     _, labels, scores = read_scores_csv(report_dir / "scores.csv")
     np.testing.assert_allclose(scores, test_scores, rtol=1e-6)
+    paths = [str(p) for p in scan_labelled_folder(labelled_dir).paths]
+    lone = scores[[i for i, p in enumerate(paths) if "PNEUMONIA" in p and "img_003" in p][0]]
+    assert one["auroc"] == pytest.approx(np.mean(scores[labels == 0] < lone)
+                                         + 0.5 * np.mean(scores[labels == 0] == lone))
     for name in ("roc.png", "confusion.png", "histogram.png"):
         assert (report_dir / name).exists()
     page = check_page_against_report(report_dir)  # numbers equal report.json, images decode

@@ -55,14 +55,15 @@ def test_subtype_auroc_scores_each_kind_against_every_normal(tmp_path):
                       "n/a.png,0,0.1\nn/b.png,0,0.2\n"
                       "p/person1_bacteria_1.png,1,0.9\np/person2_bacteria_2.png,1,0.8\n"
                       "p/person3_virus_3.png,1,0.15\n")
+    (tmp_path / "report.json").write_text('{"threshold": 0.5}')
     done = subprocess.run([sys.executable, "examples/subtype_auroc.py", str(scores),
                            "--kind", "bacteria", "--kind", "virus"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    rows = {line.split("|")[1].strip(): float(line.split("|")[2])
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2].split()[0])
             for line in done.stdout.splitlines() if "(" in line}
     assert rows == {"bacteria (2)": 1.0, "virus (1)": 0.5, "all abnormal (3)": 0.833}
-    scores.write_text("file,score\na.png,1\n")
-    refused = subprocess.run([sys.executable, "examples/subtype_auroc.py", str(scores)],
-                             cwd=ROOT, capture_output=True, text=True)
-    assert refused.returncode != 0 and "not an evaluation's scores.csv" in refused.stderr
+    for argv in ([str(scores), "--kind", "fungus"], [str(tmp_path / "missing.csv")]):
+        refused = subprocess.run([sys.executable, "examples/subtype_auroc.py", *argv],
+                                 cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode != 0 and "not an evaluation's scores.csv" in refused.stderr

@@ -175,3 +175,40 @@ def test_classifier_evaluation_refuses_shared_validation_files(labelled_dir, tmp
     with pytest.raises(DataError, match="share 20 file"):
         evaluate_classifier(tmp_path / "cls", labelled_dir, tmp_path / "r",
                             val_dir=labelled_dir, progress=False, log=lambda *a: None)
+
+
+def test_subgroups_score_each_kind_of_anomalous_file_against_every_normal(tmp_path):
+    from anomaly.evaluate import (
+        EvaluationError,
+        build_report,
+        check_report,
+        check_subgroups,
+        subgroup_report,
+        write_report,
+    )
+    from tests.report_page import check_page_against_report
+
+    paths = [f"n/normal_{i}.png" for i in range(4)] + [
+        "p/a_bacteria_1.png", "p/b_Bacteria_2.png", "p/c_virus_3.png", "p/d_virus_4.png"]
+    groups = subgroup_report(paths, LABELS, SCORES, 0.5, ["bacteria", "virus"], resamples=20)
+    # normals 0.1 0.4 0.6 0.2; bacteria 0.8 0.5 (any case), virus 0.3 0.9
+    assert groups["bacteria"]["n_anomalous"] == 2 and groups["virus"]["n_anomalous"] == 2
+    assert groups["bacteria"]["auroc"] == pytest.approx(7 / 8)
+    assert groups["virus"]["auroc"] == pytest.approx(6 / 8)
+    assert (groups["bacteria"]["recall"], groups["virus"]["recall"]) == (1.0, 0.5)
+    with pytest.raises(EvaluationError, match="--subgroup 'fungus': no anomalous file of t"):
+        check_subgroups(paths, LABELS, ["virus", "fungus"], "t")
+    with pytest.raises(EvaluationError, match="must not be empty"):
+        check_subgroups(paths, LABELS, [" "], "t")
+    with pytest.raises(EvaluationError, match="no anomalous file"):  # a normal's name only
+        check_subgroups(paths, LABELS, ["normal_1"], "t")
+    report = {**build_report("anomaly", LABELS, SCORES, 0.5, "val", resamples=20),
+              "subgroups": groups}
+    check_report(report)
+    write_report(tmp_path, report, paths, LABELS, SCORES)
+    page = check_page_against_report(tmp_path)  # the subgroup cells are report.json's
+    assert {"subgroups.virus.auroc", "subgroups.bacteria.recall"} <= {k for k, _, _ in page.cells}
+    for broken in ({"virus": {**groups["virus"], "auroc": float("nan")}},
+                   {"virus": {**groups["virus"], "n_anomalous": 9}}, ["virus"]):
+        with pytest.raises(EvaluationError, match="subgroups"):
+            check_report({**report, "subgroups": broken})
