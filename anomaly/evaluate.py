@@ -208,12 +208,17 @@ def subgroup_report(paths: Sequence, labels: Sequence[int], scores: Sequence[flo
     """Each subgroup of anomalous files (its pattern in their names, any case) against
     every normal file: its count, AUROC with a bootstrap CI and recall at the report's
     threshold. A score that finds one kind of disease and misses another shows here
-    (bacterial and viral pneumonia, in the chest X-ray data's file names)."""
+    (bacterial and viral pneumonia, in the chest X-ray data's file names). A group none of
+    whose files could be scored gets a count of 0 and no figures (None)."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     normal = labels == 0
     groups = {}
     for pattern in patterns:
         members = subgroup_files(paths, labels, pattern)
+        if not members.any() or not normal.any():
+            groups[pattern] = {"n_anomalous": int(members.sum()), "auroc": None,
+                               "auroc_ci95": None, "recall": None}
+            continue
         chosen = normal | members
         group_labels, group_scores = labels[chosen], scores[chosen]
         low, high = bootstrap_auroc_ci(group_labels, group_scores, resamples, seed)
@@ -339,9 +344,11 @@ def check_report(report, path: str | os.PathLike = "report.json") -> None:
     for name, group in groups.items():
         if not (isinstance(group, dict) and is_count(group.get("n_anomalous"))
                 and group["n_anomalous"] <= report["n_anomalous"]
-                and is_rate(group.get("auroc")) and is_rate(group.get("recall"))):
+                and all(is_rate(group.get(key)) or (group.get(key) is None
+                                                    and group["n_anomalous"] == 0)
+                        for key in ("auroc", "recall"))):
             raise bad(f"subgroups.{name}", "must hold n_anomalous (at most the report's), "
-                      "auroc and recall from 0 to 1")
+                      "auroc and recall from 0 to 1 (none only for a group of 0)")
 
 
 def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:

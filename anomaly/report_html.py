@@ -128,13 +128,15 @@ def _subgroups_table(report: dict) -> str:
         return ""
     rows = []
     for name, group in groups.items():
-        low, high = group["auroc_ci95"]
         key = html.escape(f"subgroups.{name}")
         count = _text(group["n_anomalous"])
+        interval = "<td>-</td><td>-</td>"  # none of its files scored
+        if group["auroc_ci95"] is not None:
+            low, high = group["auroc_ci95"]
+            interval = _number(f"{key}.auroc_ci95.0", low) + _number(f"{key}.auroc_ci95.1", high)
         rows.append(f'<tr><th class="name">{html.escape(name)}</th>'
                     f'<td data-key="{key}.n_anomalous" data-value="{count}">{count}</td>'
-                    f'{_number(key + ".auroc", group["auroc"])}'
-                    f'{_number(key + ".auroc_ci95.0", low)}{_number(key + ".auroc_ci95.1", high)}'
+                    f'{_number(key + ".auroc", group["auroc"])}{interval}'
                     f'{_number(key + ".recall", group["recall"])}</tr>')
     return ("<h2>Subgroups of the anomalous films, each against every normal film</h2>"
             "<table><tr><th>name holds</th><th>anomalous</th><th>AUROC</th><th>CI low</th>"

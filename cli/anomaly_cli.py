@@ -319,6 +319,9 @@ def print_report(report: dict, out_dir) -> None:
                f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
                f"accuracy {report['accuracy']:.3f}")
     for name, group in report.get("subgroups", {}).items():
+        if group["auroc"] is None:
+            click.echo(f"  {name}: none of its files could be scored")
+            continue
         low, high = group["auroc_ci95"]
         click.echo(f"  {name} ({group['n_anomalous']} anomalous): AUROC {group['auroc']:.4f} "
                    f"(95% CI {low:.4f}-{high:.4f}), recall {group['recall']:.3f}")

@@ -83,7 +83,9 @@ def check_page_against_report(report_dir) -> ReportPage:
     for key, exact, shown_text in page.cells:
         expected = report_value(report, key)
         assert json.loads(exact) == expected, key
-        if isinstance(expected, float):
+        if expected is None:
+            assert shown_text == "-", key
+        elif isinstance(expected, float):
             digits = f"{expected:.4g}" if key == "threshold" else f"{expected:.3f}"
             assert shown_text == digits, key
         else:

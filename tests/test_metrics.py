@@ -202,13 +202,17 @@ def test_subgroups_score_each_kind_of_anomalous_file_against_every_normal(tmp_pa
         check_subgroups(paths, LABELS, [" "], "t")
     with pytest.raises(EvaluationError, match="no anomalous file"):  # a normal's name only
         check_subgroups(paths, LABELS, ["normal_1"], "t")
+    unscored = subgroup_report(paths, LABELS, SCORES, 0.5, ["fungus"], resamples=20)
+    assert unscored == {"fungus": {"n_anomalous": 0, "auroc": None, "auroc_ci95": None,
+                                   "recall": None}}  # its files all failed to load
     report = {**build_report("anomaly", LABELS, SCORES, 0.5, "val", resamples=20),
-              "subgroups": groups}
+              "subgroups": {**groups, **unscored}}
     check_report(report)
     write_report(tmp_path, report, paths, LABELS, SCORES)
     page = check_page_against_report(tmp_path)  # the subgroup cells are report.json's
     assert {"subgroups.virus.auroc", "subgroups.bacteria.recall"} <= {k for k, _, _ in page.cells}
     for broken in ({"virus": {**groups["virus"], "auroc": float("nan")}},
-                   {"virus": {**groups["virus"], "n_anomalous": 9}}, ["virus"]):
+                   {"virus": {**groups["virus"], "n_anomalous": 9}}, ["virus"],
+                   {"virus": {**groups["virus"], "auroc": None}}):
         with pytest.raises(EvaluationError, match="subgroups"):
             check_report({**report, "subgroups": broken})

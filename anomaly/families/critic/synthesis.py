@@ -298,12 +298,11 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
     columns = torch.arange(size, device=device).view(1, size)
     out = (images + 1) / 2  # (B, 1, S, S) on [0, 1]
     weight = torch.zeros(batch, size, size, device=device)
-    first = torch.rand(batch, device=device, generator=generator) < 0.5  # the left lung first
+    halves = [prior * (columns < size // 2), prior * (columns >= size // 2)]
+    centres = [_lung_centres(half, "a haze") for half in halves]  # each lung's pixels
+    left_first = torch.rand(batch, device=device, generator=generator) < 0.5
     both = torch.rand(batch, device=device, generator=generator) < 2 / 3
-    for side, wanted in ((0, torch.ones_like(both)), (1, both)):
-        left = first if side == 0 else ~first
-        halves = [prior * (columns < size // 2), prior * (columns >= size // 2)]
-        centres = [_lung_centres(half, "a haze") for half in halves]
+    for left, wanted in ((left_first, torch.ones_like(both)), (~left_first, both)):
         pick = [c[torch.randint(c.numel(), (batch,), device=device, generator=generator)]
                 for c in centres]
         centre = torch.where(left, pick[0], pick[1])
