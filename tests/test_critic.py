@@ -192,6 +192,13 @@ def test_diffuse_opacities_are_a_wide_faint_haze_in_one_or_both_lungs():
     torch.manual_seed(3)
     either = synthesise(films, prior, "blobs+diffuse")[1]
     assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
+    smooth = paste_diffuse_opacities(films, prior, grain=1 / 32,
+                                     generator=torch.Generator().manual_seed(1))[1]
+
+    def roughness(masks):  # mean step between neighbouring pixels, per unit of mask
+        return (masks[..., 1:] - masks[..., :-1]).abs().mean() / masks.mean()
+
+    assert roughness(smooth) < 0.7 * roughness(masks)  # the haze kind: smoothly uneven
 
 
 def test_multifocal_opacities_are_many_small_blobs():

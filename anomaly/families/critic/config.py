@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # the kinds of synthetic opacity (synthesis.py)
-SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", "multifocal",
-             "blobs+multifocal")
+SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", "haze",
+             "blobs+haze", "multifocal", "blobs+multifocal")
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
@@ -35,9 +35,10 @@ class CriticConfig:
         synthesis: the synthetic opacities the critic learns from (one of
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
-            in one or both lungs), ``multifocal`` (up to 10 small blobs), ``blobs+diffuse``
-            or ``blobs+multifocal`` (blobs or the other, at random), ``patches``,
-            ``mixed`` or ``varied``.
+            in one or both lungs, finely grained), ``haze`` (the same, smoothly uneven),
+            ``multifocal`` (up to 10 small blobs), ``blobs+diffuse``, ``blobs+haze`` or
+            ``blobs+multifocal`` (blobs or the other, at random), ``patches``, ``mixed`` or
+            ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).

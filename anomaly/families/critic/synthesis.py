@@ -279,16 +279,18 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
                             radius: tuple[float, float] = (0.12, 0.3),
                             level: tuple[float, float] = (0.55, 0.95),
                             alpha: tuple[float, float] = (0.15, 0.5),
+                            grain: float = 1 / 128,
                             generator: torch.Generator | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend a wide, faint, finely textured haze into one or both lungs of each film.
+    """Blend a wide, faint, textured haze into one or both lungs of each film.
 
     Where :func:`paste_opacities` draws consolidation (a dense region of centimetres),
     this draws what an interstitial or bronchopneumonic pattern looks like: a large
     Gaussian haze per lung (semi-axes ``radius`` of the side; both lungs on two films in
-    three), its weight modulated by fine noise (a pixel's width, so it reads as streaks
-    and nodules rather than a smooth cloud), masked by the soft lung prior and blended
-    towards a brightness level with a small ``alpha``, as there.
+    three), its weight modulated by noise blurred at ``grain`` of the side (1/128: a
+    pixel's width at 128 px, so it reads as streaks and nodules; 1/32: the blobs' smooth
+    unevenness), masked by the soft lung prior and blended towards a brightness level
+    with a small ``alpha``, as there.
 
     Arguments and returns as :func:`paste_opacities`; the masks are the blend weights.
     """
@@ -310,7 +312,7 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
                               (centre % size).float().view(batch, 1, 1), radius, generator)
         weight = torch.maximum(weight, haze * wanted.float().view(batch, 1, 1))
     fine = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
-                  max(0.5, size / 128))[:, 0]
+                  max(0.5, size * grain))[:, 0]
     fine = fine / (fine.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
     amplitude = _uniform(0.3, 1.0, (batch, 1, 1), device, generator)
     weight = (weight * (1 + amplitude * fine)).clamp(0, 1) * prior  # (B, S, S)
@@ -318,6 +320,14 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
     target = _uniform(*level, (batch, 1, 1, 1), device, generator)
     out = out + strength * (target - out).clamp(min=0)
     return (out * 2 - 1).clamp(-1, 1), strength
+
+
+def paste_smooth_haze(images: torch.Tensor, soft_prior: torch.Tensor,
+                      generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_diffuse_opacities` with the blobs' smooth unevenness instead of a
+    fine grain (``grain`` 1/32). Arguments and returns as :func:`paste_opacities`."""
+    return paste_diffuse_opacities(images, soft_prior, grain=1 / 32, generator=generator)
 
 
 def paste_multifocal_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
@@ -332,9 +342,9 @@ def paste_multifocal_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
 
 PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
            "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
-           "multifocal": paste_multifocal_opacities}
+           "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities}
 MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
-            "blobs+multifocal": ("blobs", "multifocal")}
+            "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal")}
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
@@ -342,8 +352,9 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     """Synthetic opacities of one ``kind`` (:data:`SYNTHESES`): ``blobs``
     (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
     (:func:`paste_varied_opacities`), ``diffuse`` (:func:`paste_diffuse_opacities`),
-    ``multifocal`` (:func:`paste_multifocal_opacities`), or a mixture that gives each
-    film blobs or the other kind at random: ``mixed`` (patches), ``blobs+diffuse``,
+    ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
+    (:func:`paste_multifocal_opacities`), or a mixture that gives each film blobs or the
+    other kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
     ``blobs+multifocal``. Returns (films, masks) as those do."""
     if kind in PASTERS:
         return PASTERS[kind](images, soft_prior)
