@@ -194,6 +194,9 @@ def check_subgroups(paths: Sequence, labels: Sequence[int], patterns: Sequence[s
                     where: str) -> None:
     """Refuse, in one line, a subgroup pattern that is empty or names no anomalous file of
     ``where`` (checked before anything is scored)."""
+    if isinstance(patterns, str):
+        raise EvaluationError("subgroups: give a list of patterns, not one string "
+                              f"({patterns!r})")
     for pattern in patterns:
         if not pattern.strip():
             raise EvaluationError("--subgroup: a pattern must not be empty")
@@ -212,10 +215,13 @@ def subgroup_report(paths: Sequence, labels: Sequence[int], scores: Sequence[flo
     whose files could be scored gets a count of 0 and no figures (None)."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     normal = labels == 0
+    if patterns and not normal.any():
+        raise EvaluationError("subgroups are scored against the normal files, and there are "
+                              "none")
     groups = {}
     for pattern in patterns:
         members = subgroup_files(paths, labels, pattern)
-        if not members.any() or not normal.any():
+        if not members.any():
             groups[pattern] = {"n_anomalous": int(members.sum()), "auroc": None,
                                "auroc_ci95": None, "recall": None}
             continue
@@ -343,12 +349,18 @@ def check_report(report, path: str | os.PathLike = "report.json") -> None:
         raise bad("subgroups", "must map each pattern to its figures")
     for name, group in groups.items():
         if not (isinstance(group, dict) and is_count(group.get("n_anomalous"))
-                and group["n_anomalous"] <= report["n_anomalous"]
-                and all(is_rate(group.get(key)) or (group.get(key) is None
-                                                    and group["n_anomalous"] == 0)
-                        for key in ("auroc", "recall"))):
-            raise bad(f"subgroups.{name}", "must hold n_anomalous (at most the report's), "
-                      "auroc and recall from 0 to 1 (none only for a group of 0)")
+                and group["n_anomalous"] <= report["n_anomalous"]):
+            raise bad(f"subgroups.{name}", "must hold n_anomalous, at most the report's")
+        interval = group.get("auroc_ci95")
+        if group["n_anomalous"] == 0:
+            figures_fit = all(group.get(k) is None for k in ("auroc", "auroc_ci95", "recall"))
+        else:
+            figures_fit = (is_rate(group.get("auroc")) and is_rate(group.get("recall"))
+                           and isinstance(interval, list) and len(interval) == 2
+                           and all(map(is_rate, interval)) and interval[0] <= interval[1])
+        if not figures_fit:
+            raise bad(f"subgroups.{name}", "must hold auroc, auroc_ci95 [low, high] and recall "
+                      "from 0 to 1 (all none for a group of 0 films)")
 
 
 def compare_reports(report_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> str:

@@ -128,13 +128,13 @@ def _subgroups_table(report: dict) -> str:
         return ""
     rows = []
     for name, group in groups.items():
-        key = html.escape(f"subgroups.{name}")
+        key = _text(f"subgroups.{name}")
         count = _text(group["n_anomalous"])
         interval = "<td>-</td><td>-</td>"  # none of its files scored
         if group["auroc_ci95"] is not None:
             low, high = group["auroc_ci95"]
             interval = _number(f"{key}.auroc_ci95.0", low) + _number(f"{key}.auroc_ci95.1", high)
-        rows.append(f'<tr><th class="name">{html.escape(name)}</th>'
+        rows.append(f'<tr><th class="name">{_text(name)}</th>'
                     f'<td data-key="{key}.n_anomalous" data-value="{count}">{count}</td>'
                     f'{_number(key + ".auroc", group["auroc"])}{interval}'
                     f'{_number(key + ".recall", group["recall"])}</tr>')

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anomaly.evaluate import (
+    EvaluationError,
     auroc,
     check_subgroups,
     read_scores_csv,
@@ -31,21 +32,25 @@ from anomaly.evaluate import (
 )
 
 
-def subtype_aurocs(scores_csv: Path, kinds: list[str]) -> dict[str, tuple[int, str]]:
-    """(count, AUROC against every normal with its 95% CI) of the abnormal films whose
-    name holds each kind, and (count, AUROC) of them all (``all abnormal``)."""
+def subtype_aurocs(scores_csv: Path, kinds: list[str]) -> dict[str, str]:
+    """AUROC against every normal with its 95% CI and the count of the abnormal films
+    whose name holds each kind, and AUROC and count of them all (``all abnormal``)."""
     report_json = scores_csv.parent / "report.json"
     try:
         paths, labels, scores = read_scores_csv(scores_csv)
         threshold = json.loads(report_json.read_text())["threshold"]
-        check_subgroups(paths, labels, kinds, str(scores_csv))
-    except (OSError, KeyError, ValueError) as error:  # EvaluationError is a ValueError
+    except (OSError, KeyError, ValueError) as error:
         raise SystemExit(f"error: {scores_csv}: not an evaluation's scores.csv with its "
                          f"report.json ({error})") from None
-    figures = {name: (group["n_anomalous"], "{:.3f} ({:.3f}-{:.3f})".format(
-                   group["auroc"], *group["auroc_ci95"]))
-               for name, group in subgroup_report(paths, labels, scores, threshold, kinds).items()}
-    figures["all abnormal"] = (int(labels.sum()), f"{auroc(labels, scores):.3f}")
+    try:
+        check_subgroups(paths, labels, kinds, str(scores_csv))
+        groups = subgroup_report(paths, labels, scores, threshold, kinds)
+        figures = {name: "{:.3f} ({:.3f}-{:.3f}), {} films".format(
+                       group["auroc"], *group["auroc_ci95"], group["n_anomalous"])
+                   for name, group in groups.items()}
+        figures["all abnormal"] = f"{auroc(labels, scores):.3f}, {int(labels.sum())} films"
+    except EvaluationError as error:
+        raise SystemExit(f"error: {error}") from None
     return figures
 
 
@@ -58,9 +63,8 @@ def main(argv=None) -> None:
     columns = [subtype_aurocs(path, args.kind) for path in args.scores]
     print("| abnormal films | " + " | ".join(str(p) for p in args.scores) + " |")
     print("|---|" + "---|" * len(columns))
-    for name, (count, _) in columns[0].items():
-        cells = " | ".join(column[name][1] for column in columns)
-        print(f"| {name} ({count}) | {cells} |")
+    for name in columns[0]:
+        print(f"| {name} | " + " | ".join(column[name] for column in columns) + " |")
 
 
 if __name__ == "__main__":

@@ -64,10 +64,15 @@ def decoded_images(page: ReportPage) -> list[np.ndarray]:
 
 
 def report_value(report: dict, key: str):
-    """``report[key]`` where a key like ``confusion_matrix.0.1`` walks into lists."""
-    value = report
-    for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
+    """``report[key]`` where a key like ``confusion_matrix.0.1`` walks into lists, and a
+    name with dots in it (a subgroup's ``.jpeg``) is found as the longest key that fits."""
+    value, parts = report, key.split(".")
+    while parts:
+        if isinstance(value, list):
+            value, parts = value[int(parts[0])], parts[1:]
+            continue
+        taken = next(n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in value)
+        value, parts = value[".".join(parts[:taken])], parts[taken:]
     return value
 
 

@@ -191,7 +191,10 @@ def test_diffuse_opacities_are_a_wide_faint_haze_in_one_or_both_lungs():
     torch.testing.assert_close(again[0], pasted)
     torch.manual_seed(3)
     either = synthesise(films, prior, "blobs+diffuse")[1]
-    assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
+    torch.manual_seed(3)
+    blob_masks = synthesise(films, prior, "blobs")[1]  # drawn first, so the same blobs
+    same = (either == blob_masks).flatten(1).all(1)
+    assert 0 < same.float().mean() < 1  # some films blobs, the others a haze
     smooth = paste_diffuse_opacities(films, prior, grain=1 / 32,
                                      generator=torch.Generator().manual_seed(1))[1]
 
@@ -213,7 +216,9 @@ def test_multifocal_opacities_are_many_small_blobs():
     assert (masks > 0.1).float().mean() < (blobs > 0.1).float().mean() * 2  # small ones
     torch.manual_seed(3)
     either = synthesise(films, prior, "blobs+multifocal")[1]
-    assert not torch.equal(either, synthesise(films, prior, "blobs")[1])
+    torch.manual_seed(3)
+    same = (either == synthesise(films, prior, "blobs")[1]).flatten(1).all(1)
+    assert 0 < same.float().mean() < 1  # some films blobs, the others many small ones
 
 
 def test_acquisition_changes_mirror_gamma_and_shift():

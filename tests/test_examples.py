@@ -60,10 +60,12 @@ def test_subtype_auroc_scores_each_kind_against_every_normal(tmp_path):
                            "--kind", "bacteria", "--kind", "virus"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    rows = {line.split("|")[1].strip(): float(line.split("|")[2].split()[0])
-            for line in done.stdout.splitlines() if "(" in line}
-    assert rows == {"bacteria (2)": 1.0, "virus (1)": 0.5, "all abnormal (3)": 0.833}
-    for argv in ([str(scores), "--kind", "fungus"], [str(tmp_path / "missing.csv")]):
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in done.stdout.splitlines()[2:]}  # under the header and its rule
+    assert {k: (float(v.split()[0].rstrip(",")), v.split()[-2]) for k, v in rows.items()} == {
+        "bacteria": (1.0, "2"), "virus": (0.5, "1"), "all abnormal": (0.833, "3")}
+    for argv, why in (([str(scores), "--kind", "fungus"], "--subgroup 'fungus': no anomalous"),
+                      ([str(tmp_path / "missing.csv")], "not an evaluation's scores.csv")):
         refused = subprocess.run([sys.executable, "examples/subtype_auroc.py", *argv],
                                  cwd=ROOT, capture_output=True, text=True)
-        assert refused.returncode != 0 and "not an evaluation's scores.csv" in refused.stderr
+        assert refused.returncode != 0 and why in refused.stderr

@@ -189,8 +189,10 @@ def test_subgroups_score_each_kind_of_anomalous_file_against_every_normal(tmp_pa
     from tests.report_page import check_page_against_report
 
     paths = [f"n/normal_{i}.png" for i in range(4)] + [
-        "p/a_bacteria_1.png", "p/b_Bacteria_2.png", "p/c_virus_3.png", "p/d_virus_4.png"]
-    groups = subgroup_report(paths, LABELS, SCORES, 0.5, ["bacteria", "virus"], resamples=20)
+        "p/a_bacteria_1.png", "p/b_Bacteria_2.png", "p/c_virus_3.png", "p/d_virus_4.jpeg"]
+    groups = subgroup_report(paths, LABELS, SCORES, 0.5, ["bacteria", "virus", ".jpeg"],
+                             resamples=20)
+    assert groups[".jpeg"]["n_anomalous"] == 1 and groups[".jpeg"]["auroc"] == 1.0
     # normals 0.1 0.4 0.6 0.2; bacteria 0.8 0.5 (any case), virus 0.3 0.9
     assert groups["bacteria"]["n_anomalous"] == 2 and groups["virus"]["n_anomalous"] == 2
     assert groups["bacteria"]["auroc"] == pytest.approx(7 / 8)
@@ -202,6 +204,10 @@ def test_subgroups_score_each_kind_of_anomalous_file_against_every_normal(tmp_pa
         check_subgroups(paths, LABELS, [" "], "t")
     with pytest.raises(EvaluationError, match="no anomalous file"):  # a normal's name only
         check_subgroups(paths, LABELS, ["normal_1"], "t")
+    with pytest.raises(EvaluationError, match="not one string"):  # not one group per letter
+        check_subgroups(paths, LABELS, "virus", "t")
+    with pytest.raises(EvaluationError, match="there are none"):
+        subgroup_report(paths[4:], LABELS[4:], SCORES[4:], 0.5, ["virus"], resamples=20)
     unscored = subgroup_report(paths, LABELS, SCORES, 0.5, ["fungus"], resamples=20)
     assert unscored == {"fungus": {"n_anomalous": 0, "auroc": None, "auroc_ci95": None,
                                    "recall": None}}  # its files all failed to load
@@ -210,9 +216,13 @@ def test_subgroups_score_each_kind_of_anomalous_file_against_every_normal(tmp_pa
     check_report(report)
     write_report(tmp_path, report, paths, LABELS, SCORES)
     page = check_page_against_report(tmp_path)  # the subgroup cells are report.json's
-    assert {"subgroups.virus.auroc", "subgroups.bacteria.recall"} <= {k for k, _, _ in page.cells}
+    assert {"subgroups.virus.auroc", "subgroups.bacteria.recall",
+            "subgroups..jpeg.auroc_ci95.1"} <= {k for k, _, _ in page.cells}
     for broken in ({"virus": {**groups["virus"], "auroc": float("nan")}},
                    {"virus": {**groups["virus"], "n_anomalous": 9}}, ["virus"],
-                   {"virus": {**groups["virus"], "auroc": None}}):
+                   {"virus": {**groups["virus"], "auroc": None}},
+                   {"virus": {**groups["virus"], "auroc_ci95": [0.9, 0.1]}},
+                   {"virus": {**groups["virus"], "auroc_ci95": None}},
+                   {"fungus": {**unscored["fungus"], "recall": 0.5}}):
         with pytest.raises(EvaluationError, match="subgroups"):
             check_report({**report, "subgroups": broken})
