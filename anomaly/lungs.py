@@ -104,6 +104,13 @@ def geometric_lung_prior(size: int) -> torch.Tensor:
     return (((x.abs() - 0.42) / 0.3) ** 2 + ((y + 0.05) / 0.6) ** 2 <= 1).float()
 
 
+def checkpoint_lung_prior(state: dict, size: int) -> torch.Tensor:
+    """A checkpoint's lung prior fitted on its training images (float), or
+    :func:`geometric_lung_prior` at ``size`` for one without."""
+    prior = state.get("lung_prior")
+    return geometric_lung_prior(size) if prior is None else prior.float()
+
+
 def lung_field(prior: torch.Tensor, margin: float = 1 / 16) -> torch.Tensor:
     """The lung field a map is read in: the 0/1 prior (S, S) grown by ``margin`` of the
     side in every direction (a square dilation), so the lung bases and edges a film's

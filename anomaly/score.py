@@ -34,7 +34,7 @@ from anomaly.families import scores as registered_scores
 from anomaly.families.base import Family
 from anomaly.heatmap import heatmap_panel
 from anomaly.io import film_from_array
-from anomaly.lungs import geometric_lung_prior, lung_brightness
+from anomaly.lungs import checkpoint_lung_prior, geometric_lung_prior, lung_brightness
 from anomaly.preprocess import PreprocessConfig, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
@@ -128,9 +128,7 @@ class Scorer:
                                   f"this checkpoint does not hold (its modes: {held})")
         torch_device = resolve_device(device)
         preprocess_config = PreprocessConfig(**state["preprocess"])
-        prior = state.get("lung_prior")
-        prior = geometric_lung_prior(preprocess_config.image_size) if prior is None \
-            else prior.float()
+        prior = checkpoint_lung_prior(state, preprocess_config.image_size)
         family = importlib.import_module(f"{FAMILIES[name].__name__}.scorer").build_family(
             state, mode, torch_device, prior, **options)
         scorer = cls(family, preprocess_config, score=score, lung_prior=prior,

@@ -36,13 +36,21 @@ def print_auroc_table(row_title: str, columns: dict[str, dict[str, float]]) -> N
         print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
 
 
-def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, torch.Tensor]:
-    """A labelled folder's readable images, preprocessed: (binary labels (N,), images
-    (N, 1, S, S) in [-1, 1])."""
+def load_labelled_films(folder_path, preprocess_config
+                        ) -> tuple[list[Path], np.ndarray, torch.Tensor]:
+    """A labelled folder's readable images, preprocessed: (their paths, binary labels (N,),
+    images (N, 1, S, S) in [-1, 1])."""
     folder = scan_labelled_folder(folder_path)
     loaded = load_images(folder.paths, preprocess_config, progress=False)
     label_of = dict(zip(folder.paths, folder.binary_labels))
-    return np.array([label_of[p] for p in loaded.paths]), uint8_to_model(loaded.images)
+    return (list(loaded.paths), np.array([label_of[p] for p in loaded.paths]),
+            uint8_to_model(loaded.images))
+
+
+def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`load_labelled_films` without the paths: (binary labels (N,), images)."""
+    _, labels, images = load_labelled_films(folder_path, preprocess_config)
+    return labels, images
 
 
 def training_normals(state: dict, preprocess_config) -> torch.Tensor:

@@ -23,14 +23,19 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import numpy as np
 import torch
 from critic_varied_density_probe import embed
-from probe_common import critic_and_its_training_normals, print_auroc_table, probe_arguments
+from probe_common import (
+    critic_and_its_training_normals,
+    load_labelled_films,
+    print_auroc_table,
+    probe_arguments,
+)
 from site_regions import split_by_patient
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import load_images, scan_labelled_folder, uint8_to_model
+from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
-from anomaly.lungs import geometric_lung_prior, lung_brightness
+from anomaly.lungs import checkpoint_lung_prior, lung_brightness
 
 
 def site_densities(train: torch.Tensor, site: torch.Tensor) -> dict[str, dict]:
@@ -48,24 +53,19 @@ def main(argv=None) -> None:
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
     train_embeddings = embed(critic, uint8_to_model(train))
-    prior = state.get("lung_prior")
-    prior = geometric_lung_prior(preprocess_config.image_size) if prior is None else prior
+    prior = checkpoint_lung_prior(state, preprocess_config.image_size)
     pattern = state["train_config"].get("holdout_patient_pattern", "")
     columns = {}
     for folder_path in args.data:
-        folder = scan_labelled_folder(folder_path)
-        loaded = load_images(folder.paths, preprocess_config, progress=False)
-        label_of = dict(zip(folder.paths, folder.binary_labels))
-        labels = np.array([label_of[p] for p in loaded.paths])
-        images = uint8_to_model(loaded.images)
+        paths, labels, images = load_labelled_films(folder_path, preprocess_config)
         embeddings = embed(critic, images)
-        brightness = lung_brightness(images, prior.float()).numpy()
-        normals = [Path(p) for p, label in zip(loaded.paths, labels) if label == 0]
+        brightness = lung_brightness(images, prior).numpy()
+        normals = [Path(p) for p, label in zip(paths, labels) if label == 0]
         halves = split_by_patient(normals, pattern)
         for name, site_half in (("A fits, B checked", halves[0]),
                                 ("B fits, A checked", halves[1])):
             site_paths = {p.resolve() for p in site_half}
-            is_site = np.array([Path(p).resolve() in site_paths for p in loaded.paths])
+            is_site = np.array([Path(p).resolve() in site_paths for p in paths])
             checked = ~is_site
             column = {}
             site = embeddings[torch.from_numpy(is_site)]

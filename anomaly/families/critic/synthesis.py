@@ -120,6 +120,14 @@ def _gaussian_blob(size: int, centre_y: torch.Tensor, centre_x: torch.Tensor,
     return torch.exp(-(((rows - centre_y) / semi_y) ** 2 + ((cols - centre_x) / semi_x) ** 2))
 
 
+def _unit_noise(batch: int, size: int, sigma: float, device: torch.device,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """White noise blurred at ``sigma`` pixels, scaled to unit spread per film, (B, S, S)."""
+    noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
+                   sigma)[:, 0]
+    return noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+
+
 def _resample(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Images (B, C, S, S) under affine maps ``theta`` (B, 2, 3) from output to input
     coordinates in [-1, 1], bilinear, borders reflected."""
@@ -164,9 +172,7 @@ def paste_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_count: i
         blob = _gaussian_blob(size, (centre // size).float().view(batch, 1, 1),
                               (centre % size).float().view(batch, 1, 1), radius,
                               generator)  # (B, S, S)
-        noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
-                       sigma)[:, 0]
-        noise = noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+        noise = _unit_noise(batch, size, sigma, device, generator)
         blob = (blob * (1 + 0.8 * noise)).clamp(0, 1) * prior  # uneven, inside the lungs
         blob = blob * (index < counts).float().view(batch, 1, 1)  # (B, S, S)
         strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * blob[:, None]
@@ -213,9 +219,7 @@ def paste_varied_opacities(images: torch.Tensor, soft_prior: torch.Tensor, max_c
         distance = (along / semi_a) ** 2 + (across / semi_b) ** 2
         softness = torch.exp(_uniform(math.log(0.03), 0.0, (batch, 1, 1), device, generator))
         blob = torch.sigmoid((1 - distance) / softness)  # (B, S, S)
-        noise = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
-                       max(1.0, size / 32))[:, 0]
-        noise = noise / (noise.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+        noise = _unit_noise(batch, size, max(1.0, size / 32), device, generator)
         amplitude = _uniform(0.0, 0.8, (batch, 1, 1), device, generator)
         blob = (blob * (1 + amplitude * noise)).clamp(0, 1) * prior
         blob = blob * (index < counts).float().view(batch, 1, 1)
@@ -311,9 +315,7 @@ def paste_diffuse_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
         haze = _gaussian_blob(size, (centre // size).float().view(batch, 1, 1),
                               (centre % size).float().view(batch, 1, 1), radius, generator)
         weight = torch.maximum(weight, haze * wanted.float().view(batch, 1, 1))
-    fine = smooth(torch.randn(batch, 1, size, size, device=device, generator=generator),
-                  max(0.5, size * grain))[:, 0]
-    fine = fine / (fine.flatten(1).std(1).view(batch, 1, 1) + 1e-6)
+    fine = _unit_noise(batch, size, max(0.5, size * grain), device, generator)
     amplitude = _uniform(0.3, 1.0, (batch, 1, 1), device, generator)
     weight = (weight * (1 + amplitude * fine)).clamp(0, 1) * prior  # (B, S, S)
     strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * weight[:, None]

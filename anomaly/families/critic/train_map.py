@@ -302,7 +302,7 @@ def refit_normal_level(model, log=print) -> None:
     films (:func:`with_normal_level`), then its score statistics again, so its region
     thresholds are those of the map as shown (the regions themselves do not change)."""
     from anomaly.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
-    from anomaly.lungs import geometric_lung_prior
+    from anomaly.lungs import checkpoint_lung_prior
     from anomaly.preprocess import PreprocessConfig
     from anomaly.train import fit_score_statistics
 
@@ -311,8 +311,7 @@ def refit_normal_level(model, log=print) -> None:
     if not state.get("critic"):
         raise ValueError(f"{path}: holds no critic")
     config = PreprocessConfig(**state["preprocess"])
-    prior = state.get("lung_prior")
-    prior = geometric_lung_prior(config.image_size) if prior is None else prior.float()
+    prior = checkpoint_lung_prior(state, config.image_size)
     state["critic"] = with_normal_level(state["critic"], state.get("holdout_paths", []),
                                         config, torch.device("cpu"), prior, log=log)
     save_checkpoint(state, path)
