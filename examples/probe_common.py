@@ -36,6 +36,17 @@ def print_auroc_table(row_title: str, columns: dict[str, dict[str, float]]) -> N
         print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
 
 
+def subgroup_cells(paths, labels: np.ndarray, scores: np.ndarray, kinds: list[str]) -> str:
+    """A table cell: the AUROC of every file, then in brackets that of each kind of
+    anomalous file (its name holds the kind, any case) against every normal file."""
+    from anomaly.evaluate import auroc, subgroup_files
+
+    normal = labels == 0
+    by_kind = [auroc(labels[normal | kind], scores[normal | kind])
+               for kind in (subgroup_files(paths, labels, k) for k in kinds)]
+    return f"{auroc(labels, scores):.3f} (" + " / ".join(f"{a:.3f}" for a in by_kind) + ")"
+
+
 def load_labelled_films(folder_path, preprocess_config
                         ) -> tuple[list[Path], np.ndarray, torch.Tensor]:
     """A labelled folder's readable images, preprocessed: (their paths, binary labels (N,),

@@ -566,6 +566,13 @@ def _auroc_of_default(critic_run, labelled_dir) -> float:
     return auroc(folder.binary_labels, np.asarray(result.score))
 
 
+def _subgroup_row(out: str, name: str) -> list[float]:
+    """The numbers of a probe row's first cell, ``all (kind / kind ...)``."""
+    line = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+    return [float(x) for x in line.split("|")[2].replace("(", " ").replace(")", " ")
+            .replace("/", " ").split()]
+
+
 def _row(out: str, name: str) -> float:
     return float(next(line for line in out.splitlines()
                       if line.startswith(f"| {name} |")).split("|")[2])
@@ -608,6 +615,78 @@ def test_site_density_probe_fits_on_one_half_and_checks_the_other(critic_run, la
                  "density fitted on the training and site normals",
                  "density fitted on the site's normals alone", "lung brightness (no network)"):
         assert 0 <= _row(out, name) <= 1
+
+
+def test_average_probe_rows_of_epochs_their_average_and_ensemble(critic_run, labelled_dir,
+                                                                  tmp_path, capsys):
+    """Two kept copies of the run, as epochs 1 and 2 with the same weights: epoch 2's row is
+    the run's own density, the two densities summed score as either does, the weights
+    averaged (their BatchNorm recomputed) give a row of their own; a kind matching every
+    anomalous file scores as the whole folder. Too few epochs for an average is refused."""
+    from anomaly.checkpoint import save_checkpoint
+
+    state = load_checkpoint(critic_run)
+    snapshots = tmp_path / "kept"
+    snapshots.mkdir()
+    for epoch in (1, 2):
+        state["critic"]["epoch"] = epoch
+        save_checkpoint(state, snapshots / f"copy_{epoch:03d}.pt")
+    argv = ["--model", str(critic_run), "--data", str(labelled_dir), "--snapshots",
+            str(snapshots), "--from", "1", "--kind", "img_00"]
+    run_example("critic_average_probe", [*argv, "--average", "2"])
+    out = capsys.readouterr().out
+
+    own = _auroc_of_default(critic_run, labelled_dir)
+    assert _subgroup_row(out, "epoch 2") == pytest.approx([own, own], abs=2e-3)
+    assert _subgroup_row(out, "densities of epochs 1-2 summed") == pytest.approx(_subgroup_row(out, "epoch 2"), abs=1e-6)
+    assert all(0 <= a <= 1 for a in _subgroup_row(out, "weights of epochs 1-2 averaged"))
+    with pytest.raises(SystemExit, match="--average"):
+        run_example("critic_average_probe", [*argv, "--average", "3"])
+
+
+def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_dir, capsys):
+    """Recomputing block 4's statistics leaves blocks 1-3's as they were and changes
+    block 4's; every layer's without a choice. The probe's own row is the run's density;
+    a block that does not exist is refused."""
+    import copy
+
+    from anomaly.families.critic.config import CriticConfig
+
+    recompute_batchnorm = example_module("critic_batchnorm_probe").recompute_batchnorm
+    critic_and_its_training_normals = example_module(
+        "probe_common").critic_and_its_training_normals
+    state = load_checkpoint(critic_run)
+    critic, _, train = critic_and_its_training_normals(state)
+    config = CriticConfig.from_saved(state["critic"]["config"])
+    prior = torch.ones(32, 32)
+
+    def means(network) -> list[torch.Tensor]:
+        return [[m.running_mean.clone() for m in block.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)] for block in network.blocks]
+
+    before = means(critic)
+    last_only = copy.deepcopy(critic)
+    recompute_batchnorm(last_only, train, "clean", config, prior, blocks=[4])
+    after = means(last_only)
+    for block in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(before[block], after[block]))
+    assert not any(torch.allclose(a, b) for a, b in zip(before[3], after[3]))
+    every = copy.deepcopy(critic)
+    recompute_batchnorm(every, train, "varied", config, prior)
+    assert not any(torch.allclose(a, b) for a, b in zip(before[0], means(every)[0]))
+    assert not last_only.training and not every.training
+
+    argv = ["--model", str(critic_run), "--data", str(labelled_dir), "--kind", "img_00"]
+    run_example("critic_batchnorm_probe", [*argv, "--blocks", "4"])
+    out = capsys.readouterr().out
+
+    own = _auroc_of_default(critic_run, labelled_dir)
+    assert _subgroup_row(out, "the run's own statistics") == pytest.approx([own, own], abs=2e-3)
+    for name in ("recomputed on batches clean", "recomputed on batches clean, block 4 only",
+                 "the run's own and those recomputed on batches clean, densities summed"):
+        assert all(0 <= a <= 1 for a in _subgroup_row(out, name))
+    with pytest.raises(SystemExit, match="--blocks"):
+        run_example("critic_batchnorm_probe", [*argv, "--blocks", "5"])
 
 
 def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,

@@ -1,0 +1,128 @@
+"""AUROC of the opacity critic's density from each epoch's weights, their average and ensemble.
+
+A run's critic stage saved once per epoch, each copy kept (``examples/keep_checkpoints.sh``
+copies the run's checkpoint whenever it changes). For each epoch from ``--from`` on, the
+critic of that epoch; then, for each ``--average N``, the weights of the last N epochs
+averaged (stochastic weight averaging; the BatchNorm statistics recomputed on training
+batches made as in training), and the ensemble of those epochs' densities (each
+standardised on the held-out normals, summed). Each density is fitted on the run's
+training normals as training does; each folder is scored with the film alone, overall
+and for the anomalous files whose names hold each ``--kind`` against every normal. No
+label chooses anything.
+
+    python examples/critic_average_probe.py --model RUN --snapshots DIR --average 5 10 15 \
+        --data ../shared/data/chest_xray/test_dev --data ../shared/data/chest_xray/val
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from critic_batchnorm_probe import recompute_batchnorm
+from critic_varied_density_probe import embed
+from probe_common import (
+    critic_and_its_training_normals,
+    load_labelled_films,
+    probe_arguments,
+    subgroup_cells,
+)
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.data import load_images, uint8_to_model
+from anomaly.density import fit_density, mahalanobis
+from anomaly.families.critic.config import CriticConfig
+from anomaly.families.critic.train_map import placement_prior
+from anomaly.lungs import checkpoint_lung_prior
+
+
+def snapshots_by_epoch(folder: Path) -> dict[int, dict]:
+    """The critic weights of each kept checkpoint in ``folder``, by their epoch (the
+    last copy of an epoch wins)."""
+    weights = {}
+    for path in sorted(folder.glob("*.pt")):
+        part = load_checkpoint(path).get("critic", {})
+        if "network" in part:
+            weights[int(part["epoch"])] = part["network"]
+    if not weights:
+        raise SystemExit(f"{folder}: no checkpoint with a critic in it")
+    return weights
+
+
+def averaged(weights: list[dict]) -> dict:
+    """The mean of state dicts' floating tensors (others, such as BatchNorm's batch count,
+    from the last)."""
+    return {key: torch.stack([w[key].float() for w in weights]).mean(0).to(value.dtype)
+            if value.is_floating_point() else value
+            for key, value in weights[-1].items()}
+
+
+def main(argv=None) -> None:
+    def options(parser) -> None:
+        parser.add_argument("--snapshots", type=Path, required=True,
+                            help="folder of the run's checkpoints, one or more per epoch")
+        parser.add_argument("--from", dest="first", type=int, default=15,
+                            help="first epoch given its own row")
+        parser.add_argument("--average", type=int, nargs="+", default=[5, 10, 15],
+                            metavar="N", help="average the last N epochs (one row each)")
+        parser.add_argument("--kind", action="append", default=None,
+                            help="a kind of anomalous file by name (repeatable; default: "
+                                 "bacteria and virus)")
+
+    args = probe_arguments(__doc__, argv, options)
+    kinds = args.kind or ["bacteria", "virus"]
+    state = load_checkpoint(args.model)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
+    config = CriticConfig.from_saved(state["critic"].get("config", {}))
+    prior = placement_prior(config, train, checkpoint_lung_prior(state, preprocess_config.image_size))
+    held_out = uint8_to_model(load_images(state["holdout_paths"], preprocess_config,
+                                          progress=False).images)
+    snapshots = snapshots_by_epoch(args.snapshots)
+    last = max(snapshots)
+    if any(n < 1 or last - n + 1 not in snapshots for n in args.average):
+        raise SystemExit(f"--average: each N must be 1 or more, with epochs {last - max(args.average) + 1}"
+                         f"-{last} all kept (kept: {sorted(snapshots)})")
+    folders = {Path(f).name: load_labelled_films(f, preprocess_config) for f in args.data}
+
+    def standardised_scores(network) -> dict[str, np.ndarray]:
+        density = fit_density(embed(network, uint8_to_model(train)).numpy())
+        normal = mahalanobis(embed(network, held_out), density).numpy()
+        return {name: (mahalanobis(embed(network, images), density).numpy() - normal.mean())
+                / normal.std() for name, (_, _, images) in folders.items()}
+
+    def row(title: str, scores: dict[str, np.ndarray]) -> None:
+        cells = [subgroup_cells(paths, labels, scores[name], kinds)
+                 for name, (paths, labels, _) in folders.items()]
+        print(f"| {title} | " + " | ".join(cells) + " |", flush=True)
+
+    def network_of(weights: dict):
+        network = copy.deepcopy(critic)
+        network.load_state_dict(weights)
+        return network.eval()
+
+    print(f"| critic ({len(snapshots)} epochs kept) | "
+          + " | ".join(f"{name}: all ({' / '.join(kinds)})" for name in folders) + " |")
+    print("|---|" + "---|" * len(folders))
+    per_epoch = {}
+    for epoch in sorted(e for e in snapshots if e >= min(args.first, last - max(args.average) + 1)):
+        per_epoch[epoch] = standardised_scores(network_of(snapshots[epoch]))
+        if epoch >= args.first:
+            row(f"epoch {epoch}", per_epoch[epoch])
+    for n in args.average:
+        epochs = range(last - n + 1, last + 1)
+        network = network_of(averaged([snapshots[e] for e in epochs]))
+        recompute_batchnorm(network, train, "as trained", config, prior)
+        row(f"weights of epochs {epochs[0]}-{last} averaged", standardised_scores(network))
+        row(f"densities of epochs {epochs[0]}-{last} summed",
+            {name: sum(per_epoch[e][name] for e in epochs) for name in folders})
+
+
+if __name__ == "__main__":
+    main()

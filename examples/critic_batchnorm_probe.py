@@ -1,0 +1,136 @@
+"""AUROC of the opacity critic's density with its BatchNorm statistics recomputed.
+
+Training leaves each BatchNorm layer with running statistics of the batches it was
+trained on: films with their acquisition varied, half of them given opacities. The
+density, though, is fitted on the clean training normals and scores clean films. Here the
+statistics are recomputed (a cumulative mean over the run's training normals, batches
+of 64) on batches made as in training (``as trained``), on the films varied without
+opacities (``varied``) or on the films as they are (``clean``); then the density is
+refitted on the training normals, as training does, and each folder is scored with the
+film alone: overall and for the anomalous files whose names hold each ``--kind``,
+against every normal. Last, the run's own density and each recomputed one, each
+standardised on the held-out normals, summed. No label chooses anything.
+
+    python examples/critic_batchnorm_probe.py --model RUN \
+        --data ../shared/data/chest_xray/test_dev --data ../shared/data/chest_xray/val
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import this checkout's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from critic_varied_density_probe import embed
+from probe_common import (
+    critic_and_its_training_normals,
+    load_labelled_films,
+    probe_arguments,
+    subgroup_cells,
+)
+
+from anomaly.checkpoint import load_checkpoint
+from anomaly.data import load_images, uint8_to_model
+from anomaly.density import fit_density, mahalanobis
+from anomaly.families.critic.config import CriticConfig
+from anomaly.families.critic.synthesis import vary_as_configured
+from anomaly.families.critic.train_map import opacity_batch, placement_prior
+from anomaly.lungs import checkpoint_lung_prior
+
+BATCHES = ("as trained", "varied", "clean")
+
+
+@torch.no_grad()
+def recompute_batchnorm(critic, films: torch.Tensor, batches: str, config: CriticConfig,
+                        prior: torch.Tensor, blocks: list[int] | None = None,
+                        batch_size: int = 64) -> None:
+    """Recompute the running statistics of the BatchNorm layers of ``critic``'s
+    ``blocks`` (numbered from 1; None: every layer) as a cumulative mean over the uint8
+    films (N, 1, S, S) in batches of ``batch_size``, made as in training (``as
+    trained``), varied without opacities (``varied``) or as they are (``clean``); the
+    other layers keep theirs. Fixed seed; leaves ``critic`` in eval mode."""
+    torch.manual_seed(0)
+    critic.eval()
+    chosen = critic.modules() if blocks is None else (
+        module for index in blocks for module in critic.blocks[index - 1].modules())
+    for module in chosen:
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+            module.train()
+    order = torch.randperm(len(films))
+    for start in range(0, len(films), batch_size):
+        batch = films[order[start: start + batch_size]]
+        if batches == "as trained":
+            inputs = opacity_batch(batch, config, prior, config.synthesis).inputs
+        elif batches == "varied":
+            inputs = vary_as_configured(uint8_to_model(batch), config)
+        else:
+            inputs = uint8_to_model(batch)
+        critic.feature_map(inputs)
+    critic.eval()
+
+
+def main(argv=None) -> None:
+    def options(parser) -> None:
+        parser.add_argument("--kind", action="append", default=None,
+                            help="a kind of anomalous file by name (repeatable; default: "
+                                 "bacteria and virus)")
+        parser.add_argument("--blocks", nargs="+", default=[], metavar="DIGITS",
+                            help="also recompute on clean films only these blocks' layers "
+                                 "(e.g. 4 or 34; numbered from 1): one row each")
+
+    args = probe_arguments(__doc__, argv, options)
+    kinds = args.kind or ["bacteria", "virus"]
+    if any(not b.isdigit() or not set(b) <= set("1234") for b in args.blocks):
+        raise SystemExit(f"--blocks: each must be digits 1-4 (a block's number), not {args.blocks}")
+    state = load_checkpoint(args.model)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
+    config = CriticConfig.from_saved(state["critic"].get("config", {}))
+    prior = placement_prior(config, train,
+                            checkpoint_lung_prior(state, preprocess_config.image_size))
+    folders = {Path(f).name: load_labelled_films(f, preprocess_config) for f in args.data}
+    networks = {"the run's own statistics": critic}
+    for batches in BATCHES:
+        networks[f"recomputed on batches {batches}"] = copy.deepcopy(critic)
+        recompute_batchnorm(networks[f"recomputed on batches {batches}"], train, batches,
+                            config, prior)
+    for blocks in args.blocks:
+        title = f"recomputed on batches clean, block{'s' * (len(blocks) > 1)} {blocks} only"
+        networks[title] = copy.deepcopy(critic)
+        recompute_batchnorm(networks[title], train, "clean", config, prior,
+                            [int(b) for b in blocks])
+    held_out = uint8_to_model(load_images(state["holdout_paths"], preprocess_config,
+                                          progress=False).images)
+
+    def row(title: str, scores: dict[str, np.ndarray]) -> None:
+        cells = [subgroup_cells(paths, labels, scores[name], kinds)
+                 for name, (paths, labels, _) in folders.items()]
+        print(f"| {title} | " + " | ".join(cells) + " |", flush=True)
+
+    print("| BatchNorm statistics | " + " | ".join(
+        f"{name}: all ({' / '.join(kinds)})" for name in folders) + " |")
+    print("|---|" + "---|" * len(folders))
+    standardised = {}  # by network: by folder: scores standardised on the held-out normals
+    for title, network in networks.items():
+        density = fit_density(embed(network, uint8_to_model(train)).numpy())
+        normal = mahalanobis(embed(network, held_out), density).numpy()
+        standardised[title] = {
+            name: (mahalanobis(embed(network, images), density).numpy() - normal.mean())
+            / normal.std() for name, (_, _, images) in folders.items()}
+        row(title, standardised[title])
+    own = standardised["the run's own statistics"]
+    for batches in BATCHES[1:]:
+        other = standardised[f"recomputed on batches {batches}"]
+        row(f"the run's own and those recomputed on batches {batches}, densities summed",
+            {name: own[name] + other[name] for name in folders})
+
+
+if __name__ == "__main__":
+    main()
