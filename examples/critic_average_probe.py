@@ -30,7 +30,7 @@ from critic_batchnorm_probe import recompute_batchnorm
 from critic_varied_density_probe import embed
 from probe_common import (
     critic_and_its_training_normals,
-    load_labelled_films,
+    labelled_folders,
     probe_arguments,
     subgroup_cells,
 )
@@ -86,10 +86,13 @@ def main(argv=None) -> None:
                                           progress=False).images)
     snapshots = snapshots_by_epoch(args.snapshots)
     last = max(snapshots)
-    if any(n < 1 or last - n + 1 not in snapshots for n in args.average):
-        raise SystemExit(f"--average: each N must be 1 or more, with epochs {last - max(args.average) + 1}"
-                         f"-{last} all kept (kept: {sorted(snapshots)})")
-    folders = {Path(f).name: load_labelled_films(f, preprocess_config) for f in args.data}
+    if any(n < 1 or any(e not in snapshots for e in range(last - n + 1, last + 1))
+           for n in args.average):
+        raise SystemExit(f"--average: each N must be 1 or more, with every epoch of the last "
+                         f"N kept (kept: {sorted(snapshots)})")
+    if args.first > last:
+        raise SystemExit(f"--from {args.first}: the last epoch kept is {last}")
+    folders = labelled_folders(args.data, preprocess_config, kinds)
 
     def standardised_scores(network) -> dict[str, np.ndarray]:
         density = fit_density(embed(network, uint8_to_model(train)).numpy())

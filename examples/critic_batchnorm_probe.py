@@ -3,8 +3,8 @@
 Training leaves each BatchNorm layer with running statistics of the batches it was
 trained on: films with their acquisition varied, half of them given opacities. The
 density, though, is fitted on the clean training normals and scores clean films. Here the
-statistics are recomputed (a cumulative mean over the run's training normals, batches
-of 64) on batches made as in training (``as trained``), on the films varied without
+statistics of its blocks are recomputed (a cumulative mean over the run's training
+normals, batches of 64) on batches made as in training (``as trained``), on the films varied without
 opacities (``varied``) or on the films as they are (``clean``); then the density is
 refitted on the training normals, as training does, and each folder is scored with the
 film alone: overall and for the anomalous files whose names hold each ``--kind``,
@@ -30,7 +30,7 @@ import torch
 from critic_varied_density_probe import embed
 from probe_common import (
     critic_and_its_training_normals,
-    load_labelled_films,
+    labelled_folders,
     probe_arguments,
     subgroup_cells,
 )
@@ -51,13 +51,15 @@ def recompute_batchnorm(critic, films: torch.Tensor, batches: str, config: Criti
                         prior: torch.Tensor, blocks: list[int] | None = None,
                         batch_size: int = 64) -> None:
     """Recompute the running statistics of the BatchNorm layers of ``critic``'s
-    ``blocks`` (numbered from 1; None: every layer) as a cumulative mean over the uint8
-    films (N, 1, S, S) in batches of ``batch_size``, made as in training (``as
-    trained``), varied without opacities (``varied``) or as they are (``clean``); the
-    other layers keep theirs. Fixed seed; leaves ``critic`` in eval mode."""
+    ``blocks`` (numbered from 1; None: every block, not the map head's layers, which the
+    density never runs) as a cumulative mean over the uint8 films (N, 1, S, S) in
+    batches of ``batch_size`` (training's are ``config.batch_size``), made as in
+    training (``as trained``: varied, half with opacities), varied without opacities
+    (``varied``) or as they are (``clean``); the other layers keep theirs. Fixed seed;
+    leaves ``critic`` in eval mode."""
     torch.manual_seed(0)
     critic.eval()
-    chosen = critic.modules() if blocks is None else (
+    chosen = critic.blocks.modules() if blocks is None else (
         module for index in blocks for module in critic.blocks[index - 1].modules())
     for module in chosen:
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -88,14 +90,16 @@ def main(argv=None) -> None:
 
     args = probe_arguments(__doc__, argv, options)
     kinds = args.kind or ["bacteria", "virus"]
-    if any(not b.isdigit() or not set(b) <= set("1234") for b in args.blocks):
-        raise SystemExit(f"--blocks: each must be digits 1-4 (a block's number), not {args.blocks}")
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
+    numbers = {str(n) for n in range(1, len(critic.blocks) + 1)}
+    if any(not b or not set(b) <= numbers or len(set(b)) < len(b) for b in args.blocks):
+        raise SystemExit(f"--blocks: each must be distinct block numbers 1-{len(critic.blocks)} "
+                         f"run together (e.g. 4 or 34), not {args.blocks}")
     config = CriticConfig.from_saved(state["critic"].get("config", {}))
     prior = placement_prior(config, train,
                             checkpoint_lung_prior(state, preprocess_config.image_size))
-    folders = {Path(f).name: load_labelled_films(f, preprocess_config) for f in args.data}
+    folders = labelled_folders(args.data, preprocess_config, kinds)
     networks = {"the run's own statistics": critic}
     for batches in BATCHES:
         networks[f"recomputed on batches {batches}"] = copy.deepcopy(critic)

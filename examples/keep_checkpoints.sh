@@ -9,14 +9,18 @@ RUN=$1 OUT=$2 STOP=${3:-$1/../train_seconds.txt}
 CHECKPOINT=$RUN/checkpoints/last.pt
 mkdir -p "$OUT"
 seen="" count=0
-until [ -f "$STOP" ]; do
+keep_if_new() {  # each save is a rename onto the name: a new inode
     if [ -f "$CHECKPOINT" ]; then
-        stamp=$(stat -c %Y.%s "$CHECKPOINT")
+        stamp=$(stat -c %i.%Y.%s "$CHECKPOINT")
         if [ "$stamp" != "$seen" ]; then
             cp "$CHECKPOINT" "$OUT/$(printf 'copy_%03d.pt' "$count")"
             seen=$stamp count=$((count + 1))
         fi
     fi
+}
+until [ -f "$STOP" ]; do
+    keep_if_new
     sleep 3
 done
+keep_if_new  # the last save may have landed with the stop file
 echo "kept $count copies of $CHECKPOINT in $OUT"

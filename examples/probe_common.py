@@ -47,6 +47,18 @@ def subgroup_cells(paths, labels: np.ndarray, scores: np.ndarray, kinds: list[st
     return f"{auroc(labels, scores):.3f} (" + " / ".join(f"{a:.3f}" for a in by_kind) + ")"
 
 
+def labelled_folders(folder_paths, preprocess_config, kinds: list[str]) -> dict[str, tuple]:
+    """Each labelled folder's :func:`load_labelled_films`, by its name; a kind of
+    anomalous file that names none of a folder's files is refused first."""
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import check_subgroups
+
+    for folder_path in folder_paths:
+        folder = scan_labelled_folder(folder_path)
+        check_subgroups(folder.paths, folder.binary_labels, kinds, str(folder_path))
+    return {Path(f).name: load_labelled_films(f, preprocess_config) for f in folder_paths}
+
+
 def load_labelled_films(folder_path, preprocess_config
                         ) -> tuple[list[Path], np.ndarray, torch.Tensor]:
     """A labelled folder's readable images, preprocessed: (their paths, binary labels (N,),

@@ -8,6 +8,7 @@ import torch
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint
 from anomaly.density import mahalanobis
+from anomaly.evaluate import EvaluationError
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding
 from anomaly.families.critic.synthesis import (
@@ -642,6 +643,14 @@ def test_average_probe_rows_of_epochs_their_average_and_ensemble(critic_run, lab
     assert all(0 <= a <= 1 for a in _subgroup_row(out, "weights of epochs 1-2 averaged"))
     with pytest.raises(SystemExit, match="--average"):
         run_example("critic_average_probe", [*argv, "--average", "3"])
+    with pytest.raises(SystemExit, match="--from"):
+        run_example("critic_average_probe",
+                    [*argv[:-4], "--from", "3", "--kind", "img_00", "--average", "1"])
+    (snapshots / "copy_001.pt").unlink()  # epoch 1 gone: an average of 2 has a gap
+    state["critic"]["epoch"] = 3
+    save_checkpoint(state, snapshots / "copy_003.pt")
+    with pytest.raises(SystemExit, match="every epoch of the last"):
+        run_example("critic_average_probe", [*argv, "--average", "3"])
 
 
 def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_dir, capsys):
@@ -660,7 +669,7 @@ def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_
     config = CriticConfig.from_saved(state["critic"]["config"])
     prior = torch.ones(32, 32)
 
-    def means(network) -> list[torch.Tensor]:
+    def means(network) -> list[list[torch.Tensor]]:
         return [[m.running_mean.clone() for m in block.modules()
                  if isinstance(m, torch.nn.BatchNorm2d)] for block in network.blocks]
 
@@ -673,7 +682,13 @@ def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_
     assert not any(torch.allclose(a, b) for a, b in zip(before[3], after[3]))
     every = copy.deepcopy(critic)
     recompute_batchnorm(every, train, "varied", config, prior)
-    assert not any(torch.allclose(a, b) for a, b in zip(before[0], means(every)[0]))
+    assert not any(torch.allclose(a, b) for block in range(4)
+                   for a, b in zip(before[block], means(every)[block]))
+    head_before = [m.running_mean for m in critic.map_head.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d)]
+    head_after = [m.running_mean for m in every.map_head.modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)]
+    assert head_before and all(torch.equal(a, b) for a, b in zip(head_before, head_after))
     assert not last_only.training and not every.training
 
     argv = ["--model", str(critic_run), "--data", str(labelled_dir), "--kind", "img_00"]
@@ -685,8 +700,11 @@ def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_
     for name in ("recomputed on batches clean", "recomputed on batches clean, block 4 only",
                  "the run's own and those recomputed on batches clean, densities summed"):
         assert all(0 <= a <= 1 for a in _subgroup_row(out, name))
-    with pytest.raises(SystemExit, match="--blocks"):
-        run_example("critic_batchnorm_probe", [*argv, "--blocks", "5"])
+    for wrong in ("5", "44", "x"):
+        with pytest.raises(SystemExit, match="--blocks"):
+            run_example("critic_batchnorm_probe", [*argv, "--blocks", wrong])
+    with pytest.raises(EvaluationError, match="no anomalous file"):
+        run_example("critic_batchnorm_probe", [*argv[:4], "--kind", "virus"])
 
 
 def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,
