@@ -4,6 +4,7 @@
 #   bash examples/keep_checkpoints.sh RUN_DIR OUT_DIR [STOP_FILE] &
 # STOP_FILE (default RUN_DIR/../train_seconds.txt, which chest_xray_results.sh writes when
 # training ends) stops it. Checkpoints are written atomically, so each copy is whole.
+# It looks every 3 s: an epoch shorter than that (a tiny run, a GPU) may go uncopied.
 set -euo pipefail
 RUN=$1 OUT=$2 STOP=${3:-$1/../train_seconds.txt}
 CHECKPOINT=$RUN/checkpoints/last.pt
