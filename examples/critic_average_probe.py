@@ -24,20 +24,20 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import this checkout's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
-from critic_batchnorm_probe import recompute_batchnorm
-from critic_varied_density_probe import embed
+from critic_batchnorm_probe import recompute_batchnorm, standardised_densities
 from probe_common import (
+    add_kind_option,
+    chosen_kinds,
     critic_and_its_training_normals,
+    held_out_normals,
     labelled_folders,
+    print_subgroup_header,
+    print_subgroup_row,
     probe_arguments,
-    subgroup_cells,
 )
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import load_images, uint8_to_model
-from anomaly.density import fit_density, mahalanobis
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.train_map import placement_prior
 from anomaly.lungs import checkpoint_lung_prior
@@ -72,18 +72,15 @@ def main(argv=None) -> None:
                             help="first epoch given its own row")
         parser.add_argument("--average", type=int, nargs="+", default=[5, 10, 15],
                             metavar="N", help="average the last N epochs (one row each)")
-        parser.add_argument("--kind", action="append", default=None,
-                            help="a kind of anomalous file by name (repeatable; default: "
-                                 "bacteria and virus)")
+        add_kind_option(parser)
 
     args = probe_arguments(__doc__, argv, options)
-    kinds = args.kind or ["bacteria", "virus"]
+    kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
     config = CriticConfig.from_saved(state["critic"].get("config", {}))
     prior = placement_prior(config, train, checkpoint_lung_prior(state, preprocess_config.image_size))
-    held_out = uint8_to_model(load_images(state["holdout_paths"], preprocess_config,
-                                          progress=False).images)
+    held_out = held_out_normals(state, preprocess_config)
     snapshots = snapshots_by_epoch(args.snapshots)
     last = max(snapshots)
     if any(n < 1 or any(e not in snapshots for e in range(last - n + 1, last + 1))
@@ -94,37 +91,27 @@ def main(argv=None) -> None:
         raise SystemExit(f"--from {args.first}: the last epoch kept is {last}")
     folders = labelled_folders(args.data, preprocess_config, kinds)
 
-    def standardised_scores(network) -> dict[str, np.ndarray]:
-        density = fit_density(embed(network, uint8_to_model(train)).numpy())
-        normal = mahalanobis(embed(network, held_out), density).numpy()
-        return {name: (mahalanobis(embed(network, images), density).numpy() - normal.mean())
-                / normal.std() for name, (_, _, images) in folders.items()}
-
-    def row(title: str, scores: dict[str, np.ndarray]) -> None:
-        cells = [subgroup_cells(paths, labels, scores[name], kinds)
-                 for name, (paths, labels, _) in folders.items()]
-        print(f"| {title} | " + " | ".join(cells) + " |", flush=True)
-
     def network_of(weights: dict):
         network = copy.deepcopy(critic)
         network.load_state_dict(weights)
         return network.eval()
 
-    print(f"| critic ({len(snapshots)} epochs kept) | "
-          + " | ".join(f"{name}: all ({' / '.join(kinds)})" for name in folders) + " |")
-    print("|---|" + "---|" * len(folders))
+    print_subgroup_header(f"critic ({len(snapshots)} epochs kept)", folders, kinds)
     per_epoch = {}
     for epoch in sorted(e for e in snapshots if e >= min(args.first, last - max(args.average) + 1)):
-        per_epoch[epoch] = standardised_scores(network_of(snapshots[epoch]))
+        per_epoch[epoch] = standardised_densities(network_of(snapshots[epoch]), train, held_out,
+                                                  folders)
         if epoch >= args.first:
-            row(f"epoch {epoch}", per_epoch[epoch])
+            print_subgroup_row(f"epoch {epoch}", folders, per_epoch[epoch], kinds)
     for n in args.average:
         epochs = range(last - n + 1, last + 1)
         network = network_of(averaged([snapshots[e] for e in epochs]))
         recompute_batchnorm(network, train, "as trained", config, prior)
-        row(f"weights of epochs {epochs[0]}-{last} averaged", standardised_scores(network))
-        row(f"densities of epochs {epochs[0]}-{last} summed",
-            {name: sum(per_epoch[e][name] for e in epochs) for name in folders})
+        print_subgroup_row(f"weights of epochs {epochs[0]}-{last} averaged", folders,
+                           standardised_densities(network, train, held_out, folders), kinds)
+        print_subgroup_row(f"densities of epochs {epochs[0]}-{last} summed", folders,
+                           {name: sum(per_epoch[e][name] for e in epochs) for name in folders},
+                           kinds)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,18 @@ import numpy as np
 import torch
 from critic_varied_density_probe import embed
 from probe_common import (
+    add_kind_option,
+    chosen_kinds,
     critic_and_its_training_normals,
+    held_out_normals,
     labelled_folders,
+    print_subgroup_header,
+    print_subgroup_row,
     probe_arguments,
-    subgroup_cells,
 )
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.data import load_images, uint8_to_model
+from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.synthesis import vary_as_configured
@@ -79,17 +83,25 @@ def recompute_batchnorm(critic, films: torch.Tensor, batches: str, config: Criti
     critic.eval()
 
 
+def standardised_densities(critic, train: torch.Tensor, held_out: torch.Tensor,
+                           folders: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Each folder's density (fitted on the uint8 training normals, as training does)
+    standardised on the held-out normals' (in [-1, 1]), by folder name."""
+    density = fit_density(embed(critic, uint8_to_model(train)).numpy())
+    normal = mahalanobis(embed(critic, held_out), density).numpy()
+    return {name: (mahalanobis(embed(critic, images), density).numpy() - normal.mean())
+            / normal.std() for name, (_, _, images) in folders.items()}
+
+
 def main(argv=None) -> None:
     def options(parser) -> None:
-        parser.add_argument("--kind", action="append", default=None,
-                            help="a kind of anomalous file by name (repeatable; default: "
-                                 "bacteria and virus)")
+        add_kind_option(parser)
         parser.add_argument("--blocks", nargs="+", default=[], metavar="DIGITS",
                             help="also recompute on clean films only these blocks' layers "
                                  "(e.g. 4 or 34; numbered from 1): one row each")
 
     args = probe_arguments(__doc__, argv, options)
-    kinds = args.kind or ["bacteria", "virus"]
+    kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
     numbers = {str(n) for n in range(1, len(critic.blocks) + 1)}
@@ -110,30 +122,18 @@ def main(argv=None) -> None:
         networks[title] = copy.deepcopy(critic)
         recompute_batchnorm(networks[title], train, "clean", config, prior,
                             [int(b) for b in blocks])
-    held_out = uint8_to_model(load_images(state["holdout_paths"], preprocess_config,
-                                          progress=False).images)
-
-    def row(title: str, scores: dict[str, np.ndarray]) -> None:
-        cells = [subgroup_cells(paths, labels, scores[name], kinds)
-                 for name, (paths, labels, _) in folders.items()]
-        print(f"| {title} | " + " | ".join(cells) + " |", flush=True)
-
-    print("| BatchNorm statistics | " + " | ".join(
-        f"{name}: all ({' / '.join(kinds)})" for name in folders) + " |")
-    print("|---|" + "---|" * len(folders))
+    held_out = held_out_normals(state, preprocess_config)
+    print_subgroup_header("BatchNorm statistics", folders, kinds)
     standardised = {}  # by network: by folder: scores standardised on the held-out normals
     for title, network in networks.items():
-        density = fit_density(embed(network, uint8_to_model(train)).numpy())
-        normal = mahalanobis(embed(network, held_out), density).numpy()
-        standardised[title] = {
-            name: (mahalanobis(embed(network, images), density).numpy() - normal.mean())
-            / normal.std() for name, (_, _, images) in folders.items()}
-        row(title, standardised[title])
+        standardised[title] = standardised_densities(network, train, held_out, folders)
+        print_subgroup_row(title, folders, standardised[title], kinds)
     own = standardised["the run's own statistics"]
     for batches in BATCHES[1:]:
         other = standardised[f"recomputed on batches {batches}"]
-        row(f"the run's own and those recomputed on batches {batches}, densities summed",
-            {name: own[name] + other[name] for name in folders})
+        print_subgroup_row(
+            f"the run's own and those recomputed on batches {batches}, densities summed",
+            folders, {name: own[name] + other[name] for name in folders}, kinds)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,21 @@ def print_auroc_table(row_title: str, columns: dict[str, dict[str, float]]) -> N
         print(f"| {name} | " + " | ".join(f"{columns[c][name]:.3f}" for c in columns) + " |")
 
 
+KINDS = ["bacteria", "virus"]  # the chest X-ray data's kinds of pneumonia, by file name
+
+
+def add_kind_option(parser) -> None:
+    """``--kind TEXT`` (repeatable; read with :func:`chosen_kinds`)."""
+    parser.add_argument("--kind", action="append", default=None,
+                        help="a kind of anomalous file by name (repeatable; default: "
+                             + " and ".join(KINDS) + ")")
+
+
+def chosen_kinds(args) -> list[str]:
+    """The ``--kind`` values given, or :data:`KINDS`."""
+    return args.kind or KINDS
+
+
 def subgroup_cells(paths, labels: np.ndarray, scores: np.ndarray, kinds: list[str]) -> str:
     """A table cell: the AUROC of every file, then in brackets that of each kind of
     anomalous file (its name holds the kind, any case) against every normal file."""
@@ -45,6 +60,22 @@ def subgroup_cells(paths, labels: np.ndarray, scores: np.ndarray, kinds: list[st
     by_kind = [auroc(labels[normal | kind], scores[normal | kind])
                for kind in (subgroup_files(paths, labels, k) for k in kinds)]
     return f"{auroc(labels, scores):.3f} (" + " / ".join(f"{a:.3f}" for a in by_kind) + ")"
+
+
+def print_subgroup_header(row_title: str, folders: dict[str, tuple], kinds: list[str]) -> None:
+    """The head of a Markdown table of :func:`print_subgroup_row` rows: one column per
+    labelled folder (:func:`labelled_folders`)."""
+    print(f"| {row_title} | " + " | ".join(
+        f"{name}: all ({' / '.join(kinds)})" for name in folders) + " |")
+    print("|---|" + "---|" * len(folders))
+
+
+def print_subgroup_row(title: str, folders: dict[str, tuple], scores: dict[str, np.ndarray],
+                       kinds: list[str]) -> None:
+    """One row: each folder's :func:`subgroup_cells` of its ``scores``."""
+    cells = [subgroup_cells(paths, labels, scores[name], kinds)
+             for name, (paths, labels, _) in folders.items()]
+    print(f"| {title} | " + " | ".join(cells) + " |", flush=True)
 
 
 def labelled_folders(folder_paths, preprocess_config, kinds: list[str]) -> dict[str, tuple]:
@@ -74,6 +105,13 @@ def load_labelled_images(folder_path, preprocess_config) -> tuple[np.ndarray, to
     """:func:`load_labelled_films` without the paths: (binary labels (N,), images)."""
     _, labels, images = load_labelled_films(folder_path, preprocess_config)
     return labels, images
+
+
+def held_out_normals(state: dict, preprocess_config) -> torch.Tensor:
+    """The normal films a run held out from training, preprocessed, (N, 1, S, S) in
+    [-1, 1]."""
+    return uint8_to_model(load_images(state["holdout_paths"], preprocess_config,
+                                      progress=False).images)
 
 
 def training_normals(state: dict, preprocess_config) -> torch.Tensor:
