@@ -373,6 +373,20 @@ def test_critic_trains_under_torchrun_with_identical_replicas(tmp_path, normal_d
     assert state["critic"]["epoch"] == 2 and state["critic"]["density"] is not None
 
 
+@pytest.mark.parametrize("statistics", ["clean", "split"])
+def test_a_critic_trained_with_the_clean_films_batchnorm_statistics(tmp_path, normal_dir,
+                                                                    critic_run, statistics):
+    run = tmp_path / statistics
+    train_run(TrainConfig(**CRITIC_ONLY, critic_batchnorm_statistics=statistics), normal_dir,
+              run, **QUIET)
+    part, plain = load_checkpoint(run)["critic"], load_checkpoint(critic_run)["critic"]
+    assert part["config"]["batchnorm_statistics"] == statistics
+    key = "blocks.0.1.running_mean"  # the same seed and films: only the statistics differ
+    assert not torch.allclose(part["network"][key], plain["network"][key])
+    scores = Scorer.from_checkpoint(run, device="cpu").score_tensor(torch.rand(3, 1, 32, 32) * 2 - 1)
+    assert np.isfinite(scores.density).all() and (scores.density > 0).all()
+
+
 def test_config_refuses_a_run_that_trains_nothing():
     with pytest.raises(ValueError, match="train nothing"):
         TrainConfig(epochs=0, critic_epochs=0)

@@ -10,6 +10,7 @@ SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", 
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
+BATCHNORM_STATISTICS = ("batch", "clean", "split")  # which films set them in training
 
 
 @dataclass
@@ -29,6 +30,10 @@ class CriticConfig:
         rotation_degrees: largest random tilt either way (0: none).
         sharpness: largest random blur or sharpening either way (0: none; 1: from the
             film blurred at sigma 1 px of 128 to an unsharp mask of the same strength).
+        batchnorm_statistics: which films set the critic's BatchNorm statistics while it
+            trains (:mod:`~anomaly.families.critic.batchnorm_statistics`): ``batch`` (the
+            whole batch, the default), ``clean`` (the films without opacities, applied to
+            all) or ``split`` (each half its own; the running statistics from the clean).
         score_views: how films are embedded for the density and scored: 1 (the film
             alone, the default) or 2 (the film and its mirror image averaged, so a film
             and its mirror score the same; twice the work).
@@ -96,6 +101,7 @@ class CriticConfig:
     rotation_degrees: float = 8.0
     sharpness: float = 0.0
     score_views: int = 1
+    batchnorm_statistics: str = "batch"
     map_width: int = 32
     map_levels: int = 3
     map_own_blocks: int = 2
@@ -144,6 +150,10 @@ class CriticConfig:
             raise ValueError(f"map_levels must be one of {MAP_LEVELS}, not {self.map_levels!r}")
         if not 0 <= self.map_own_blocks <= 3:
             raise ValueError(f"map_own_blocks must be in [0, 3], not {self.map_own_blocks!r}")
+        if self.batchnorm_statistics not in BATCHNORM_STATISTICS:
+            raise ValueError(f"batchnorm_statistics must be one of "
+                             f"{', '.join(BATCHNORM_STATISTICS)}, not "
+                             f"{self.batchnorm_statistics!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
         for name in ("synthesis", "map_synthesis"):

@@ -25,6 +25,7 @@ from anomaly.data import uint8_to_model
 from anomaly.density import fit_density
 from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
+from anomaly.families.critic.batchnorm_statistics import statistics_from
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
@@ -163,7 +164,8 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
 
             # (1) Update the critic: which films hold a synthetic opacity, and where?
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, use_amp):
+            with autocast(device, use_amp), statistics_from(
+                    critic.blocks, ~has_opacity, config.batchnorm_statistics):
                 logits, pixel_logits = model(
                     inputs.contiguous(memory_format=torch.channels_last), with_map=True,
                     detach_map=config.map_detach)
