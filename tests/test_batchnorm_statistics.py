@@ -51,6 +51,13 @@ def test_split_statistics_normalise_each_half_by_its_own_and_keep_the_clean_runn
     torch.testing.assert_close(norm.running_mean, clean_alone.running_mean)
     assert not torch.allclose(norm.running_mean, opacity_alone.running_mean)
 
+    norm.momentum = clean_alone.momentum = None  # a cumulative mean of the statistics
+    for batch in (features, features * 2):
+        with statistics_from(norm, CLEAN, "split"):
+            norm(batch)
+        clean_alone(batch[CLEAN])
+    torch.testing.assert_close(norm.running_var, clean_alone.running_var)
+
 
 def test_the_batch_default_evaluation_mode_and_an_error_leave_batchnorm_as_it_is():
     norm, features = norm_and_batch()

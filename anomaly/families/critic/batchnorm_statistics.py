@@ -43,9 +43,11 @@ def reference_batchnorm(norm: nn.BatchNorm2d, x: torch.Tensor, reference: torch.
     scale, shift, mean, var = _scale_and_shift(norm, clean)
     with torch.no_grad():
         count = clean.numel() // clean.shape[1]
-        norm.running_mean.lerp_(mean, norm.momentum)
-        norm.running_var.lerp_(var * count / max(count - 1, 1), norm.momentum)
         norm.num_batches_tracked += 1
+        weight = norm.momentum if norm.momentum is not None \
+            else 1 / int(norm.num_batches_tracked)  # None: a cumulative mean, as BatchNorm's
+        norm.running_mean.lerp_(mean, weight)
+        norm.running_var.lerp_(var * count / max(count - 1, 1), weight)
     if split and not bool(reference.all()):
         other_scale, other_shift, _, _ = _scale_and_shift(norm, values[~reference])
         chosen = reference.view(-1, 1, 1, 1)
