@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from critic_batchnorm_probe import recompute_batchnorm, standardised_densities
+from critic_batchnorm_probe import recompute_batchnorm, run_synthesis, standardised_densities
 from probe_common import (
     add_kind_option,
     chosen_kinds,
@@ -38,9 +38,6 @@ from probe_common import (
 )
 
 from anomaly.checkpoint import load_checkpoint
-from anomaly.families.critic.config import CriticConfig
-from anomaly.families.critic.train_map import placement_prior
-from anomaly.lungs import checkpoint_lung_prior
 
 
 def snapshots_by_epoch(folder: Path) -> dict[int, dict]:
@@ -78,8 +75,7 @@ def main(argv=None) -> None:
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
-    config = CriticConfig.from_saved(state["critic"].get("config", {}))
-    prior = placement_prior(config, train, checkpoint_lung_prior(state, preprocess_config.image_size))
+    config, prior = run_synthesis(state, train, preprocess_config.image_size)
     held_out = held_out_normals(state, preprocess_config)
     snapshots = snapshots_by_epoch(args.snapshots)
     last = max(snapshots)

@@ -83,6 +83,15 @@ def recompute_batchnorm(critic, films: torch.Tensor, batches: str, config: Criti
     critic.eval()
 
 
+def run_synthesis(state: dict, train: torch.Tensor, image_size: int
+                  ) -> tuple[CriticConfig, torch.Tensor]:
+    """A run's critic settings and the placement prior its opacities were pasted inside,
+    from its checkpoint ``state`` and uint8 training normals: what
+    :func:`recompute_batchnorm` needs to make batches as in training."""
+    config = CriticConfig.from_saved(state["critic"].get("config", {}))
+    return config, placement_prior(config, train, checkpoint_lung_prior(state, image_size))
+
+
 def standardised_densities(critic, train: torch.Tensor, held_out: torch.Tensor,
                            folders: dict[str, tuple]) -> dict[str, np.ndarray]:
     """Each folder's density (fitted on the uint8 training normals, as training does)
@@ -108,9 +117,7 @@ def main(argv=None) -> None:
     if any(not b or not set(b) <= numbers or len(set(b)) < len(b) for b in args.blocks):
         raise SystemExit(f"--blocks: each must be distinct block numbers 1-{len(critic.blocks)} "
                          f"run together (e.g. 4 or 34), not {args.blocks}")
-    config = CriticConfig.from_saved(state["critic"].get("config", {}))
-    prior = placement_prior(config, train,
-                            checkpoint_lung_prior(state, preprocess_config.image_size))
+    config, prior = run_synthesis(state, train, preprocess_config.image_size)
     folders = labelled_folders(args.data, preprocess_config, kinds)
     networks = {"the run's own statistics": critic}
     for batches in BATCHES:
