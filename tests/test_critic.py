@@ -222,6 +222,54 @@ def test_multifocal_opacities_are_many_small_blobs():
     assert 0 < same.float().mean() < 1  # some films blobs, the others many small ones
 
 
+def test_foreign_patches_blend_another_film_into_the_lungs_both_ways():
+    from anomaly.families.critic.synthesis import paste_foreign_patches
+
+    prior = soft_lung_prior(lungs(64))
+    films = torch.stack([torch.full((1, 64, 64), level) for level in (-0.8, 0.6, -0.2)])
+    pasted, masks = paste_foreign_patches(films, prior,
+                                          generator=torch.Generator().manual_seed(4))
+    assert not (pasted - films)[:, :, prior == 0].abs().gt(1e-6).any()  # lungs only
+    assert masks.min() >= 0 and masks.max() <= 1 and masks.flatten(1).max(1).values.min() > 0.1
+    # film i moves towards film i - 1 of the batch: film 0 towards -0.2 (brighter),
+    # film 1 towards -0.8 (darker), film 2 towards 0.6 (brighter)
+    expected = films + masks * (films.roll(1, dims=0) - films)
+    torch.testing.assert_close(pasted, expected)
+    assert pasted[0].max() > -0.8 + 0.1 and pasted[1].min() < 0.6 - 0.1  # up and down
+    alone, alone_masks = paste_foreign_patches(films[:1] * 0 + torch.linspace(-1, 1, 64),
+                                               prior, generator=torch.Generator().manual_seed(4))
+    assert alone_masks.max() > 0.1 and torch.isfinite(alone).all()  # its own mirror image
+    torch.manual_seed(3)
+    either = synthesise(films.repeat(10, 1, 1, 1), prior, "blobs+foreign")[1]
+    torch.manual_seed(3)
+    same = (either == synthesise(films.repeat(10, 1, 1, 1), prior, "blobs")[1]).flatten(1).all(1)
+    assert 0 < same.float().mean() < 1  # some films blobs, the others a foreign patch
+    assert TrainConfig(critic_synthesis="blobs+foreign").sections["critic"].synthesis == \
+        "blobs+foreign"
+
+
+def test_perihilar_streaks_are_thin_lines_from_each_hilum_outwards():
+    from anomaly.families.critic.synthesis import _hila, paste_perihilar_streaks
+
+    prior = soft_lung_prior(lungs(64))
+    hila = _hila(prior)
+    assert hila[0, 1] < 32 <= hila[1, 1]  # one per half, at its lung's medial edge
+    assert (prior[hila[:, 0].long(), hila[:, 1].long()] > 0.5).all()
+    films = torch.full((30, 1, 64, 64), -0.6)
+    pasted, masks = paste_perihilar_streaks(films, prior,
+                                            generator=torch.Generator().manual_seed(5))
+    assert not (pasted - films)[:, :, prior == 0].abs().gt(1e-6).any()
+    assert (pasted >= films - 1e-6).all() and masks.min() >= 0 and masks.max() <= 0.6 + 1e-6
+    seen = masks > 0.05
+    left, right = seen[..., :32].any(dim=(1, 2, 3)), seen[..., 32:].any(dim=(1, 2, 3))
+    assert (left | right).all() and 0 < (left & right).float().mean() < 1
+    # thin: far fewer pixels than blobs of the same films, and rough across the lines
+    _, blobs = paste_opacities(films, prior, generator=torch.Generator().manual_seed(5))
+    assert seen.float().mean() < (blobs > 0.05).float().mean()
+    with pytest.raises(ValueError, match="empty in one half"):
+        _hila(torch.zeros(64, 64))
+
+
 def test_acquisition_changes_mirror_gamma_and_shift():
     torch.manual_seed(1)
     films = torch.rand(8, 1, 16, 16) * 2 - 1

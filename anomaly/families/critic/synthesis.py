@@ -342,11 +342,114 @@ def paste_multifocal_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
                            generator=generator)
 
 
+def paste_foreign_patches(images: torch.Tensor, soft_prior: torch.Tensor,
+                          radius: tuple[float, float] = (0.08, 0.25),
+                          alpha: tuple[float, float] = (0.3, 1.0),
+                          generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend the same place of another child's film into each film's lung field (after
+    Foreign Patch Interpolation): a change of texture, brighter or darker, that no
+    single brightness level describes.
+
+    Each film takes the next film of the batch (the batch's order is random; a batch of
+    one takes its own mirror image) over a soft-edged Gaussian region centred inside the
+    lung prior (semi-axes ``radius`` of the side, masked by the prior), blended as
+    ``x + alpha * blob * (other - x)``.
+
+    Arguments and returns as :func:`paste_opacities`; the masks are the blend weights.
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    inside = _lung_centres(prior, "foreign patches")
+    others = images.roll(1, dims=0) if batch > 1 else images.flip(-1)
+    centre = inside[torch.randint(inside.numel(), (batch,), device=device, generator=generator)]
+    blob = _gaussian_blob(size, (centre // size).float().view(batch, 1, 1),
+                          (centre % size).float().view(batch, 1, 1), radius,
+                          generator) * prior  # (B, S, S)
+    strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * blob[:, None]
+    out = images + strength * (others - images)
+    return out.clamp(-1, 1), strength
+
+
+def _hila(prior: torch.Tensor) -> torch.Tensor:
+    """Each lung's hilum as (row, column) pixels (2, 2): on the row through the middle of
+    that half's lung prior, the lung pixel nearest the film's midline."""
+    size = prior.shape[-1]
+    columns = torch.arange(size, device=prior.device)
+    hila = []
+    for half in (columns < size // 2, columns >= size // 2):
+        lung = (prior > 0.5) & half.view(1, size)
+        rows = lung.any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            raise ValueError("the lung-field prior is empty in one half; cannot place streaks")
+        row = rows[rows.numel() // 2]
+        inside = lung[row].nonzero().squeeze(1)
+        column = inside.max() if half[0] else inside.min()  # the medial edge
+        hila.append(torch.stack([row, column]).float())
+    return torch.stack(hila)
+
+
+def paste_perihilar_streaks(images: torch.Tensor, soft_prior: torch.Tensor,
+                            count: tuple[int, int] = (6, 16),
+                            length: tuple[float, float] = (0.12, 0.3),
+                            width: tuple[float, float] = (0.6 / 128, 2.0 / 128),
+                            level: tuple[float, float] = (0.55, 0.95),
+                            alpha: tuple[float, float] = (0.2, 0.6),
+                            generator: torch.Generator | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaky opacities radiating from the hila into one or both lungs: the
+    peribronchial, interstitial pattern of viral pneumonia rather than a dense region.
+
+    Each lung given streaks (both on two films in three) gets ``count`` line segments from
+    near its hilum (:func:`_hila`, jittered by 4% of the side) towards the lateral lung,
+    at angles within 75 degrees of horizontal, each ``length`` of the side long and
+    ``width`` wide (a Gaussian profile across, fading along its length), masked by the
+    soft lung prior and blended towards a brightness level as :func:`paste_opacities`'
+    blobs are.
+
+    Arguments and returns as :func:`paste_opacities`; the masks are the blend weights.
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    hila = _hila(prior)  # (2, 2): left-half lung, right-half lung
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)
+    left_first = torch.rand(batch, device=device, generator=generator) < 0.5
+    both = torch.rand(batch, device=device, generator=generator) < 2 / 3
+    weight = torch.zeros(batch, size, size, device=device)
+    for side, wanted in ((left_first, torch.ones_like(both)), (~left_first, both)):
+        hilum = torch.where(side.view(batch, 1), hila[0], hila[1])  # (B, 2)
+        outward = torch.where(side, -1.0, 1.0).view(batch, 1, 1)  # left half: go left
+        hilum = hilum + _uniform(-0.04, 0.04, (batch, 2), device, generator) * size
+        streaks = int(torch.randint(count[0], count[1] + 1, (1,), generator=generator))
+        for _ in range(streaks):
+            angle = _uniform(-75, 75, (batch, 1, 1), device, generator) * math.pi / 180
+            reach = _uniform(*length, (batch, 1, 1), device, generator) * size
+            half_width = _uniform(*width, (batch, 1, 1), device, generator) * size
+            dy, dx = rows - hilum[:, 0].view(batch, 1, 1), cols - hilum[:, 1].view(batch, 1, 1)
+            along = outward * dx * torch.cos(angle) + dy * torch.sin(angle)
+            across = dy * torch.cos(angle) - outward * dx * torch.sin(angle)
+            inside = (along > 0) & (along < reach)
+            fade = (1 - along / reach).clamp(0, 1) ** 0.5
+            line = torch.exp(-(across / half_width) ** 2) * fade * inside
+            weight = torch.maximum(weight, line * wanted.float().view(batch, 1, 1))
+    weight = weight * prior
+    strength = _uniform(*alpha, (batch, 1, 1, 1), device, generator) * weight[:, None]
+    target = _uniform(*level, (batch, 1, 1, 1), device, generator)
+    out = (images + 1) / 2
+    out = out + strength * (target - out).clamp(min=0)
+    return (out * 2 - 1).clamp(-1, 1), strength
+
+
 PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
            "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
-           "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities}
+           "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities,
+           "foreign": paste_foreign_patches, "streaks": paste_perihilar_streaks}
 MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
-            "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal")}
+            "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal"),
+            "blobs+foreign": ("blobs", "foreign"), "blobs+streaks": ("blobs", "streaks")}
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
@@ -355,9 +458,10 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     (:func:`paste_opacities`), ``patches`` (:func:`paste_patches`), ``varied``
     (:func:`paste_varied_opacities`), ``diffuse`` (:func:`paste_diffuse_opacities`),
     ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
-    (:func:`paste_multifocal_opacities`), or a mixture that gives each film blobs or the
+    (:func:`paste_multifocal_opacities`), ``foreign`` (:func:`paste_foreign_patches`),
+    ``streaks`` (:func:`paste_perihilar_streaks`), or a mixture that gives each film blobs or the
     other kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
-    ``blobs+multifocal``. Returns (films, masks) as those do."""
+    ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``. Returns (films, masks) as those do."""
     if kind in PASTERS:
         return PASTERS[kind](images, soft_prior)
     if kind not in MIXTURES:
