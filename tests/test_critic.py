@@ -769,6 +769,33 @@ def test_batchnorm_probe_recomputes_the_chosen_layers_only(critic_run, labelled_
         run_example("critic_batchnorm_probe", [*argv[:4], "--kind", "virus"])
 
 
+def test_subspace_probe_splits_the_density_along_the_principal_axes(critic_run, labelled_dir,
+                                                                      capsys):
+    """The axes are sorted by variance and their shares sum to 1; the two parts of a
+    split are the squared distances within each subspace (an identity covariance where
+    the features are white); the probe's first row is the run's own density."""
+    probe = example_module("critic_subspace_probe")
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(400, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    mean, axes, shares = probe.principal_axes(train)
+    assert np.all(np.diff(shares) <= 0) and shares.sum() == pytest.approx(1)
+    assert abs(axes[0, 0]) == pytest.approx(1, abs=0.02)  # the widest axis first
+    films = np.zeros((2, 6))
+    films[0, 0], films[1, 5] = 10.0, 1.0  # one far along the widest axis, one the narrowest
+    leading, rest = probe.split_distances(train, films, 0.9)  # 0.9: the first two axes
+    assert leading[0] == pytest.approx(4, rel=0.2) and rest[0] < 0.5
+    assert rest[1] == pytest.approx(100, rel=0.3) and leading[1] < 0.5
+
+    argv = ["--model", str(critic_run), "--data", str(labelled_dir), "--kind", "img_00"]
+    run_example("critic_subspace_probe", argv)
+    out = capsys.readouterr().out
+    own = _auroc_of_default(critic_run, labelled_dir)
+    assert _subgroup_row(out, "every axis (the run's density, refitted)") == pytest.approx(
+        [own, own], abs=2e-3)
+    for name in ("the axes holding 50% of the variance", "the other axes (beyond 99%)"):
+        assert all(0 <= a <= 1 for a in _subgroup_row(out, name))
+
+
 def test_cell_probe_prints_the_default_beside_the_cell_densities(critic_run, labelled_dir,
                                                                  capsys):
     run_example("critic_cell_probe", ["--model", str(critic_run), "--data", str(labelled_dir)])

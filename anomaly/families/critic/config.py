@@ -42,9 +42,10 @@ class CriticConfig:
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
             in one or both lungs, finely grained), ``haze`` (the same, smoothly uneven),
-            ``multifocal`` (up to 10 small blobs), ``blobs+diffuse``, ``blobs+haze`` or
-            ``blobs+multifocal`` (blobs or the other, at random), ``patches``, ``mixed`` or
-            ``varied``.
+            ``multifocal`` (up to 10 small blobs), ``foreign`` (another child's film
+            blended in), ``streaks`` (thin lines from each hilum), ``blobs+diffuse``,
+            ``blobs+haze``, ``blobs+multifocal``, ``blobs+foreign`` or ``blobs+streaks``
+            (blobs or the other, at random), ``patches``, ``mixed`` or ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).
