@@ -38,13 +38,14 @@ def mahalanobis(embeddings: torch.Tensor, density: dict[str, torch.Tensor]) -> t
 
 
 def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch.Tensor],
-                     pool: Callable[[torch.Tensor], torch.Tensor]
+                     pool: Callable[[torch.Tensor], torch.Tensor],
+                     embed: Callable[[torch.Tensor], torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The density of (flip-averaged) embeddings, and its Grad-CAM on the feature maps.
 
-    The embedding is ``normalize(sum of pool(maps) over the views)``; the heat of a cell
-    is the density's gradient times the features there, summed over channels and kept
-    where positive (the mirror image's heat flipped back), scaled by the number of
+    The embedding is ``embed(sum of pool(maps) over the views)`` (default: L2-normalised);
+    the heat of a cell is the density's gradient times the features there, summed over
+    channels and kept where positive (the mirror image's heat flipped back), scaled by the number of
     cells: the cells whose features push the film away from the normal films.
 
     Args:
@@ -52,6 +53,7 @@ def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch
             mirror images.
         density: the fitted Gaussian (:func:`fit_density`).
         pool: (B, C, h, w) -> (B, C), how the network pools its map into an embedding.
+        embed: (B, C) -> (B, C), what the density was fitted on, from the pooled sum.
 
     Returns:
         (density (B,), heat per cell (B, h, w)).
@@ -61,7 +63,8 @@ def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch
     views = [m.detach().float().requires_grad_(True) for m in view_maps]
     with torch.enable_grad():
         pooled = sum(pool(view) for view in views)  # (B, C)
-        distance = mahalanobis(torch.nn.functional.normalize(pooled, dim=1), density)
+        embedding = (embed or (lambda x: torch.nn.functional.normalize(x, dim=1)))(pooled)
+        distance = mahalanobis(embedding, density)
         grads = torch.autograd.grad(distance.sum(), views)
     heats = [(grad * view).sum(1).clamp(min=0) for grad, view in zip(grads, views)]
     cells = heats[0] + sum(heat.flip(-1) for heat in heats[1:])  # (B, h, w)

@@ -143,7 +143,8 @@ class Scorer:
         calibrated = (stored.get("region_thresholds") or {}).get(scorer.heat_name)
         if calibrated is not None:  # fitted on a site's normal films by anomaly calibrate
             scorer.region_threshold = calibrated["value"]
-        if scorer.normal_components is None and scorer.needs_calibration:
+        stale = not set(scorer.component_names) <= set(scorer.normal_components or {})
+        if stale and scorer.needs_calibration:  # none stored, or stored before a component
             holdout = scorer.available_holdout()
             if len(holdout) < 2:
                 raise CheckpointError(f"the {scorer.score} score needs the normal images held "

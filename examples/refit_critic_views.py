@@ -1,13 +1,16 @@
-"""Copy a trained run with its critic scoring another number of views, refitted.
+"""Copy a trained run with its critic's density refitted for other views or embedding.
 
 Re-embeds the run's training normals (its data folder less the held-out films) with
-``--views`` 1 (the film alone, half the work) or 2 (the film and its mirror averaged),
-refits the critic's density and heat scale on them, and refits the score statistics on
-the held-out normals, in a copy of the run: the weights are untouched, so the copy is
-what training with ``critic_score_views: N`` would have given with the same weights.
+``--views`` 1 (the film alone, half the work) or 2 (the film and its mirror averaged)
+and ``--embedding`` ``l2`` or ``sqrt`` (each defaults to the run's own), refits the
+critic's density and heat scale on them, and refits the score statistics on the held-out
+normals, in a copy of the run: the weights are untouched, so the copy is what training
+with ``critic: {score_views: N, embedding: E}`` would have given with the same weights.
 
     python examples/refit_critic_views.py --model runs/critic_s0/run --views 1 \
         --out runs/critic_s0_one_view/run
+    python examples/refit_critic_views.py --model runs/critic_s0/run --embedding sqrt \
+        --out runs/critic_s0_sqrt/run
 """
 
 # ruff: noqa: E402
@@ -26,13 +29,16 @@ from probe_common import critic_and_its_training_normals
 
 from anomaly.checkpoint import load_checkpoint, save_checkpoint
 from anomaly.data import uint8_to_model
+from anomaly.families.critic.config import EMBEDDINGS
 from anomaly.families.critic.scorer import CriticFamily, heat_scale_of
 from anomaly.families.critic.train import fit_critic_density
 from anomaly.train import checkpoint_path, fit_score_statistics
 
 
-def refit_views(model: str | Path, views: int, out: str | Path, log=print) -> Path:
-    """Write a copy of run ``model`` at ``out`` whose critic scores ``views`` views."""
+def refit_views(model: str | Path, views: int | None, out: str | Path, log=print,
+                embedding: str | None = None) -> Path:
+    """Write a copy of run ``model`` at ``out`` whose critic scores ``views`` views with
+    its density fitted on ``embedding`` embeddings (None: the run's own)."""
     if not Path(model).is_dir():
         raise ValueError(f"{model}: give the run directory, which is copied whole")
     source, out = checkpoint_path(Path(model)), Path(out)
@@ -43,28 +49,34 @@ def refit_views(model: str | Path, views: int, out: str | Path, log=print) -> Pa
     part = state["critic"]
     critic, _, images = critic_and_its_training_normals(state)
     device = torch.device("cpu")
-    part["views"] = views
-    part["density"] = fit_critic_density(critic, images, device, views)
+    views = views or int(part.get("views", 2))
+    embedding = embedding or part.get("embedding", "l2")
+    part["views"], part["embedding"] = views, embedding
+    part["density"] = fit_critic_density(critic, images, device, views, embedding)
     part["heat_scale"] = heat_scale_of(CriticFamily(critic, part["density"], device,
-                                                    views=views),
+                                                    views=views, heat="gradcam",
+                                                    embedding=embedding),
                                        uint8_to_model(images[:256]))
     state.pop("score_stats", None)
     state.pop("thresholds", None)  # calibrated on the old density
     target = checkpoint_path(out)
     save_checkpoint(state, target)
     fit_score_statistics(target, log=log)
-    log(f"{target}: the critic scores {views} view(s), density refitted on "
-        f"{len(images)} training normals")
+    log(f"{target}: the critic scores {views} view(s), {embedding} embedding, density "
+        f"refitted on {len(images)} training normals")
     return target
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="run directory or checkpoint")
-    parser.add_argument("--views", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--views", type=int, choices=(1, 2), default=None,
+                        help="views to score (default: the run's)")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=None,
+                        help="the density's embedding (default: the run's)")
     parser.add_argument("--out", required=True, help="new run directory")
     args = parser.parse_args(argv)
-    refit_views(args.model, args.views, args.out)
+    refit_views(args.model, args.views, args.out, embedding=args.embedding)
 
 
 if __name__ == "__main__":

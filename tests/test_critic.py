@@ -821,8 +821,9 @@ def test_the_default_critic_scores_the_film_alone_and_exports_so(critic_run):
     with torch.no_grad():
         embedding = critic_embedding(family.critic, images, views=1)
         expected = mahalanobis(embedding, family.density)
-        exported, logit, opacity = CriticEmbedding(family.critic, views=1)(images)
+        exported, logit, quiet, opacity = CriticEmbedding(family.critic, views=1)(images)
     np.testing.assert_allclose(scores.density, expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(scores.quiet, quiet.numpy(), rtol=1e-4)
     np.testing.assert_allclose(scores.logit, family.critic(images).numpy(), rtol=1e-4,
                                atol=1e-5)
     torch.testing.assert_close(exported, embedding)

@@ -35,7 +35,7 @@ def test_the_default_run_holds_both_families_and_scores_with_the_critic(default_
                                       "encoder-search"]
     scorer = Scorer.from_checkpoint(default_run)
     assert (scorer.mode, scorer.score) == ("critic", "density")
-    assert len(mode_scores(default_run)) == 5 + 2 + 3 * 5  # every pair below
+    assert len(mode_scores(default_run)) == 7 + 2 + 3 * 5  # every pair below
 
 
 def test_every_mode_and_score_of_the_default_run(default_run, labelled_dir):
@@ -71,7 +71,7 @@ def test_cli_score_writes_the_critic_components(default_run, labelled_dir, tmp_p
     assert done.exit_code == 0, done.output
     with open(out) as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["path", "score", "label", "p_value", "density", "logit", "map",
+    assert rows[0] == ["path", "score", "label", "p_value", "density", "logit", "quiet", "map",
                        "brightness"]
     assert len(rows) == 21
     refused = CliRunner().invoke(anomaly_main, ["score", "--model", str(default_run),

@@ -69,8 +69,10 @@ def test_search_cannot_be_exported_and_torchscript_matches(default_run, tmp_path
     network = torch.jit.load(str(path))
     scorer = Scorer.from_checkpoint(default_run, device="cpu")
     images = torch.rand(3, 1, 32, 32) * 2 - 1
-    embedding, logit, opacity = network(images)
+    embedding, logit, quiet, opacity = network(images)
     np.testing.assert_allclose(logit.detach().numpy(), scorer.score_tensor(images).logit,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(quiet.detach().numpy(), scorer.score_tensor(images).quiet,
                                rtol=1e-4, atol=1e-5)
     assert embedding.shape[0] == 3
     shown = shown_map(opacity.detach().numpy(), scorer.family.normal_level,

@@ -61,7 +61,7 @@ def test_score_answers_what_anomaly_score_writes(client, cli_scores):
         assert answer["file"] == path.name
         assert answer["score"] == pytest.approx(cli_scores[path.name], rel=1e-5)
         assert answer["label"] in ("normal", "anomalous") and 0 < answer["p_value"] <= 1
-        assert set(answer["components"]) == {"density", "logit", "map", "brightness"}
+        assert set(answer["components"]) == {"density", "logit", "quiet", "map", "brightness"}
         assert isinstance(answer["regions"], list) and answer["shape"] == [224, 224]
         panel = decode_panel(answer)
         assert panel is not None and panel.shape[0] == 256 and panel.shape[2] == 3

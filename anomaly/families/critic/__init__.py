@@ -11,7 +11,7 @@ from anomaly.families.critic.config import CriticConfig
 
 NAME = "critic"
 MODES = ("critic",)
-SCORES = ("density", "logit", "map", "density+map")
+SCORES = ("density", "logit", "quiet", "density+quiet", "map", "density+map")
 DEFAULT_SCORE = "density"
 HEATS = ("map", "gradcam")  # its map head's opacity map, the density's Grad-CAM
 

@@ -12,6 +12,9 @@ MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to fin
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
 BATCHNORM_STATISTICS = ("batch", "clean", "split")  # which films set them in training
+EMBEDDINGS = ("l2", "sqrt")  # how pooled features become the density's embedding
+# scores that sum components, each standardised on the held-out normals (scorer.py)
+COMBINED = {"density+map": ("density", "map"), "density+quiet": ("density", "quiet")}
 
 
 @dataclass
@@ -38,6 +41,10 @@ class CriticConfig:
         score_views: how films are embedded for the density and scored: 1 (the film
             alone, the default) or 2 (the film and its mirror image averaged, so a film
             and its mirror score the same; twice the work).
+        embedding: how the pooled features become the embedding the density is fitted
+            on: ``l2`` (L2-normalised, the default) or ``sqrt`` (their square roots
+            L2-normalised, the power normalisation of Fisher vectors: channels that fire
+            strongly weigh less against the rest).
         synthesis: the synthetic opacities the critic learns from (one of
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
@@ -103,6 +110,7 @@ class CriticConfig:
     rotation_degrees: float = 8.0
     sharpness: float = 0.0
     score_views: int = 1
+    embedding: str = "l2"
     batchnorm_statistics: str = "batch"
     map_width: int = 32
     map_levels: int = 3
@@ -158,6 +166,9 @@ class CriticConfig:
                              f"{self.batchnorm_statistics!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not "
+                             f"{self.embedding!r}")
         for name in ("synthesis", "map_synthesis"):
             value = getattr(self, name)
             if value not in SYNTHESES and not (name == "map_synthesis" and value is None):

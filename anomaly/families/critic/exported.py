@@ -10,6 +10,7 @@ import numpy as np
 
 from anomaly import validate
 from anomaly.errors import CheckpointError
+from anomaly.families.critic.config import COMBINED
 from anomaly.families.critic.normal_level import (
     checked_map_field,
     checked_normal_level,
@@ -20,15 +21,17 @@ from anomaly.validate import BadValue
 
 class CriticExportReader:
     """Components of exported critic outputs: ``density`` (Mahalanobis distance of the
-    embedding), ``logit``, ``brightness`` and, with a map, ``map`` (the top 1% of the map
-    inside the lung field, as :func:`anomaly.lungs.top_mean`)."""
+    embedding), ``logit``, ``brightness``, ``quiet`` (exports written before it: none)
+    and, with a map, ``map`` (the top 1% of the map inside the lung field, as
+    :func:`anomaly.lungs.top_mean`)."""
 
     def __init__(self, info: dict):
         size = int(info["preprocess"]["image_size"])
         validate.density_part(info.get("density"), "density")
+        normal = info.get("heldout_normal_components")
         if "map" in info["components"]:
             validate.lung_prior(info.get("lung_field"), "lung_field", size)
-            normal = info.get("heldout_normal_components")
+        if "map" in info["components"] or normal is not None:
             if not isinstance(normal, dict):
                 raise BadValue("heldout_normal_components is missing")
             for name, values in normal.items():
@@ -38,18 +41,20 @@ class CriticExportReader:
         self.precision = np.asarray(info["density"]["precision"], dtype=np.float64)
         self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
         self.has_map = "map" in info["components"]
+        self.has_quiet = "quiet" in info["components"]  # its network's third output
+        self.normal_components = normal or {}
         self.normal_level = checked_normal_level(info.get("map_normal_level"),
                                                  "map_normal_level")
         self.map_field = checked_map_field(info.get("map_field"), "map_field", size)
         if self.has_map:
             self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
-            self.normal_components = info.get("heldout_normal_components") or {}
 
     def components(self, images: np.ndarray, outputs: list[np.ndarray]
                    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """(components (B,) by name, opacity maps as shown (B, S, S) or None) of films
         (B, 1, S, S)."""
-        embedding, logit, *opacity = outputs
+        embedding, logit, *rest = outputs
+        quiet, opacity = (rest[0], rest[1:]) if self.has_quiet else (None, rest)
         centred = embedding.astype(np.float64) - self.mean
         density = np.sqrt(np.clip(np.einsum("bi,ij,bj->b", centred, self.precision, centred),
                                   0, None))
@@ -57,6 +62,8 @@ class CriticExportReader:
             / self.lung_prior.sum()
         components = {"density": density, "logit": logit.astype(np.float64),
                       "brightness": brightness.astype(np.float64)}
+        if quiet is not None:
+            components["quiet"] = quiet.astype(np.float64)
         heat = None
         if self.has_map:
             raw = opacity[0].astype(np.float32)  # (B, S, S)
@@ -68,8 +75,8 @@ class CriticExportReader:
 
     def score_of(self, components: dict[str, np.ndarray]) -> np.ndarray:
         """The exported score kind read from the components."""
-        if self.score == "density+map":
-            return self.standardised_sum(components, ("density", "map"))
+        if self.score in COMBINED:
+            return self.standardised_sum(components, COMBINED[self.score])
         return components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
 
     def standardised_sum(self, components: dict, names: Sequence[str]) -> np.ndarray:

@@ -2,9 +2,13 @@
 its opacity map, and a heat map of where the evidence lies.
 
 The embedding of a film is the critic's pooled features of the film (``views: 1``) or
-of the film and its mirror image averaged (``views: 2``), L2-normalised; its ``density``
-score is the Mahalanobis distance of that embedding from the Gaussian fitted to the
-training normals' (``anomaly.density``).
+of the film and its mirror image averaged (``views: 2``), L2-normalised (``embedding:
+l2``) or their square roots L2-normalised (``embedding: sqrt``); its ``density`` score is
+the Mahalanobis distance of that embedding from the Gaussian fitted to the training
+normals' (``anomaly.density``). The normalisation drops how strongly the features fire
+overall: the ``quiet`` component keeps it (minus the log of the pooled features' norm;
+opacities quieten them), and ``density+quiet`` is the sum of both, each standardised on
+the held-out normals.
 
 A critic trained with a map head draws an opacity probability per pixel (the ``map``
 heat, the default heat map there, shown above the run's normal level:
@@ -27,11 +31,30 @@ from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic import HEATS
+from anomaly.families.critic.config import COMBINED, EMBEDDINGS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.families.critic.normal_level import checked_map_field, shown_map
 from anomaly.lungs import lung_field, top_mean
 
 CPU_PIECE = 4  # images per network pass on the CPU (bench/bench_critic.py --cpu-piece: 1-64 tried)
+SQRT_FLOOR = 1e-8  # added before the square root of ``sqrt`` embeddings: a finite gradient at 0
+
+
+def embed_pooled(pooled: torch.Tensor, embedding: str = "l2") -> torch.Tensor:
+    """The density's embedding (B, C) of pooled critic features (B, C), summed over the
+    views: L2-normalised (``l2``) or their square roots L2-normalised (``sqrt``)."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not {embedding!r}")
+    if embedding == "sqrt":
+        pooled = (pooled.clamp(min=0) + SQRT_FLOOR).sqrt()
+    return F.normalize(pooled, dim=1)
+
+
+def quietness(pooled: torch.Tensor) -> torch.Tensor:
+    """The ``quiet`` component (B,) of pooled critic features (B, C), summed over the
+    views: minus the log of their norm, which the embedding's normalisation drops (the
+    higher, the less the critic's features fire)."""
+    return -torch.log(pooled.float().norm(dim=1).clamp(min=1e-12))
 
 
 def film_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
@@ -56,24 +79,25 @@ def views_and_opacity(critic: OpacityCritic, images: torch.Tensor, views: int
     return maps, sum(opacities) / len(opacities)
 
 
-def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int
-                     ) -> torch.Tensor:
-    """L2-normalised pooled features (B, C) of images (B, 1, S, S): of the images alone
-    (``views=1``) or averaged with their mirror images' (``views=2``)."""
+def critic_embedding(critic: OpacityCritic, images: torch.Tensor, views: int,
+                     embedding: str = "l2") -> torch.Tensor:
+    """The density's embedding (B, C) of images (B, 1, S, S) (:func:`embed_pooled`): of
+    the images alone (``views=1``) or with their mirror images' (``views=2``)."""
     pooled = sum(critic.pooled(critic.feature_map(view)).float()
                  for view in film_views(images, views))
-    return F.normalize(pooled, dim=1)
+    return embed_pooled(pooled, embedding)
 
 
 class CriticFamily:
     """The critic family's scoring object behind the seam (:mod:`anomaly.families`).
 
     Components: ``density`` (Mahalanobis distance of the embedding), ``logit`` (the
-    opacity logit, averaged over the film and its mirror with ``views=2``) and, with a
-    map head, ``map`` (the mean of the opacity map's top 1% inside the lung field).
-    Scores: those, and ``density+map`` (both standardised on the held-out normals,
-    summed). ``views`` (1 or 2) is the one the density was fitted with, recorded in the
-    checkpoint; ``heat`` is ``map`` (the map head's opacity probability per pixel, the
+    opacity logit, averaged over the film and its mirror with ``views=2``), ``quiet``
+    (:func:`quietness`) and, with a map head, ``map`` (the mean of the opacity map's top
+    1% inside the lung field). Scores: those, ``density+quiet`` and ``density+map``
+    (both standardised on the held-out normals, summed). ``views`` (1 or 2) and
+    ``embedding`` (:func:`embed_pooled`) are those the density was fitted with, recorded
+    in the checkpoint; ``heat`` is ``map`` (the map head's opacity probability per pixel, the
     default where there is a head) or ``gradcam`` (the density's Grad-CAM).
     """
 
@@ -82,16 +106,20 @@ class CriticFamily:
     modes = ("critic",)
     default_score = "density"
     reconstructs = False
-    calibrated_scores = ("density+map",)  # standardised on the held-out normals
+    calibrated_scores = tuple(COMBINED)  # standardised on the held-out normals
     cpu_piece = CPU_PIECE
 
     def __init__(self, critic: OpacityCritic, density: dict[str, torch.Tensor],
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
                  views: int = 1, lung_prior: torch.Tensor | None = None,
                  heat: str | None = None, normal_level: float | None = None,
-                 map_field=None):
+                 map_field=None, embedding: str = "l2"):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
+        if embedding not in EMBEDDINGS:
+            raise CheckpointError(f"critic.embedding must be one of {', '.join(EMBEDDINGS)}, "
+                                  f"not {embedding!r}")
+        self.embedding = embedding
         self.has_map = critic.map_head is not None
         heat = heat or ("map" if self.has_map else "gradcam")
         if heat not in HEATS:
@@ -114,8 +142,9 @@ class CriticFamily:
         self.map_field = None if field is None else torch.from_numpy(field).to(device)
         prior = torch.ones(size, size) if lung_prior is None else lung_prior.float()
         self.lung_field = lung_field(prior).to(device)  # (S, S) 0/1
-        self.components = ("density", "logit", *(("map",) if self.has_map else ()))
-        self.score_kinds = {"density": "density", "logit": "logit",
+        self.components = ("density", "logit", "quiet", *(("map",) if self.has_map else ()))
+        self.score_kinds = {"density": "density", "logit": "logit", "quiet": "quiet",
+                            "density+quiet": None,
                             **({"map": "map", "density+map": None} if self.has_map else {})}
 
     @classmethod
@@ -129,11 +158,13 @@ class CriticFamily:
                    int(state.get("views", 2)),  # runs before views were recorded: 2
                    lung_prior=lung_prior, heat=heat,
                    normal_level=state.get("map_normal_level"),
-                   map_field=state.get("map_field"))
+                   map_field=state.get("map_field"),
+                   embedding=state.get("embedding", "l2"))  # runs before it was recorded
 
     def report_settings(self) -> dict:
         """What a report of this family lists beside its scores."""
-        return {"heat": self.heat, "views": self.views, "map_head": self.has_map,
+        return {"heat": self.heat, "views": self.views, "embedding": self.embedding,
+                "map_head": self.has_map,
                 **({"map_normal_level": self.normal_level,
                     "map_field": self.map_field is not None} if self.has_map else {})}
 
@@ -147,12 +178,17 @@ class CriticFamily:
 
     def combine(self, score: str, components: dict[str, np.ndarray],
                 normal_components: dict[str, list[float]] | None) -> np.ndarray:
-        """The ``density+map`` score: each standardised on the held-out normals, summed."""
+        """A combined score (:data:`COMBINED`): its components, each standardised on the
+        held-out normals, summed."""
         if normal_components is None:
             raise CheckpointError(f"the {score} score needs held-out normal statistics; call "
                                   "calibrate() with normal images")
         total = 0.0
-        for name in ("density", "map"):
+        for name in COMBINED[score]:
+            if name not in normal_components:
+                raise CheckpointError(f"the held-out normal statistics hold no {name} values "
+                                      f"for the {score} score; call calibrate() with normal "
+                                      "images")
             normal = np.asarray(normal_components[name], dtype=np.float64)
             total = total + (np.asarray(components[name], dtype=np.float64) - normal.mean()) \
                 / max(normal.std(), 1e-12)
@@ -182,21 +218,25 @@ class CriticFamily:
         with torch.no_grad(), autocast(self.device, self.amp):  # (B, C, S', S') per view
             maps, opacity = views_and_opacity(self.critic, images, self.views)
             maps = [view_map.float() for view_map in maps]
+        with torch.no_grad():
+            pooled = sum(self.critic.pooled(view_map) for view_map in maps)  # (B, C)
         heat = None
         if heatmaps and self.heat == "gradcam":  # the density's Grad-CAM, upsampled
-            density, cells = density_and_heat(maps, self.density, self.critic.pooled)
+            density, cells = density_and_heat(
+                maps, self.density, self.critic.pooled,
+                embed=lambda pooled: embed_pooled(pooled, self.embedding))
             heat = F.interpolate(cells[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]
         else:
             with torch.no_grad():
-                pooled = sum(self.critic.pooled(view_map) for view_map in maps)
-                density = mahalanobis(F.normalize(pooled, dim=1), self.density)
+                density = mahalanobis(embed_pooled(pooled, self.embedding), self.density)
             if heatmaps:
                 heat = shown_map(opacity, self.normal_level, self.map_field)
         with torch.no_grad():
             logit = sum(self.critic.logits(self.critic.pooled(view_map))
                         for view_map in maps) / len(maps)
-        components = {"density": density.cpu().numpy(), "logit": logit.cpu().numpy()}
+        components = {"density": density.cpu().numpy(), "logit": logit.cpu().numpy(),
+                      "quiet": quietness(pooled).cpu().numpy()}
         if opacity is not None:
             components["map"] = top_mean(opacity, self.lung_field).cpu().numpy()
         return components, heat

@@ -206,21 +206,25 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
     final = state(max(start_epoch, config.epochs))
     if dist.is_main:
         final["views"] = config.score_views
-        final["density"] = fit_critic_density(critic, images, device, config.score_views)
+        final["embedding"] = config.embedding
+        final["density"] = fit_critic_density(critic, images, device, config.score_views,
+                                              config.embedding)
         sample = uint8_to_model(images[:256])
         final["heat_scale"] = heat_scale_of(
             CriticFamily(critic, final["density"], device, views=config.score_views,
-                         heat="gradcam"), sample)
+                         heat="gradcam", embedding=config.embedding), sample)
         log(f"critic: fitted the feature density on {len(images)} training images")
     return final
 
 
 @torch.no_grad()
 def fit_critic_density(critic: OpacityCritic, images: torch.Tensor, device: torch.device,
-                       views: int, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings (``views`` as in
-    :func:`critic_embedding`) of (N, 1, S, S) uint8 normal films."""
+                       views: int, embedding: str = "l2", batch_size: int = 128
+                       ) -> dict[str, torch.Tensor]:
+    """Gaussian (mean, Ledoit-Wolf precision) of the critic's embeddings (``views`` and
+    ``embedding`` as in :func:`critic_embedding`) of (N, 1, S, S) uint8 normal films."""
     critic.eval()
     embeddings = [critic_embedding(critic, uint8_to_model(images[i: i + batch_size]).to(device),
-                                   views).cpu() for i in range(0, len(images), batch_size)]
+                                   views, embedding).cpu()
+                  for i in range(0, len(images), batch_size)]
     return fit_density(torch.cat(embeddings).numpy())

@@ -1,0 +1,144 @@
+"""The critic's density embedding (``l2`` or ``sqrt``) and its ``quiet`` component: what
+they compute, a run that records them, the combined score, stored statistics from before
+the component, and exports old and new."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomaly.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from anomaly.density import mahalanobis
+from anomaly.export import export_run
+from anomaly.families.critic.scorer import embed_pooled, quietness
+from anomaly.score import Scorer
+from anomaly.train import TrainConfig, train_run
+from tests.conftest import TINY_DEFAULT
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
+
+
+def test_embeddings_and_quietness_of_pooled_features():
+    pooled = torch.tensor([[4.0, 0.0, 9.0], [1.0, 1.0, 0.0]])
+    torch.testing.assert_close(embed_pooled(pooled), F.normalize(pooled, dim=1))
+    roots = embed_pooled(pooled, "sqrt")
+    torch.testing.assert_close(roots, F.normalize(pooled.sqrt(), dim=1), atol=1e-4, rtol=0)
+    assert roots[0, 0] / roots[0, 2] == pytest.approx(2 / 3, rel=1e-4)  # 4 and 9 -> 2 and 3
+    with pytest.raises(ValueError, match="embedding must be one of l2, sqrt"):
+        embed_pooled(pooled, "cube")
+    torch.testing.assert_close(quietness(pooled), -torch.log(pooled.norm(dim=1)))
+    assert quietness(pooled * 2)[0] < quietness(pooled)[0]  # features firing more: less quiet
+    assert torch.isfinite(quietness(torch.zeros(1, 3))).all()
+    zero = torch.zeros(1, 3, requires_grad=True)  # a channel that never fires
+    embed_pooled(zero + torch.tensor([[0.0, 1.0, 2.0]]), "sqrt").sum().backward()
+    assert torch.isfinite(zero.grad).all()  # the square root's floor: no inf at zero
+    with pytest.raises(ValueError, match="critic: embedding"):
+        TrainConfig(critic_embedding="cube")
+
+
+@pytest.fixture(scope="module")
+def sqrt_run(tmp_path_factory, normal_dir) -> Path:
+    run = tmp_path_factory.mktemp("sqrt_run")
+    train_run(TrainConfig(**{**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0,
+                             "critic_embedding": "sqrt"}),
+              normal_dir, run, progress=False, log=lambda *a: None)
+    return run
+
+
+def test_a_sqrt_run_fits_and_scores_its_density_on_square_roots(sqrt_run):
+    state = load_checkpoint(sqrt_run)
+    assert state["critic"]["embedding"] == "sqrt"
+    scorer = Scorer.from_checkpoint(sqrt_run, device="cpu")
+    family = scorer.family
+    assert family.embedding == "sqrt" and family.report_settings()["embedding"] == "sqrt"
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    scores = scorer.score_tensor(images)
+    with torch.no_grad():
+        pooled = family.critic.pooled(family.critic.feature_map(images))
+    expected = mahalanobis(embed_pooled(pooled, "sqrt"), family.density).numpy()
+    np.testing.assert_allclose(scores.density, expected, rtol=1e-4)
+    assert not np.allclose(scores.density, mahalanobis(embed_pooled(pooled), family.density),
+                           rtol=1e-3)  # the l2 embedding is another number
+    np.testing.assert_allclose(scores.quiet, quietness(pooled).numpy(), rtol=1e-5)
+    gradcam = Scorer.from_checkpoint(sqrt_run, device="cpu", heat="gradcam")
+    heat = gradcam.score_tensor(images)
+    np.testing.assert_allclose(heat.density, scores.density, rtol=1e-4)
+    assert np.isfinite(heat.heatmaps).all() and (heat.heatmaps >= 0).all()
+    broken = {**state["critic"], "embedding": "cube"}
+    with pytest.raises(CheckpointError, match="critic.embedding must be one of"):
+        type(family).from_state(broken, torch.device("cpu"))
+
+
+def test_density_plus_quiet_is_the_standardised_sum_and_old_statistics_are_refitted(
+        default_run, tmp_path):
+    both = Scorer.from_checkpoint(default_run, device="cpu", score="density+quiet")
+    result = both.score_paths(EXAMPLES, progress=False)
+    normal = both.normal_components
+    standard = sum((np.asarray(result.components()[name]) - np.mean(normal[name]))
+                   / np.std(normal[name]) for name in ("density", "quiet"))
+    np.testing.assert_allclose(result.score, standard, rtol=1e-4, atol=1e-6)
+    quiet = Scorer.from_checkpoint(default_run, device="cpu", score="quiet")
+    np.testing.assert_allclose(quiet.score_paths(EXAMPLES, progress=False).score,
+                               result.components()["quiet"], rtol=1e-6)
+
+    state = load_checkpoint(default_run)  # statistics stored before the quiet component
+    for component in state["score_stats"]["critic"]["components"]:
+        assert component in ("density", "logit", "quiet", "map", "brightness")
+    del state["score_stats"]["critic"]["components"]["quiet"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(state, old)
+    density = Scorer.from_checkpoint(old, device="cpu")
+    assert "quiet" not in density.normal_components  # the plain density keeps them
+    refitted = Scorer.from_checkpoint(old, device="cpu", score="density+quiet")
+    assert "quiet" in refitted.normal_components  # scored again on the held-out films
+    np.testing.assert_allclose(refitted.score_paths(EXAMPLES, progress=False).score,
+                               result.score, rtol=1e-4, atol=1e-6)
+    state["holdout_paths"] = []
+    save_checkpoint(state, old)
+    with pytest.raises(CheckpointError, match="held out from training"):
+        Scorer.from_checkpoint(old, device="cpu", score="density+quiet")
+
+
+def test_exports_carry_the_embedding_and_quiet_and_old_exports_still_score(
+        sqrt_run, tmp_path):
+    from anomaly.exported import ExportedScorer
+
+    out = tmp_path / "export"
+    export_run(sqrt_run, out, score="density+quiet")
+    info = json.loads((out / "export.json").read_text())
+    assert info["embedding"] == "sqrt" and "quiet" in info["components"]
+    assert set(info["heldout_normal_components"]) == {"density", "quiet", "map"}
+    exported = ExportedScorer(out).score_paths(EXAMPLES)
+    scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density+quiet")
+    expected = scorer.score_paths(EXAMPLES, progress=False)
+    np.testing.assert_allclose(exported.score, expected.score, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(exported.components()["quiet"], expected.components()["quiet"],
+                               rtol=1e-4)
+
+    # an export written before the quiet component: no such output, no such component
+    reader = ExportedScorer(out).reader
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 1, 32, 32)).astype(np.float32)
+    outputs = ExportedScorer(out).session.run(None, {"images": images})
+    old_info = {**info, "score": "density",
+                "components": [c for c in info["components"] if c != "quiet"]}
+    old_info["heldout_normal_components"] = {
+        k: v for k, v in info["heldout_normal_components"].items() if k != "quiet"}
+    old = type(reader)(old_info)
+    old_components, old_heat = old.components(images, [outputs[0], outputs[1], outputs[3]])
+    new_components, new_heat = reader.components(images, outputs)
+    assert "quiet" not in old_components and "quiet" in new_components
+    np.testing.assert_allclose(old_components["density"], new_components["density"])
+    np.testing.assert_allclose(old_heat, new_heat)
+    stale = tmp_path / "stale"
+    shutil.copytree(out, stale)
+    info["heldout_normal_components"]["quiet"] = None
+    (stale / "export.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="no held-out normal quiet values"):
+        ExportedScorer(stale).score_paths(EXAMPLES)
