@@ -122,6 +122,11 @@ class ExportedScorer:
 
         self.session = onnxruntime.InferenceSession(str(folder / info["network"]),
                                                     providers=["CPUExecutionProvider"])
+        expected = getattr(self.reader, "output_count", None)
+        if expected is not None and len(self.session.get_outputs()) != expected:
+            raise CheckpointError(f"{display_path(folder / 'export.json')}: its components "
+                                  f"name {expected} network outputs, and the network gives "
+                                  f"{len(self.session.get_outputs())}; export again")
         self.info = info
         self.mode, self.score = info["mode"], info["score"]
         self.component_names = tuple(info["components"])

@@ -122,14 +122,23 @@ def training_normals(state: dict, preprocess_config) -> torch.Tensor:
     return load_images(paths, preprocess_config, progress=False).images
 
 
-def critic_and_its_training_normals(state: dict):
+def critic_and_its_training_normals(state: dict, any_embedding: bool = False):
     """A run's critic (eval mode, BatchNorm unfolded), its preprocessing, and the normal
-    films it was trained on (:func:`training_normals`, uint8)."""
+    films it was trained on (:func:`training_normals`, uint8).
+
+    The probes embed films as runs with the ``l2`` embedding do (they were written for
+    them), so a run with another is refused unless ``any_embedding``: refit a copy with
+    ``examples/refit_critic_views.py --embedding l2`` to probe it."""
     from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
     from anomaly.score import Scorer
 
-    config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
     part = state["critic"]
+    embedding = part.get("embedding", "l2")
+    if embedding != "l2" and not any_embedding:
+        raise SystemExit(f"this probe embeds films as l2 runs do, and the run's embedding is "
+                         f"{embedding}: probe a copy refitted with examples/"
+                         "refit_critic_views.py --embedding l2")
+    config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
     critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
     critic.load_state_dict(part["network"])
     return critic.eval(), config, training_normals(state, config)

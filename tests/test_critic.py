@@ -26,6 +26,8 @@ from tests.conftest import TINY_DEFAULT
 
 QUIET = dict(progress=False, log=lambda *a: None)
 CRITIC_ONLY = {**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0}
+# the probes' run: the l2 embedding and density score they were written for
+L2_CRITIC = {**CRITIC_ONLY, "critic_embedding": "l2", "critic_score": "density"}
 
 
 def lungs(size: int = 32) -> torch.Tensor:
@@ -289,7 +291,7 @@ def test_acquisition_changes_mirror_gamma_and_shift():
 @pytest.fixture(scope="module")
 def critic_run(tmp_path_factory, normal_dir):
     run = tmp_path_factory.mktemp("critic_run")
-    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+    train_run(TrainConfig(**L2_CRITIC), normal_dir, run, **QUIET)
     return run
 
 
@@ -390,10 +392,10 @@ def test_critic_resumes_after_a_crash_exactly(tmp_path, normal_dir, critic_run, 
 
     monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):  # the family saves through its TrainingRun
-        train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, **QUIET)
+        train_run(TrainConfig(**L2_CRITIC), normal_dir, run, **QUIET)
     monkeypatch.setattr(anomaly.checkpoint, "save_checkpoint", save)
     assert load_checkpoint(run)["critic"]["epoch"] == 1 and len(calls) == 1
-    train_run(TrainConfig(**CRITIC_ONLY), normal_dir, run, resume=True, **QUIET)
+    train_run(TrainConfig(**L2_CRITIC), normal_dir, run, resume=True, **QUIET)
     resumed, uninterrupted = load_checkpoint(run)["critic"], load_checkpoint(critic_run)["critic"]
     assert resumed["epoch"] == 2
     for key, value in uninterrupted["network"].items():

@@ -94,7 +94,7 @@ def test_density_plus_quiet_is_the_standardised_sum_and_old_statistics_are_refit
     del state["score_stats"]["critic"]["components"]["quiet"]
     old = tmp_path / "old.pt"
     save_checkpoint(state, old)
-    density = Scorer.from_checkpoint(old, device="cpu")
+    density = Scorer.from_checkpoint(old, device="cpu", score="density")
     assert "quiet" not in density.normal_components  # the plain density keeps them
     refitted = Scorer.from_checkpoint(old, device="cpu", score="density+quiet")
     assert "quiet" in refitted.normal_components  # scored again on the held-out films
@@ -142,3 +142,51 @@ def test_exports_carry_the_embedding_and_quiet_and_old_exports_still_score(
     (stale / "export.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="no held-out normal quiet values"):
         ExportedScorer(stale).score_paths(EXAMPLES)
+
+
+def test_quiet_probe_prints_each_recipe_against_the_clean_held_out_films(default_run, capsys):
+    from tests.test_critic import run_example
+
+    run_example("critic_quiet_probe", ["--model", str(default_run)])
+    out = capsys.readouterr().out
+    assert "held-out normal films, each also with lesions (seed 0)" in out
+    for recipe in ("blobs", "consolidation", "patches"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {recipe} |"))
+        quiet, density = (float(cell) for cell in row.split("|")[2:4])
+        assert 0 <= quiet <= 1 and 0 <= density <= 1
+
+
+def test_a_run_without_held_out_films_scores_with_density_by_default():
+    from anomaly.families.critic.config import CriticConfig
+    from anomaly.families.critic.train import default_score
+
+    said = []
+    assert default_score(CriticConfig(), ["a.png", "b.png"], said.append) == "density+quiet"
+    assert default_score(CriticConfig(), ["a.png"], said.append) == "density" and said
+    assert default_score(CriticConfig(score="logit"), [], said.append) == "logit"
+    with pytest.raises(ValueError, match="critic: score must be one of"):
+        TrainConfig(critic_score="brightest")
+
+
+def test_probes_refuse_a_sqrt_run_and_a_stripped_checkpoint_is_refitted_from_its_folder(
+        sqrt_run, default_run, normal_dir, tmp_path):
+    from anomaly.pretrained import strip_for_scoring
+    from tests.test_critic import run_example
+
+    with pytest.raises(SystemExit, match="refit_critic_views.py --embedding l2"):
+        run_example("site_density_probe", ["--model", str(sqrt_run), "--data", str(normal_dir)])
+    state = load_checkpoint(default_run)
+    stripped = tmp_path / "stripped.pt"
+    save_checkpoint(strip_for_scoring(state), stripped)
+    refit = tmp_path / "refit"
+    run_example("refit_critic_views", ["--model", str(stripped), "--data", str(normal_dir),
+                                       "--embedding", "l2", "--default-score", "density",
+                                       "--out", str(refit)])
+    again = load_checkpoint(refit / "checkpoints" / "last.pt")
+    assert sorted(again["holdout_paths"]) == sorted(state["holdout_paths"])  # drawn again
+    assert again["critic"]["embedding"] == "l2"
+    assert again["critic"]["default_score"] == "density"
+    assert Scorer.from_checkpoint(refit, device="cpu").score == "density"
+    with pytest.raises(ValueError, match="--data"):
+        run_example("refit_critic_views", ["--model", str(stripped), "--out",
+                                           str(tmp_path / "no_data")])

@@ -15,6 +15,7 @@ BATCHNORM_STATISTICS = ("batch", "clean", "split")  # which films set them in tr
 EMBEDDINGS = ("l2", "sqrt")  # how pooled features become the density's embedding
 # scores that sum components, each standardised on the held-out normals (scorer.py)
 COMBINED = {"density+map": ("density", "map"), "density+quiet": ("density", "quiet")}
+SCORE_KINDS = ("density", "logit", "quiet", "map", *COMBINED)  # a run's default score
 
 
 @dataclass
@@ -42,9 +43,14 @@ class CriticConfig:
             alone, the default) or 2 (the film and its mirror image averaged, so a film
             and its mirror score the same; twice the work).
         embedding: how the pooled features become the embedding the density is fitted
-            on: ``l2`` (L2-normalised, the default) or ``sqrt`` (their square roots
-            L2-normalised, the power normalisation of Fisher vectors: channels that fire
-            strongly weigh less against the rest).
+            on: ``sqrt`` (their square roots L2-normalised, the power normalisation of
+            Fisher vectors: channels that fire strongly weigh less against the rest; the
+            default) or ``l2`` (L2-normalised, as runs before it).
+        score: the score kind the run scores with when none is asked for (recorded in
+            the checkpoint): ``density+quiet`` (the default: the density and the
+            ``quiet`` component, each standardised on the held-out normals; a run without
+            held-out normal films records ``density`` instead), ``density``, ``logit``,
+            ``quiet``, ``map`` or ``density+map``.
         synthesis: the synthetic opacities the critic learns from (one of
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
@@ -110,7 +116,8 @@ class CriticConfig:
     rotation_degrees: float = 8.0
     sharpness: float = 0.0
     score_views: int = 1
-    embedding: str = "l2"
+    embedding: str = "sqrt"
+    score: str = "density+quiet"
     batchnorm_statistics: str = "batch"
     map_width: int = 32
     map_levels: int = 3
@@ -166,6 +173,9 @@ class CriticConfig:
                              f"{self.batchnorm_statistics!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
+        if self.score not in SCORE_KINDS:
+            raise ValueError(f"score must be one of {', '.join(SCORE_KINDS)}, not "
+                             f"{self.score!r}")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not "
                              f"{self.embedding!r}")

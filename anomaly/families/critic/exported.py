@@ -42,6 +42,12 @@ class CriticExportReader:
         self.lung_prior = np.asarray(info["lung_prior"], dtype=np.float64)
         self.has_map = "map" in info["components"]
         self.has_quiet = "quiet" in info["components"]  # its network's third output
+        self.output_count = 2 + self.has_quiet + self.has_map  # the network's outputs
+        missing = [name for name in COMBINED.get(self.score, ()) if name not in
+                   info["components"]]
+        if missing or not {"density", "logit"} <= set(info["components"]):
+            raise BadValue(f"components {info['components']} lack what the network gives "
+                           f"or the {self.score} score needs")
         self.normal_components = normal or {}
         self.normal_level = checked_normal_level(info.get("map_normal_level"),
                                                  "map_normal_level")

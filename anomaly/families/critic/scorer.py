@@ -31,7 +31,7 @@ from anomaly.density import density_and_heat, mahalanobis
 from anomaly.device import autocast, cpu_bf16_supported
 from anomaly.families.base import FamilyOutput
 from anomaly.families.critic import HEATS
-from anomaly.families.critic.config import COMBINED, EMBEDDINGS
+from anomaly.families.critic.config import COMBINED, EMBEDDINGS, SCORE_KINDS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.families.critic.normal_level import checked_map_field, shown_map
 from anomaly.lungs import lung_field, top_mean
@@ -113,13 +113,17 @@ class CriticFamily:
                  device: torch.device, amp: bool = False, heat_scale: float | None = None,
                  views: int = 1, lung_prior: torch.Tensor | None = None,
                  heat: str | None = None, normal_level: float | None = None,
-                 map_field=None, embedding: str = "l2"):
+                 map_field=None, embedding: str = "l2", default_score: str = "density"):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 (the film) or 2 (with its mirror), not {views}")
         if embedding not in EMBEDDINGS:
             raise CheckpointError(f"critic.embedding must be one of {', '.join(EMBEDDINGS)}, "
                                   f"not {embedding!r}")
         self.embedding = embedding
+        if default_score not in SCORE_KINDS:
+            raise CheckpointError(f"critic.default_score must be one of "
+                                  f"{', '.join(SCORE_KINDS)}, not {default_score!r}")
+        self.default_score = default_score  # the run's own (runs before it: density)
         self.has_map = critic.map_head is not None
         heat = heat or ("map" if self.has_map else "gradcam")
         if heat not in HEATS:
@@ -159,7 +163,8 @@ class CriticFamily:
                    lung_prior=lung_prior, heat=heat,
                    normal_level=state.get("map_normal_level"),
                    map_field=state.get("map_field"),
-                   embedding=state.get("embedding", "l2"))  # runs before it was recorded
+                   embedding=state.get("embedding", "l2"),  # runs before it was recorded
+                   default_score=state.get("default_score", "density"))
 
     def report_settings(self) -> dict:
         """What a report of this family lists beside its scores."""

@@ -26,7 +26,7 @@ from anomaly.density import fit_density
 from anomaly.device import autocast
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.batchnorm_statistics import statistics_from
-from anomaly.families.critic.config import CriticConfig
+from anomaly.families.critic.config import COMBINED, CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
 from anomaly.families.critic.scorer import CriticFamily, critic_embedding, heat_scale_of
 from anomaly.families.critic.synthesis import paste_opacities
@@ -78,9 +78,21 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
         part = with_map_field(part, config, run.images, run.lung_prior)
         part = with_normal_level(part, run.holdout, run.config.preprocess_config(),
                                  run.device, run.lung_prior, log=run.log)
+        part["default_score"] = default_score(config, run.holdout, run.log)
     state = with_part(state, "critic", part)
     run.save(state)
     return state
+
+
+def default_score(config: CriticConfig, holdout: list, log=print) -> str:
+    """The score kind a run records as its default: the config's, or ``density`` where
+    that score is standardised on held-out normal films and the run holds out fewer
+    than two."""
+    if config.score in COMBINED and len(holdout) < 2:
+        log(f"critic: no held-out normal films to standardise {config.score}; the run "
+            "scores with density by default")
+        return "density"
+    return config.score
 
 
 def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
