@@ -26,7 +26,9 @@ __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "checkpoint_digest",
            "load_checkpoint", "load_weights", "resolve_checkpoint_path", "save_checkpoint"]
 
 FORMAT = "cxr-anomaly-gan"
-FORMAT_VERSION = 2  # 2: ``families`` lists the model families held (critic, dcgan)
+FORMAT_VERSION = 3  # 2: ``families`` lists the model families held (critic, dcgan)
+# 3: a part may hold what versions before it would misread (the critic's density fitted
+# on another embedding than l2): such a state is marked 3 (at_least_format), so they refuse it
 
 
 
@@ -41,6 +43,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "wb") as handle:
         torch.save(state, handle)
+
+
+def at_least_format(state: dict[str, Any], version: int) -> dict[str, Any]:
+    """The state marked with at least format ``version``: for a part that versions before
+    it would misread, so that they refuse the checkpoint instead."""
+    return {**state, "format_version": max(int(state.get("format_version", 0)), version)}
 
 
 def resolve_checkpoint_path(model: str | os.PathLike) -> Path:

@@ -31,7 +31,7 @@ from anomaly.io import file_sha256
 from anomaly.score import Scorer
 
 EXPORT_FORMAT = "cxr-anomaly-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the critic's network gives quiet as its third output
 FORMATS = ("onnx", "torchscript")
 
 

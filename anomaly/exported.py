@@ -33,7 +33,7 @@ from anomaly.results import BatchScores, ScoreResult
 from anomaly.validate import BadValue
 
 EXPORT_FORMAT = "cxr-anomaly-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the critic's network gives quiet as its third output
 
 
 def is_exported_model(model: str | os.PathLike) -> bool:

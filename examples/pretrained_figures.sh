@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=$1 DATA=${2:-../shared/data/chest_xray}
 MODEL=${MODEL:-pretrained}
 mkdir -p "$OUT"
-for score in density lung-brightness; do
+for score in density+quiet density lung-brightness; do
     anomaly evaluate --model "$MODEL" --data "$DATA/test_dev" --val "$DATA/val" \
         --out "$OUT/test_dev_$score" --score "$score" --no-progress
     anomaly evaluate --model "$MODEL" --data "$DATA/val" \

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import torch
 from probe_common import critic_and_its_training_normals
 
-from anomaly.checkpoint import load_checkpoint, save_checkpoint
+from anomaly.checkpoint import at_least_format, load_checkpoint, save_checkpoint
 from anomaly.data import uint8_to_model
 from anomaly.families.critic.config import EMBEDDINGS, SCORE_KINDS
 from anomaly.families.critic.scorer import CriticFamily, heat_scale_of
@@ -89,6 +89,8 @@ def refit_views(model: str | Path, views: int | None, out: str | Path, log=print
     state.pop("score_stats", None)
     state.pop("thresholds", None)  # calibrated on the old density
     target = checkpoint_path(out)
+    if embedding != "l2":  # versions before 3 would read its density as l2
+        state = at_least_format(state, 3)
     save_checkpoint(state, target)
     fit_score_statistics(target, log=log)
     log(f"{target}: the critic scores {views} view(s), {embedding} embedding, density "

@@ -549,17 +549,17 @@ def test_a_format_1_checkpoint_is_read_as_a_dcgan(trained_run, tmp_path):
     from anomaly.checkpoint import save_checkpoint
 
     state = load_checkpoint(trained_run)
-    assert state["format_version"] == 2 and state["families"] == ["dcgan"]
+    assert state["format_version"] == 3 and state["families"] == ["dcgan"]
     del state["families"]
     state["format_version"] = 1
     save_checkpoint(state, tmp_path / "v1.pt")
     old = Scorer.from_checkpoint(tmp_path / "v1.pt")
     assert old.mode == "encoder" and available_modes(load_checkpoint(tmp_path / "v1.pt")) == [
         "discriminator", "search", "encoder", "encoder-search"]
-    state["format_version"] = 3
-    save_checkpoint(state, tmp_path / "v3.pt")
+    state["format_version"] = 4
+    save_checkpoint(state, tmp_path / "v4.pt")
     with pytest.raises(CheckpointError, match="newer version"):
-        load_checkpoint(tmp_path / "v3.pt")
+        load_checkpoint(tmp_path / "v4.pt")
 
 
 def test_block_probe_reproduces_the_default_density(critic_run, labelled_dir, capsys):

@@ -47,15 +47,18 @@ def test_embeddings_and_quietness_of_pooled_features():
 def sqrt_run(tmp_path_factory, normal_dir) -> Path:
     run = tmp_path_factory.mktemp("sqrt_run")
     train_run(TrainConfig(**{**TINY_DEFAULT, "epochs": 0, "encoder_epochs": 0,
-                             "critic_embedding": "sqrt"}),
+                             "critic_embedding": "sqrt", "critic_score": "density+quiet"}),
               normal_dir, run, progress=False, log=lambda *a: None)
     return run
 
 
-def test_a_sqrt_run_fits_and_scores_its_density_on_square_roots(sqrt_run):
+def test_a_sqrt_run_fits_and_scores_its_density_on_square_roots(sqrt_run, tmp_path):
     state = load_checkpoint(sqrt_run)
     assert state["critic"]["embedding"] == "sqrt"
+    assert state["format_version"] == 3  # versions before it would read its density as l2
+    assert state["critic"]["default_score"] == "density+quiet"
     scorer = Scorer.from_checkpoint(sqrt_run, device="cpu")
+    assert scorer.score == "density+quiet"  # the run's own default
     family = scorer.family
     assert family.embedding == "sqrt" and family.report_settings()["embedding"] == "sqrt"
     images = torch.rand(3, 1, 32, 32) * 2 - 1
@@ -161,8 +164,10 @@ def test_a_run_without_held_out_films_scores_with_density_by_default():
     from anomaly.families.critic.train import default_score
 
     said = []
-    assert default_score(CriticConfig(), ["a.png", "b.png"], said.append) == "density+quiet"
-    assert default_score(CriticConfig(), ["a.png"], said.append) == "density" and said
+    config = CriticConfig(score="density+quiet")
+    assert default_score(CriticConfig(), [], said.append) == "density" and not said
+    assert default_score(config, ["a.png", "b.png"], said.append) == "density+quiet"
+    assert default_score(config, ["a.png"], said.append) == "density" and said
     assert default_score(CriticConfig(score="logit"), [], said.append) == "logit"
     with pytest.raises(ValueError, match="critic: score must be one of"):
         TrainConfig(critic_score="brightest")
@@ -187,6 +192,10 @@ def test_probes_refuse_a_sqrt_run_and_a_stripped_checkpoint_is_refitted_from_its
     assert again["critic"]["embedding"] == "l2"
     assert again["critic"]["default_score"] == "density"
     assert Scorer.from_checkpoint(refit, device="cpu").score == "density"
+    save_checkpoint({**strip_for_scoring(state), "format_version": 2}, stripped)
+    run_example("refit_critic_views", ["--model", str(stripped), "--data", str(normal_dir),
+                                       "--embedding", "sqrt", "--out", str(tmp_path / "v3")])
+    assert load_checkpoint(tmp_path / "v3" / "checkpoints" / "last.pt")["format_version"] == 3
     with pytest.raises(ValueError, match="--data"):
         run_example("refit_critic_views", ["--model", str(stripped), "--out",
                                            str(tmp_path / "no_data")])

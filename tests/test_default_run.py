@@ -34,8 +34,8 @@ def test_the_default_run_holds_both_families_and_scores_with_the_critic(default_
     assert available_modes(state) == ["critic", "discriminator", "search", "encoder",
                                       "encoder-search"]
     scorer = Scorer.from_checkpoint(default_run)
-    assert (scorer.mode, scorer.score) == ("critic", "density+quiet")  # the run's default
-    assert state["critic"]["default_score"] == "density+quiet"
+    assert (scorer.mode, scorer.score) == ("critic", "density")  # the run's default
+    assert state["critic"]["default_score"] == "density"
     assert state["critic"]["embedding"] == "sqrt"
     assert len(mode_scores(default_run)) == 7 + 2 + 3 * 5  # every pair below
 

@@ -25,8 +25,8 @@ EXAMPLES = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
 def test_export_writes_the_network_and_a_versioned_json(exported, default_run):
     info = json.loads((exported / "export.json").read_text())
     assert (exported / "model.onnx").is_file()
-    assert info["format"] == "cxr-anomaly-export" and info["format_version"] == 1
-    assert (info["mode"], info["score"]) == ("critic", "density+quiet")
+    assert info["format"] == "cxr-anomaly-export" and info["format_version"] == 2
+    assert (info["mode"], info["score"]) == ("critic", "density")
     assert len(info["density"]["mean"]) == len(info["density"]["precision"])
     assert info["threshold"]["source"] == "heldout-normal-quantile"
     assert info["threshold"]["value"] == Scorer.from_checkpoint(default_run).decision().threshold

@@ -12,7 +12,7 @@ from anomaly.families.critic.config import CriticConfig
 NAME = "critic"
 MODES = ("critic",)
 SCORES = ("density", "logit", "quiet", "density+quiet", "map", "density+map")
-DEFAULT_SCORE = "density+quiet"  # of new runs (CriticConfig.score); runs before it: density
+DEFAULT_SCORE = "density"  # a run records its own (CriticConfig.score)
 HEATS = ("map", "gradcam")  # its map head's opacity map, the density's Grad-CAM
 
 

@@ -47,10 +47,12 @@ class CriticConfig:
             Fisher vectors: channels that fire strongly weigh less against the rest; the
             default) or ``l2`` (L2-normalised, as runs before it).
         score: the score kind the run scores with when none is asked for (recorded in
-            the checkpoint): ``density+quiet`` (the default: the density and the
-            ``quiet`` component, each standardised on the held-out normals; a run without
-            held-out normal films records ``density`` instead), ``density``, ``logit``,
-            ``quiet``, ``map`` or ``density+map``.
+            the checkpoint): ``density`` (the default), ``logit``, ``quiet``, ``map``,
+            ``density+quiet`` or ``density+map`` (the last two standardised on the
+            held-out normals: a run without held-out films records ``density`` instead).
+            ``quiet``'s direction (quieter features = more abnormal) was read off
+            labelled films, and the training's own opacities move it the other way
+            (docs/results.md): measured, not the default.
         synthesis: the synthetic opacities the critic learns from (one of
             :data:`SYNTHESES`, :func:`~anomaly.families.critic.synthesis.synthesise`):
             ``blobs`` (consolidation-like, the default), ``diffuse`` (a wide faint haze
@@ -117,7 +119,7 @@ class CriticConfig:
     sharpness: float = 0.0
     score_views: int = 1
     embedding: str = "sqrt"
-    score: str = "density+quiet"
+    score: str = "density"
     batchnorm_statistics: str = "batch"
     map_width: int = 32
     map_levels: int = 3

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from anomaly.checkpoint import load_weights
+from anomaly.checkpoint import at_least_format, load_weights
 from anomaly.data import uint8_to_model
 from anomaly.density import fit_density
 from anomaly.device import autocast
@@ -80,6 +80,8 @@ def train_family(run, config: CriticConfig, state: dict) -> dict:
                                  run.device, run.lung_prior, log=run.log)
         part["default_score"] = default_score(config, run.holdout, run.log)
     state = with_part(state, "critic", part)
+    if part.get("embedding", "l2") != "l2":  # versions before 3 would read it as l2
+        state = at_least_format(state, 3)
     run.save(state)
     return state
 
