@@ -1,13 +1,14 @@
 """Export a run's one-pass scoring network to ONNX or TorchScript, with a JSON beside it.
 
 What is exported is the network of the critic mode (the default): preprocessed films
-(B, 1, S, S) in [-1, 1] -> the L2-normalised embedding (B, C) and the opacity logit (B,),
-of the film alone or averaged with its mirror as the run's critic scores (``views``),
-and, where the critic has a map head, its opacity map (B, S, S) of the film.
+(B, 1, S, S) in [-1, 1] -> the density's embedding (B, C, as the run's ``embedding``), the
+opacity logit (B,) and the ``quiet`` component (B,), of the film alone or averaged with
+its mirror as the run's critic scores (``views``), and, where the critic has a map head,
+its opacity map (B, S, S) of the film.
 ``export.json`` holds everything else a scorer needs: the preprocessing, the density's
 mean and precision, the lung prior (for ``brightness``) and lung field (for ``map``),
 the held-out normals' scores (for p-values) and components (to standardise
-``density+map``), the decision threshold and the region threshold, with a format version.
+``density+map`` and ``density+quiet``), the decision threshold and the region threshold, with a format version.
 :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and OpenCV. AnoGAN
 latent search is an optimisation loop, not a network, so it is refused.
 """
