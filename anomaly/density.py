@@ -45,8 +45,8 @@ def density_and_heat(view_maps: Sequence[torch.Tensor], density: dict[str, torch
 
     The embedding is ``embed(sum of pool(maps) over the views)`` (default: L2-normalised);
     the heat of a cell is the density's gradient times the features there, summed over
-    channels and kept where positive (the mirror image's heat flipped back), scaled by the number of
-    cells: the cells whose features push the film away from the normal films.
+    channels and kept where positive (the mirror image's heat flipped back), scaled by the
+    number of cells: the cells whose features push the film away from the normal films.
 
     Args:
         view_maps: (B, C, h, w) features of the images, then (optionally) of their

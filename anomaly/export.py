@@ -8,7 +8,8 @@ its opacity map (B, S, S) of the film.
 ``export.json`` holds everything else a scorer needs: the preprocessing, the density's
 mean and precision, the lung prior (for ``brightness``) and lung field (for ``map``),
 the held-out normals' scores (for p-values) and components (to standardise
-``density+map`` and ``density+quiet``), the decision threshold and the region threshold, with a format version.
+``density+map`` and ``density+quiet``), the decision threshold and the region threshold,
+with a format version.
 :mod:`anomaly.exported` scores with it using only onnxruntime, NumPy and OpenCV. AnoGAN
 latent search is an optimisation loop, not a network, so it is refused.
 """

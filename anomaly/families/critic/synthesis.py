@@ -423,7 +423,8 @@ def paste_perihilar_streaks(images: torch.Tensor, soft_prior: torch.Tensor,
         hilum = torch.where(side.view(batch, 1), hila[0], hila[1])  # (B, 2)
         outward = torch.where(side, -1.0, 1.0).view(batch, 1, 1)  # left half: go left
         hilum = hilum + _uniform(-0.04, 0.04, (batch, 2), device, generator) * size
-        streaks = int(torch.randint(count[0], count[1] + 1, (1,), generator=generator))
+        streaks = int(torch.randint(count[0], count[1] + 1, (1,), device=device,
+                                    generator=generator))
         for _ in range(streaks):
             angle = _uniform(-75, 75, (batch, 1, 1), device, generator) * math.pi / 180
             reach = _uniform(*length, (batch, 1, 1), device, generator) * size
