@@ -1,7 +1,8 @@
 """A Gaussian density of a network's features of normal films, shared by the families.
 
 The density score of an image is the Mahalanobis distance of its embedding (a network's
-pooled, L2-normalised features: the critic's, or the DCGAN discriminator's) from a
+pooled features made unit length, the critic's optionally square-rooted first, or the
+DCGAN discriminator's) from a
 Gaussian fitted to the embeddings of the normal training films, with a Ledoit-Wolf
 shrunk covariance (as CutPaste and AnatPaste score their critics). An image far from
 every normal film in feature space scores high.

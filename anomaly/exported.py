@@ -3,8 +3,8 @@ OpenCV: no torch at run time.
 
 Files are read and preprocessed exactly as the toolkit does (CLAHE, resize, the uint8
 rounding of stored inputs), the network runs in onnxruntime, and the exporting family's
-reader (its ``export_reader``; the critic's turns the embedding, logit and opacity map
-into its density, map score and the rest) makes the components and the score; the
+reader (its ``export_reader``; the critic's turns the embedding, logit, quiet and
+opacity map into its density, map score and the rest) makes the components and the score; the
 threshold, regions and p-values come from ``export.json``. The scores, maps and regions
 equal the run's own (``anomaly score --model RUN``) to float precision.
 
