@@ -37,6 +37,7 @@ from probe_common import (
     print_subgroup_header,
     print_subgroup_row,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -93,12 +94,15 @@ def run_synthesis(state: dict, train: torch.Tensor, image_size: int
 
 
 def standardised_densities(critic, train: torch.Tensor, held_out: torch.Tensor,
-                           folders: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Each folder's density (fitted on the uint8 training normals, as training does)
-    standardised on the held-out normals' (in [-1, 1]), by folder name."""
-    density = fit_density(embed(critic, uint8_to_model(train)).numpy())
-    normal = mahalanobis(embed(critic, held_out), density).numpy()
-    return {name: (mahalanobis(embed(critic, images), density).numpy() - normal.mean())
+                           folders: dict[str, tuple], embedding: str = "l2"
+                           ) -> dict[str, np.ndarray]:
+    """Each folder's density (fitted on the uint8 training normals, as training does, on
+    ``embedding`` embeddings) standardised on the held-out normals' (in [-1, 1]), by
+    folder name."""
+    density = fit_density(embed(critic, uint8_to_model(train), embedding=embedding).numpy())
+    normal = mahalanobis(embed(critic, held_out, embedding=embedding), density).numpy()
+    return {name: (mahalanobis(embed(critic, images, embedding=embedding),
+                               density).numpy() - normal.mean())
             / normal.std() for name, (_, _, images) in folders.items()}
 
 
@@ -112,7 +116,8 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv, options)
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state)
+    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    embedding = run_embedding(state)
     numbers = {str(n) for n in range(1, len(critic.blocks) + 1)}
     if any(not b or not set(b) <= numbers or len(set(b)) < len(b) for b in args.blocks):
         raise SystemExit(f"--blocks: each must be distinct block numbers 1-{len(critic.blocks)} "
@@ -133,7 +138,8 @@ def main(argv=None) -> None:
     print_subgroup_header("BatchNorm statistics", folders, kinds)
     standardised = {}  # by network: by folder: scores standardised on the held-out normals
     for title, network in networks.items():
-        standardised[title] = standardised_densities(network, train, held_out, folders)
+        standardised[title] = standardised_densities(network, train, held_out, folders,
+                                                     embedding)
         print_subgroup_row(title, folders, standardised[title], kinds)
     own = standardised["the run's own statistics"]
     for batches in BATCHES[1:]:

@@ -26,6 +26,7 @@ from probe_common import (
     load_labelled_images,
     print_auroc_table,
     probe_arguments,
+    require_l2_embedding,
     training_normals,
 )
 
@@ -68,6 +69,7 @@ def combined(blocks: list[torch.Tensor], indices: list[int]) -> torch.Tensor:
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
+    require_l2_embedding(state)
     scorer = Scorer.from_state(state, mode="critic", device="cpu")
     critic, views = scorer.family.critic.eval(), scorer.family.views
     train = uint8_to_model(training_normals(state, scorer.preprocess_config))

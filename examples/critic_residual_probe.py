@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import print_auroc_table, probe_arguments
+from probe_common import print_auroc_table, probe_arguments, require_l2_embedding
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.data import iter_preprocessed_batches, scan_labelled_folder, uint8_to_model
@@ -68,6 +68,7 @@ def generator_scores(critic_scorer: Scorer, encoder_scorer: Scorer, images: torc
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
+    require_l2_embedding(state)
     critic_scorer = Scorer.from_state(state, mode="critic", device="cpu")
     encoder_scorer = Scorer.from_state(state, mode="encoder", device="cpu")
     columns = {}

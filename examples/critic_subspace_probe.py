@@ -31,6 +31,7 @@ from probe_common import (
     print_subgroup_header,
     print_subgroup_row,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -68,10 +69,12 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv, extra=add_kind_option)
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state)
-    train_embeddings = embed(critic, uint8_to_model(train)).numpy().astype(np.float64)
+    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    embedding = run_embedding(state)
+    train_embeddings = embed(critic, uint8_to_model(train),
+                             embedding=embedding).numpy().astype(np.float64)
     folders = labelled_folders(args.data, preprocess_config, kinds)
-    films = {name: embed(critic, images).numpy().astype(np.float64)
+    films = {name: embed(critic, images, embedding=embedding).numpy().astype(np.float64)
              for name, (_, _, images) in folders.items()}
     _, _, shares = principal_axes(train_embeddings)
     print(f"{len(train_embeddings)} training normals, {train_embeddings.shape[1]} features; "

@@ -26,6 +26,7 @@ from probe_common import (
     load_labelled_images,
     print_auroc_table,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -40,15 +41,16 @@ from anomaly.families.critic.synthesis import vary_as_configured
 
 @torch.no_grad()
 def embed(critic: OpacityCritic, images: torch.Tensor, config: CriticConfig | None = None,
-          generator: torch.Generator | None = None, batch_size: int = 128) -> torch.Tensor:
-    """Embeddings (N, C) of images (N, 1, S, S) in [-1, 1], each changed as in training
-    first when ``config`` is given."""
+          generator: torch.Generator | None = None, batch_size: int = 128,
+          embedding: str = "l2") -> torch.Tensor:
+    """Embeddings (N, C, ``embedding`` as the run's) of images (N, 1, S, S) in [-1, 1],
+    each changed as in training first when ``config`` is given."""
     parts = []
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
         if config is not None:
             batch = vary_as_configured(batch, config, generator)
-        parts.append(critic_embedding(critic, batch, 1))
+        parts.append(critic_embedding(critic, batch, 1, embedding))
     return torch.cat(parts)
 
 
@@ -62,17 +64,19 @@ def main(argv=None) -> None:
         raise SystemExit("--copies: each count must be at least 1")
     copies = [0, *args.copies]
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state)
+    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    embedding = run_embedding(state)
     config = CriticConfig.from_saved(state["critic"].get("config", {}))
     train = uint8_to_model(train)
     generator = torch.Generator().manual_seed(0)
-    embeddings = [embed(critic, train)]
-    embeddings += [embed(critic, train, config, generator) for _ in range(max(copies))]
+    embeddings = [embed(critic, train, embedding=embedding)]
+    embeddings += [embed(critic, train, config, generator, embedding=embedding)
+                   for _ in range(max(copies))]
     fitted = {n: fit_density(torch.cat(embeddings[: n + 1]).numpy()) for n in copies}
     columns = {}
     for folder_path in args.data:
         labels, images = load_labelled_images(folder_path, preprocess_config)
-        tested = embed(critic, images)
+        tested = embed(critic, images, embedding=embedding)
         columns[Path(folder_path).name] = {
             f"{n} copies": auroc(labels, mahalanobis(tested, fitted[n]).numpy()) for n in copies}
     print(f"{len(train)} training normals embedded, {max(copies)} varied copies of each")

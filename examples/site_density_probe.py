@@ -28,6 +28,7 @@ from probe_common import (
     load_labelled_films,
     print_auroc_table,
     probe_arguments,
+    run_embedding,
 )
 from site_regions import split_by_patient
 
@@ -51,14 +52,15 @@ def site_densities(train: torch.Tensor, site: torch.Tensor) -> dict[str, dict]:
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state)
-    train_embeddings = embed(critic, uint8_to_model(train))
+    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    embedding = run_embedding(state)
+    train_embeddings = embed(critic, uint8_to_model(train), embedding=embedding)
     prior = checkpoint_lung_prior(state, preprocess_config.image_size)
     pattern = state["train_config"].get("holdout_patient_pattern", "")
     columns = {}
     for folder_path in args.data:
         paths, labels, images = load_labelled_films(folder_path, preprocess_config)
-        embeddings = embed(critic, images)
+        embeddings = embed(critic, images, embedding=embedding)
         brightness = lung_brightness(images, prior).numpy()
         normals = [Path(p) for p, label in zip(paths, labels) if label == 0]
         halves = split_by_patient(normals, pattern)

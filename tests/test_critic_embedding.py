@@ -174,12 +174,16 @@ def test_a_run_without_held_out_films_scores_with_density_by_default():
 
 
 def test_probes_refuse_a_sqrt_run_and_a_stripped_checkpoint_is_refitted_from_its_folder(
-        sqrt_run, default_run, normal_dir, tmp_path):
+        sqrt_run, default_run, normal_dir, labelled_dir, tmp_path):
     from anomaly.pretrained import strip_for_scoring
     from tests.test_critic import run_example
 
     with pytest.raises(SystemExit, match="refit_critic_views.py --embedding l2"):
-        run_example("site_density_probe", ["--model", str(sqrt_run), "--data", str(normal_dir)])
+        run_example("critic_cell_probe", ["--model", str(sqrt_run), "--data",
+                                          str(labelled_dir)])
+    with pytest.raises(SystemExit, match="refit_critic_views.py --embedding l2"):
+        run_example("critic_block_probe", ["--model", str(sqrt_run), "--data",
+                                           str(labelled_dir)])
     state = load_checkpoint(default_run)
     stripped = tmp_path / "stripped.pt"
     save_checkpoint(strip_for_scoring(state), stripped)
@@ -199,3 +203,25 @@ def test_probes_refuse_a_sqrt_run_and_a_stripped_checkpoint_is_refitted_from_its
     with pytest.raises(ValueError, match="--data"):
         run_example("refit_critic_views", ["--model", str(stripped), "--out",
                                            str(tmp_path / "no_data")])
+
+
+def test_probes_that_embed_as_the_run_does_reproduce_a_sqrt_runs_density(
+        sqrt_run, labelled_dir, capsys):
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from tests.test_critic import _subgroup_row, run_example
+
+    folder = scan_labelled_folder(labelled_dir)
+    density = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
+    own = auroc(folder.binary_labels, np.asarray(density.score_paths(
+        folder.paths, progress=False).score))  # the run's density, square roots and all
+    run_example("critic_subspace_probe", ["--model", str(sqrt_run), "--data",
+                                          str(labelled_dir), "--kind", "img_00"])
+    out = capsys.readouterr().out
+    assert _subgroup_row(out, "every axis (the run's density, refitted)") == pytest.approx(
+        [own, own], abs=2e-3)
+    run_example("critic_varied_density_probe", ["--model", str(sqrt_run), "--data",
+                                                str(labelled_dir)])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 0 copies |"))
+    assert float(row.split("|")[2]) == pytest.approx(own, abs=2e-3)

@@ -159,28 +159,18 @@ class CriticConfig:
                              f"{self.map_weight!r}, {self.map_mask_level!r}")
         if not 0 <= self.map_decoys <= 1:
             raise ValueError(f"map_decoys must be in [0, 1], not {self.map_decoys!r}")
-        if self.map_target not in MAP_TARGETS:
-            raise ValueError(f"map_target must be one of {', '.join(MAP_TARGETS)}, not "
-                             f"{self.map_target!r}")
-        if self.map_field not in MAP_FIELDS:
-            raise ValueError(f"map_field must be one of {', '.join(MAP_FIELDS)}, not "
-                             f"{self.map_field!r}")
         if self.map_levels not in MAP_LEVELS:
             raise ValueError(f"map_levels must be one of {MAP_LEVELS}, not {self.map_levels!r}")
         if not 0 <= self.map_own_blocks <= 3:
             raise ValueError(f"map_own_blocks must be in [0, 3], not {self.map_own_blocks!r}")
-        if self.batchnorm_statistics not in BATCHNORM_STATISTICS:
-            raise ValueError(f"batchnorm_statistics must be one of "
-                             f"{', '.join(BATCHNORM_STATISTICS)}, not "
-                             f"{self.batchnorm_statistics!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
-        if self.score not in SCORE_KINDS:
-            raise ValueError(f"score must be one of {', '.join(SCORE_KINDS)}, not "
-                             f"{self.score!r}")
-        if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, not "
-                             f"{self.embedding!r}")
+        for name, choices in (("map_target", MAP_TARGETS), ("map_field", MAP_FIELDS),
+                              ("batchnorm_statistics", BATCHNORM_STATISTICS),
+                              ("score", SCORE_KINDS), ("embedding", EMBEDDINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not "
+                                 f"{getattr(self, name)!r}")
         for name in ("synthesis", "map_synthesis"):
             value = getattr(self, name)
             if value not in SYNTHESES and not (name == "map_synthesis" and value is None):
