@@ -30,8 +30,8 @@ class CriticEmbedding(nn.Module):
         maps, opacity = views_and_opacity(self.critic, images, self.views)
         pooled = [self.critic.pooled(view_map) for view_map in maps]
         logit = sum(self.critic.logits(p) for p in pooled) / len(pooled)
-        embedding = embed_pooled(sum(pooled), self.embedding)
-        outputs = (embedding, logit, quietness(sum(pooled)))
+        total = sum(pooled)  # over the views, as the density was fitted
+        outputs = (embed_pooled(total, self.embedding), logit, quietness(total))
         return outputs if opacity is None else (*outputs, opacity)
 
 

@@ -4,18 +4,16 @@ logit and, with a map head, the opacity map) turned into its components and scor
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from anomaly import validate
-from anomaly.errors import CheckpointError
 from anomaly.families.critic.config import COMBINED
 from anomaly.families.critic.normal_level import (
     checked_map_field,
     checked_normal_level,
     shown_map,
 )
+from anomaly.standardise import standardised_sum
 from anomaly.validate import BadValue
 
 
@@ -82,17 +80,6 @@ class CriticExportReader:
     def score_of(self, components: dict[str, np.ndarray]) -> np.ndarray:
         """The exported score kind read from the components."""
         if self.score in COMBINED:
-            return self.standardised_sum(components, COMBINED[self.score])
+            return standardised_sum(components, self.normal_components, COMBINED[self.score],
+                                    self.score, source="export.json")
         return components[{"lung-brightness": "brightness"}.get(self.score, self.score)]
-
-    def standardised_sum(self, components: dict, names: Sequence[str]) -> np.ndarray:
-        """The components ``names``, each standardised on the held-out normals, summed."""
-        total = 0.0
-        for name in names:
-            normal = self.normal_components.get(name)
-            if not normal:
-                raise CheckpointError(f"export.json holds no held-out normal {name} values "
-                                      f"to standardise the {self.score} score")
-            normal = np.asarray(normal, dtype=np.float64)
-            total = total + (components[name] - normal.mean()) / max(normal.std(), 1e-12)
-        return np.asarray(total, dtype=np.float64)

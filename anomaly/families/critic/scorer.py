@@ -35,6 +35,7 @@ from anomaly.families.critic.config import COMBINED, EMBEDDINGS, SCORE_KINDS
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
 from anomaly.families.critic.normal_level import checked_map_field, shown_map
 from anomaly.lungs import lung_field, top_mean
+from anomaly.standardise import standardised_sum
 
 CPU_PIECE = 4  # images per network pass on the CPU (bench/bench_critic.py --cpu-piece: 1-64 tried)
 SQRT_FLOOR = 1e-8  # added before the square root of ``sqrt`` embeddings: a finite gradient at 0
@@ -184,20 +185,8 @@ class CriticFamily:
     def combine(self, score: str, components: dict[str, np.ndarray],
                 normal_components: dict[str, list[float]] | None) -> np.ndarray:
         """A combined score (:data:`COMBINED`): its components, each standardised on the
-        held-out normals, summed."""
-        if normal_components is None:
-            raise CheckpointError(f"the {score} score needs held-out normal statistics; call "
-                                  "calibrate() with normal images")
-        total = 0.0
-        for name in COMBINED[score]:
-            if name not in normal_components:
-                raise CheckpointError(f"the held-out normal statistics hold no {name} values "
-                                      f"for the {score} score; call calibrate() with normal "
-                                      "images")
-            normal = np.asarray(normal_components[name], dtype=np.float64)
-            total = total + (np.asarray(components[name], dtype=np.float64) - normal.mean()) \
-                / max(normal.std(), 1e-12)
-        return np.asarray(total, dtype=np.float64)
+        held-out normals, summed (:func:`anomaly.standardise.standardised_sum`)."""
+        return standardised_sum(components, normal_components, COMBINED[score], score)
 
     def score_batch(self, images: torch.Tensor, score: str = "density",
                     heatmaps: bool = True) -> FamilyOutput:
@@ -224,7 +213,8 @@ class CriticFamily:
             maps, opacity = views_and_opacity(self.critic, images, self.views)
             maps = [view_map.float() for view_map in maps]
         with torch.no_grad():
-            pooled = sum(self.critic.pooled(view_map) for view_map in maps)  # (B, C)
+            pooled_views = [self.critic.pooled(view_map) for view_map in maps]  # (B, C) each
+            pooled = sum(pooled_views)
         heat = None
         if heatmaps and self.heat == "gradcam":  # the density's Grad-CAM, upsampled
             density, cells = density_and_heat(
@@ -238,8 +228,7 @@ class CriticFamily:
             if heatmaps:
                 heat = shown_map(opacity, self.normal_level, self.map_field)
         with torch.no_grad():
-            logit = sum(self.critic.logits(self.critic.pooled(view_map))
-                        for view_map in maps) / len(maps)
+            logit = sum(self.critic.logits(view) for view in pooled_views) / len(maps)
         components = {"density": density.cpu().numpy(), "logit": logit.cpu().numpy(),
                       "quiet": quietness(pooled).cpu().numpy()}
         if opacity is not None:

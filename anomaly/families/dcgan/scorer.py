@@ -38,6 +38,7 @@ from anomaly.families.dcgan import (
 )
 from anomaly.families.dcgan.networks import Discriminator, Encoder, GANArchitecture, Generator
 from anomaly.lungs import lung_opacity, opacity_map
+from anomaly.standardise import standardised_sum
 
 
 def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch.Tensor,
@@ -148,15 +149,7 @@ class DCGANFamily:
         if score == "anogan":
             return (1 - self.lam) * np.asarray(components["residual"]) \
                 + self.lam * np.asarray(components["discrimination"])
-        if normal_components is None:
-            raise CheckpointError("the fused score needs held-out normal statistics; call "
-                                  "calibrate() with normal images")
-        total = 0.0
-        for name in ("opacity", "critic"):
-            normal = np.asarray(normal_components[name], dtype=np.float64)
-            total = total + (np.asarray(components[name]) - normal.mean()) / \
-                max(normal.std(), 1e-12)
-        return np.asarray(total, dtype=np.float64)
+        return standardised_sum(components, normal_components, ("opacity", "critic"), score)
 
 
     # -- scoring tensors -------------------------------------------------------------
