@@ -225,3 +225,37 @@ def test_probes_that_embed_as_the_run_does_reproduce_a_sqrt_runs_density(
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| 0 copies |"))
     assert float(row.split("|")[2]) == pytest.approx(own, abs=2e-3)
+
+
+def test_quiet_sides_probe_scores_quiet_either_way_beside_the_runs_own_scores(
+        sqrt_run, labelled_dir, capsys):
+    import sys
+
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from tests.test_critic import _subgroup_row, run_example
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from critic_quiet_sides import sided_scores
+
+    normal = {"density": [1.0, 3.0], "quiet": [0.0, 2.0]}  # means 2 and 1, spreads 1
+    scores = sided_scores({"density": np.array([2.0, 4.0]), "quiet": np.array([-1.0, 3.0]),
+                           "brightness": np.array([0.5, 0.6])}, normal)
+    np.testing.assert_allclose(scores["density+quiet (quieter = abnormal)"], [-2.0, 4.0])
+    np.testing.assert_allclose(scores["density + abs(quiet) (either way)"], [2.0, 4.0])
+    np.testing.assert_allclose(scores["joint: sqrt(density² + quiet_z²)"],
+                               [np.sqrt(8.0), np.sqrt(20.0)])
+
+    folder = scan_labelled_folder(labelled_dir)
+    own = {}
+    for score in ("density", "density+quiet"):
+        scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score=score)
+        own[score] = auroc(folder.binary_labels, np.asarray(scorer.score_paths(
+            folder.paths, progress=False).score))
+    run_example("critic_quiet_sides", ["--model", str(sqrt_run), "--data", str(labelled_dir),
+                                       "--kind", "img_00"])
+    out = capsys.readouterr().out
+    assert _subgroup_row(out, "density")[0] == pytest.approx(own["density"], abs=1e-6)
+    assert _subgroup_row(out, "density+quiet (quieter = abnormal)")[0] == pytest.approx(
+        own["density+quiet"], abs=1e-6)
+    assert 0 <= _subgroup_row(out, "density + abs(quiet) (either way)")[0] <= 1
