@@ -5,8 +5,10 @@ density, each standardised on the run's held-out normals, with the sign that mak
 quieter film more abnormal, a sign first read off labelled films. Two scores that need no
 sign are set beside it: ``density + abs(quiet)`` (the standardised quiet's distance from the
 normals' mean, either way) and ``joint`` (the Mahalanobis distance over the embedding and
-the standardised quiet together: sqrt(density^2 + quiet_z^2)). Each is scored by kind of
-pneumonia, beside the density and lung brightness. No abnormal film fits anything.
+the standardised quiet together: sqrt(density^2 + quiet_z^2)). And the density summed with
+lung brightness (the no-GAN baseline, whose sign is its definition: a brighter lung field
+is more opaque), each standardised likewise. Each is scored by kind of pneumonia, beside
+the density and lung brightness. No abnormal film fits anything.
 
     python examples/critic_quiet_sides.py --model RUN --data ../shared/data/chest_xray/test_dev
 """
@@ -50,6 +52,8 @@ def sided_scores(components: dict[str, np.ndarray], normal: dict[str, list[float
             "density+quiet (quieter = abnormal)": density_z + quiet_z,
             "density + abs(quiet) (either way)": density_z + np.abs(quiet_z),
             "joint: sqrt(density² + quiet_z²)": np.sqrt(density ** 2 + quiet_z ** 2),
+            "density+brightness (brighter = abnormal)":
+                density_z + standardised(components["brightness"], normal["brightness"]),
             "lung brightness": np.asarray(components["brightness"], dtype=np.float64)}
 
 

@@ -238,13 +238,14 @@ def test_quiet_sides_probe_scores_quiet_either_way_beside_the_runs_own_scores(
     sys.path.insert(0, str(ROOT / "examples"))
     from critic_quiet_sides import sided_scores
 
-    normal = {"density": [1.0, 3.0], "quiet": [0.0, 2.0]}  # means 2 and 1, spreads 1
+    normal = {"density": [1.0, 3.0], "quiet": [0.0, 2.0], "brightness": [0.4, 0.6]}
     scores = sided_scores({"density": np.array([2.0, 4.0]), "quiet": np.array([-1.0, 3.0]),
                            "brightness": np.array([0.5, 0.6])}, normal)
     np.testing.assert_allclose(scores["density+quiet (quieter = abnormal)"], [-2.0, 4.0])
     np.testing.assert_allclose(scores["density + abs(quiet) (either way)"], [2.0, 4.0])
     np.testing.assert_allclose(scores["joint: sqrt(density² + quiet_z²)"],
                                [np.sqrt(8.0), np.sqrt(20.0)])
+    np.testing.assert_allclose(scores["density+brightness (brighter = abnormal)"], [0.0, 3.0])
 
     folder = scan_labelled_folder(labelled_dir)
     own = {}
