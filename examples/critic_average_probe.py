@@ -6,9 +6,9 @@ critic of that epoch; then, for each ``--average N``, the weights of the last N 
 averaged (stochastic weight averaging; the BatchNorm statistics recomputed on training
 batches made as in training), and the ensemble of those epochs' densities (each
 standardised on the held-out normals, summed). Each density is fitted on the run's
-training normals as training does; each folder is scored with the film alone, overall
-and for the anomalous files whose names hold each ``--kind`` against every normal. No
-label chooses anything.
+training normals as training does, embedded as the run's density is; each folder is
+scored with the film alone, overall and for the anomalous files whose names hold each
+``--kind`` against every normal. No label chooses anything.
 
     python examples/critic_average_probe.py --model RUN --snapshots DIR --average 5 10 15 \
         --data ../shared/data/chest_xray/test_dev --data ../shared/data/chest_xray/val
@@ -35,6 +35,7 @@ from probe_common import (
     print_subgroup_header,
     print_subgroup_row,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -75,6 +76,7 @@ def main(argv=None) -> None:
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
     critic, preprocess_config, train = critic_and_its_training_normals(state)
+    embedding = run_embedding(state)
     config, prior = run_synthesis(state, train, preprocess_config.image_size)
     held_out = held_out_normals(state, preprocess_config)
     snapshots = snapshots_by_epoch(args.snapshots)
@@ -96,7 +98,7 @@ def main(argv=None) -> None:
     per_epoch = {}
     for epoch in sorted(e for e in snapshots if e >= min(args.first, last - max(args.average) + 1)):
         per_epoch[epoch] = standardised_densities(network_of(snapshots[epoch]), train, held_out,
-                                                  folders)
+                                                  folders, embedding)
         if epoch >= args.first:
             print_subgroup_row(f"epoch {epoch}", folders, per_epoch[epoch], kinds)
     for n in args.average:
@@ -104,7 +106,8 @@ def main(argv=None) -> None:
         network = network_of(averaged([snapshots[e] for e in epochs]))
         recompute_batchnorm(network, train, "as trained", config, prior)
         print_subgroup_row(f"weights of epochs {epochs[0]}-{last} averaged", folders,
-                           standardised_densities(network, train, held_out, folders), kinds)
+                           standardised_densities(network, train, held_out, folders, embedding),
+                           kinds)
         print_subgroup_row(f"densities of epochs {epochs[0]}-{last} summed", folders,
                            {name: sum(per_epoch[e][name] for e in epochs) for name in folders},
                            kinds)

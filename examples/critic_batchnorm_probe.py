@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv, options)
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
     embedding = run_embedding(state)
     numbers = {str(n) for n in range(1, len(critic.blocks) + 1)}
     if any(not b or not set(b) <= numbers or len(set(b)) < len(b) for b in args.blocks):

@@ -28,6 +28,7 @@ from probe_common import (
     load_labelled_images,
     print_auroc_table,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -40,16 +41,17 @@ from anomaly.families.critic.scorer import critic_embedding
 
 @torch.no_grad()
 def cell_features(critic: OpacityCritic, images: torch.Tensor, views: int,
-                  batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                  embedding: str = "l2", batch_size: int = 128
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cells (N, h*w, C) of the pooled map, mirror-averaged in place; embeddings (N, C)
-    with the run's ``views``)."""
+    with the run's ``views`` and ``embedding``)."""
     cells, embeddings = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
         pooled = critic.pool(critic.feature_map(batch))
         pooled_mirror = critic.pool(critic.feature_map(batch.flip(-1))).flip(-1)
         cells.append(((pooled + pooled_mirror) / 2).flatten(2).transpose(1, 2))
-        embeddings.append(critic_embedding(critic, batch, views))
+        embeddings.append(critic_embedding(critic, batch, views, embedding))
     return torch.cat(cells), torch.cat(embeddings)
 
 
@@ -64,8 +66,8 @@ def main(argv=None) -> None:
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
     train = uint8_to_model(train)
-    views = int(state["critic"].get("views", 2))
-    train_cells, _ = cell_features(critic, train, views)
+    views, embedding = int(state["critic"].get("views", 2)), run_embedding(state)
+    train_cells, _ = cell_features(critic, train, views, embedding)
     densities = [fit_density(train_cells[:, i].numpy()) for i in range(train_cells.shape[1])]
     side = int(round(train_cells.shape[1] ** 0.5))
     lung = F.adaptive_avg_pool2d(torch.as_tensor(state["lung_prior"]).float()[None, None],
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
     columns = {}
     for folder_path in args.data:
         labels, images = load_labelled_images(folder_path, config)
-        cells, embeddings = cell_features(critic, images, views)
+        cells, embeddings = cell_features(critic, images, views, embedding)
         distances = cell_distances(cells, densities)
         column = {"global density (the default)": auroc(
             labels, mahalanobis(embeddings, state["critic"]["density"]).numpy())}

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import print_auroc_table, probe_arguments, require_l2_embedding
+from probe_common import print_auroc_table, probe_arguments
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.data import iter_preprocessed_batches, scan_labelled_folder, uint8_to_model
@@ -49,9 +49,9 @@ def generator_scores(critic_scorer: Scorer, encoder_scorer: Scorer, images: torc
     encoded = encoder_scorer.score_tensor(images, heatmaps=False)
     reconstruction = encoded.reconstructions.to(images.device)
     maps, maps_rec = critic.feature_map(images), critic.feature_map(reconstruction)
-    views = critic_scorer.family.views  # as the run's density embeds films
-    emb, emb_rec = (critic_embedding(critic, images, views),
-                    critic_embedding(critic, reconstruction, views))
+    views, embedding = critic_scorer.family.views, critic_scorer.family.embedding  # the run's
+    emb, emb_rec = (critic_embedding(critic, images, views, embedding),
+                    critic_embedding(critic, reconstruction, views, embedding))
     scored = critic_scorer.score_tensor(images, heatmaps=False)
     return {
         "critic density (default)": scored.density,
@@ -68,7 +68,6 @@ def generator_scores(critic_scorer: Scorer, encoder_scorer: Scorer, images: torc
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
-    require_l2_embedding(state)
     critic_scorer = Scorer.from_state(state, mode="critic", device="cpu")
     encoder_scorer = Scorer.from_state(state, mode="encoder", device="cpu")
     columns = {}

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv, extra=add_kind_option)
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
     embedding = run_embedding(state)
     train_embeddings = embed(critic, uint8_to_model(train),
                              embedding=embedding).numpy().astype(np.float64)

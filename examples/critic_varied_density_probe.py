@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         raise SystemExit("--copies: each count must be at least 1")
     copies = [0, *args.copies]
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
     embedding = run_embedding(state)
     config = CriticConfig.from_saved(state["critic"].get("config", {}))
     train = uint8_to_model(train)

@@ -25,12 +25,12 @@ if __package__ in (None, ""):  # run as a script: import this checkout's package
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from probe_common import (
     critic_and_its_training_normals,
     load_labelled_images,
     print_auroc_table,
     probe_arguments,
+    run_embedding,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -38,6 +38,7 @@ from anomaly.data import uint8_to_model
 from anomaly.density import fit_density, mahalanobis
 from anomaly.evaluate import auroc
 from anomaly.families.critic.network import OpacityCritic
+from anomaly.families.critic.scorer import embed_pooled
 
 GAMMAS = (1.0, 0.8, 1.25)
 
@@ -58,9 +59,11 @@ def pooled_views(critic: OpacityCritic, images: torch.Tensor, gammas: tuple[floa
     return {key: torch.cat(parts) for key, parts in views.items()}
 
 
-def embeddings(views: dict, keys: list[tuple[float, bool]]) -> torch.Tensor:
-    """L2-normalised sum of the chosen views' pooled features."""
-    return F.normalize(sum(views[key] for key in keys), dim=1)
+def embeddings(views: dict, keys: list[tuple[float, bool]], embedding: str = "l2"
+               ) -> torch.Tensor:
+    """The sum of the chosen views' pooled features, embedded as the run's density is
+    (:func:`~anomaly.families.critic.scorer.embed_pooled`)."""
+    return embed_pooled(sum(views[key] for key in keys), embedding)
 
 
 VARIANTS = {
@@ -84,26 +87,30 @@ def main(argv=None) -> None:
     variants = {k: v for k, v in VARIANTS.items() if with_gamma or k != "mirror x gamma"}
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
-    train = uint8_to_model(train)
+    train, embedding = uint8_to_model(train), run_embedding(state)
+
+    def embedded(views: dict, keys: list[tuple[float, bool]]) -> torch.Tensor:
+        return embeddings(views, keys, embedding)
+
     train_views = pooled_views(critic, train, gammas)
-    fitted = {name: fit_density(embeddings(train_views, keys).numpy())
+    fitted = {name: fit_density(embedded(train_views, keys).numpy())
               for name, keys in variants.items()}
-    both_orientations = torch.cat([embeddings(train_views, [(1.0, False)]),
-                                   embeddings(train_views, [(1.0, True)])])
+    both_orientations = torch.cat([embedded(train_views, [(1.0, False)]),
+                                   embedded(train_views, [(1.0, True)])])
     fitted_both = fit_density(both_orientations.numpy())
     columns = {}
     for folder_path in args.data:
         labels, images = load_labelled_images(folder_path, config)
         views = pooled_views(critic, images, gammas)
-        column = {name: auroc(labels, mahalanobis(embeddings(views, keys), fitted[name]).numpy())
+        column = {name: auroc(labels, mahalanobis(embedded(views, keys), fitted[name]).numpy())
                   for name, keys in variants.items()}
         column["one view, density of films and mirrors"] = auroc(labels, mahalanobis(
-            embeddings(views, [(1.0, False)]), fitted_both).numpy())
+            embedded(views, [(1.0, False)]), fitted_both).numpy())
         keys = VARIANTS["mirror"]
         column["mirror, kNN (k=10)"] = auroc(labels, knn_distance(
-            embeddings(train_views, keys), embeddings(views, keys)))
+            embedded(train_views, keys), embedded(views, keys)))
         columns[Path(folder_path).name] = column
-    print(f"{len(train)} training normals embedded")
+    print(f"{len(train)} training normals embedded ({embedding})")
     print_auroc_table("view / density", columns)
 
 

@@ -127,29 +127,13 @@ def run_embedding(state: dict) -> str:
     return state["critic"].get("embedding", "l2")
 
 
-def require_l2_embedding(state: dict) -> None:
-    """Refuse, in one line, a run whose critic density is not on the ``l2`` embedding:
-    for the probes that embed films only as such runs do."""
-    embedding = run_embedding(state)
-    if embedding != "l2":
-        raise SystemExit(f"this probe embeds films as l2 runs do, and the run's embedding is "
-                         f"{embedding}: probe a copy refitted with examples/"
-                         "refit_critic_views.py --embedding l2")
-
-
-def critic_and_its_training_normals(state: dict, any_embedding: bool = False):
+def critic_and_its_training_normals(state: dict):
     """A run's critic (eval mode, BatchNorm unfolded), its preprocessing, and the normal
-    films it was trained on (:func:`training_normals`, uint8).
-
-    Probes that embed films only as runs with the ``l2`` embedding do (those written for
-    them) refuse a run with another; ``any_embedding`` is for those that embed as the run
-    does (:func:`run_embedding`)."""
+    films it was trained on (:func:`training_normals`, uint8)."""
     from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
     from anomaly.score import Scorer
 
     part = state["critic"]
-    if not any_embedding:
-        require_l2_embedding(state)
     config = Scorer.from_state(state, mode="critic", device="cpu").preprocess_config
     critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
     critic.load_state_dict(part["network"])

@@ -76,7 +76,7 @@ def refit_views(model: str | Path, views: int | None, out: str | Path, log=print
     part = state["critic"]
     if default_score is not None:
         part["default_score"] = default_score
-    critic, _, images = critic_and_its_training_normals(state, any_embedding=True)
+    critic, _, images = critic_and_its_training_normals(state)
     device = torch.device("cpu")
     views = views or int(part.get("views", 2))
     embedding = embedding or part.get("embedding", "l2")

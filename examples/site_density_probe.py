@@ -52,7 +52,7 @@ def site_densities(train: torch.Tensor, site: torch.Tensor) -> dict[str, dict]:
 def main(argv=None) -> None:
     args = probe_arguments(__doc__, argv)
     state = load_checkpoint(args.model)
-    critic, preprocess_config, train = critic_and_its_training_normals(state, any_embedding=True)
+    critic, preprocess_config, train = critic_and_its_training_normals(state)
     embedding = run_embedding(state)
     train_embeddings = embed(critic, uint8_to_model(train), embedding=embedding)
     prior = checkpoint_lung_prior(state, preprocess_config.image_size)

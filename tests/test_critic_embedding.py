@@ -173,17 +173,11 @@ def test_a_run_without_held_out_films_scores_with_density_by_default():
         TrainConfig(critic_score="brightest")
 
 
-def test_probes_refuse_a_sqrt_run_and_a_stripped_checkpoint_is_refitted_from_its_folder(
-        sqrt_run, default_run, normal_dir, labelled_dir, tmp_path):
+def test_a_stripped_checkpoint_is_refitted_from_its_folder(default_run, normal_dir,
+                                                            tmp_path):
     from anomaly.pretrained import strip_for_scoring
     from tests.test_critic import run_example
 
-    with pytest.raises(SystemExit, match="refit_critic_views.py --embedding l2"):
-        run_example("critic_cell_probe", ["--model", str(sqrt_run), "--data",
-                                          str(labelled_dir)])
-    with pytest.raises(SystemExit, match="refit_critic_views.py --embedding l2"):
-        run_example("critic_block_probe", ["--model", str(sqrt_run), "--data",
-                                           str(labelled_dir)])
     state = load_checkpoint(default_run)
     stripped = tmp_path / "stripped.pt"
     save_checkpoint(strip_for_scoring(state), stripped)
@@ -209,7 +203,7 @@ def test_probes_that_embed_as_the_run_does_reproduce_a_sqrt_runs_density(
         sqrt_run, labelled_dir, capsys):
     from anomaly.data import scan_labelled_folder
     from anomaly.evaluate import auroc
-    from tests.test_critic import _subgroup_row, run_example
+    from tests.test_critic import _row, _subgroup_row, run_example
 
     folder = scan_labelled_folder(labelled_dir)
     density = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
@@ -225,6 +219,12 @@ def test_probes_that_embed_as_the_run_does_reproduce_a_sqrt_runs_density(
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| 0 copies |"))
     assert float(row.split("|")[2]) == pytest.approx(own, abs=2e-3)
+    for probe, row in (("critic_block_probe", "block 4"),
+                       ("critic_cell_probe", "global density (the default)"),
+                       ("critic_view_probe", "one view")):
+        run_example(probe, ["--model", str(sqrt_run), "--data", str(labelled_dir)])
+        out = capsys.readouterr().out
+        assert _row(out, row) == pytest.approx(own, abs=2e-3), probe
 
 
 def test_quiet_sides_probe_scores_quiet_either_way_beside_the_runs_own_scores(
