@@ -260,3 +260,22 @@ def test_quiet_sides_probe_scores_quiet_either_way_beside_the_runs_own_scores(
     assert _subgroup_row(out, "density+quiet (quieter = abnormal)")[0] == pytest.approx(
         own["density+quiet"], abs=1e-6)
     assert 0 <= _subgroup_row(out, "density + abs(quiet) (either way)")[0] <= 1
+
+
+def test_residual_probe_embeds_as_the_run_does(default_run, labelled_dir, capsys):
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from tests.test_critic import _row, run_example
+
+    assert load_checkpoint(default_run)["critic"]["embedding"] == "sqrt"  # the default
+    folder = scan_labelled_folder(labelled_dir)
+    scorer = Scorer.from_checkpoint(default_run, device="cpu", score="density")
+    own = auroc(folder.binary_labels, np.asarray(scorer.score_paths(
+        folder.paths, progress=False).score))
+    run_example("critic_residual_probe", ["--model", str(default_run), "--data",
+                                          str(labelled_dir)])
+    out = capsys.readouterr().out
+    assert _row(out, "critic density (default)") == pytest.approx(own, abs=1e-6)
+    for name in ("critic distance 1 - cos(e(x), e(G(E(x))))",
+                 "critic density of G(E(x)) (control)"):
+        assert 0 <= _row(out, name) <= 1
