@@ -224,6 +224,22 @@ def test_multifocal_opacities_are_many_small_blobs():
     assert 0 < same.float().mean() < 1  # some films blobs, the others many small ones
 
 
+def test_faint_opacities_are_the_blobs_blended_in_more_lightly():
+    from anomaly.families.critic.config import CriticConfig
+    from anomaly.families.critic.synthesis import paste_faint_opacities
+
+    prior = soft_lung_prior(lungs(64))
+    films = torch.full((40, 1, 64, 64), -0.6)
+    pasted, masks = paste_faint_opacities(films, prior,
+                                          generator=torch.Generator().manual_seed(5))
+    _, blobs = paste_opacities(films, prior, generator=torch.Generator().manual_seed(5))
+    assert masks.max() <= 0.4 + 1e-6 and blobs.max() > 0.4  # the blend factor's range
+    assert masks.flatten(1).max(1).values.min() > 0  # every film gets one
+    assert (masks[blobs > 0.05] > 0).all() and (masks[blobs == 0] == 0).all()  # where they are
+    assert not (pasted - films)[:, :, prior == 0].abs().gt(1e-6).any()  # lungs only
+    assert CriticConfig(synthesis="blobs+faint").synthesis == "blobs+faint"
+
+
 def test_foreign_patches_blend_another_film_into_the_lungs_both_ways():
     from anomaly.families.critic.synthesis import paste_foreign_patches
 

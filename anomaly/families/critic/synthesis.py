@@ -342,6 +342,15 @@ def paste_multifocal_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
                            generator=generator)
 
 
+def paste_faint_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
+                          generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_opacities` blended in faintly (blend factor 0.1-0.4 instead of
+    0.2-0.7): the ill-defined opacities of an early or viral pneumonia, placed and shaped
+    as the blobs are. Arguments and returns as there."""
+    return paste_opacities(images, soft_prior, alpha=(0.1, 0.4), generator=generator)
+
+
 def paste_foreign_patches(images: torch.Tensor, soft_prior: torch.Tensor,
                           radius: tuple[float, float] = (0.08, 0.25),
                           alpha: tuple[float, float] = (0.3, 1.0),
@@ -447,10 +456,12 @@ def paste_perihilar_streaks(images: torch.Tensor, soft_prior: torch.Tensor,
 PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
            "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
            "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities,
-           "foreign": paste_foreign_patches, "streaks": paste_perihilar_streaks}
+           "foreign": paste_foreign_patches, "streaks": paste_perihilar_streaks,
+           "faint": paste_faint_opacities}
 MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
             "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal"),
-            "blobs+foreign": ("blobs", "foreign"), "blobs+streaks": ("blobs", "streaks")}
+            "blobs+foreign": ("blobs", "foreign"), "blobs+streaks": ("blobs", "streaks"),
+            "blobs+faint": ("blobs", "faint")}
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
@@ -460,9 +471,11 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     (:func:`paste_varied_opacities`), ``diffuse`` (:func:`paste_diffuse_opacities`),
     ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
     (:func:`paste_multifocal_opacities`), ``foreign`` (:func:`paste_foreign_patches`),
-    ``streaks`` (:func:`paste_perihilar_streaks`), or a mixture that gives each film blobs or the
-    other kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
-    ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``. Returns (films, masks) as those do."""
+    ``streaks`` (:func:`paste_perihilar_streaks`), ``faint``
+    (:func:`paste_faint_opacities`), or a mixture that gives each film blobs or the other
+    kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
+    ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``, ``blobs+faint``. Returns
+    (films, masks) as those do."""
     if kind in PASTERS:
         return PASTERS[kind](images, soft_prior)
     if kind not in MIXTURES:
