@@ -226,7 +226,7 @@ def test_multifocal_opacities_are_many_small_blobs():
 
 def test_faint_opacities_are_the_blobs_blended_in_more_lightly():
     from anomaly.families.critic.config import CriticConfig
-    from anomaly.families.critic.synthesis import paste_faint_opacities
+    from anomaly.families.critic.synthesis import paste_dense_opacities, paste_faint_opacities
 
     prior = soft_lung_prior(lungs(64))
     films = torch.full((40, 1, 64, 64), -0.6)
@@ -238,6 +238,10 @@ def test_faint_opacities_are_the_blobs_blended_in_more_lightly():
     assert (masks[blobs > 0.05] > 0).all() and (masks[blobs == 0] == 0).all()  # where they are
     assert not (pasted - films)[:, :, prior == 0].abs().gt(1e-6).any()  # lungs only
     assert CriticConfig(synthesis="blobs+faint").synthesis == "blobs+faint"
+    _, dense = paste_dense_opacities(films, prior, generator=torch.Generator().manual_seed(5))
+    peaks = [m.flatten(1).max(1).values.mean() for m in (dense, blobs, masks)]
+    assert dense.max() <= 0.9 + 1e-6 and peaks[0] > peaks[1] > peaks[2]  # dense, blobs, faint
+    assert (dense[blobs > 0.05] > blobs[blobs > 0.05] * 0.5).all()  # denser where they are
 
 
 def test_foreign_patches_blend_another_film_into_the_lungs_both_ways():

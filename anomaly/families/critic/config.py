@@ -7,7 +7,7 @@ from dataclasses import dataclass
 # the kinds of synthetic opacity (synthesis.py)
 SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", "haze",
              "blobs+haze", "multifocal", "blobs+multifocal", "foreign", "blobs+foreign",
-             "streaks", "blobs+streaks", "faint", "blobs+faint")
+             "streaks", "blobs+streaks", "faint", "blobs+faint", "dense")
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read
@@ -59,7 +59,8 @@ class CriticConfig:
             in one or both lungs, finely grained), ``haze`` (the same, smoothly uneven),
             ``multifocal`` (up to 10 small blobs), ``foreign`` (another child's film
             blended in), ``streaks`` (thin lines from each hilum), ``faint`` (the blobs
-            blended in at 0.1-0.4 instead of 0.2-0.7), ``blobs+diffuse``, ``blobs+haze``,
+            blended in at 0.1-0.4 instead of 0.2-0.7; ``dense``: at 0.4-0.9),
+            ``blobs+diffuse``, ``blobs+haze``,
             ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks`` or ``blobs+faint``
             (blobs or the other, at random), ``patches``, ``mixed`` or ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,

@@ -351,6 +351,15 @@ def paste_faint_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
     return paste_opacities(images, soft_prior, alpha=(0.1, 0.4), generator=generator)
 
 
+def paste_dense_opacities(images: torch.Tensor, soft_prior: torch.Tensor,
+                          generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paste_opacities` blended in densely (blend factor 0.4-0.9 instead of
+    0.2-0.7): the other side of :func:`paste_faint_opacities`. Arguments and returns as
+    there."""
+    return paste_opacities(images, soft_prior, alpha=(0.4, 0.9), generator=generator)
+
+
 def paste_foreign_patches(images: torch.Tensor, soft_prior: torch.Tensor,
                           radius: tuple[float, float] = (0.08, 0.25),
                           alpha: tuple[float, float] = (0.3, 1.0),
@@ -457,7 +466,7 @@ PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
            "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
            "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities,
            "foreign": paste_foreign_patches, "streaks": paste_perihilar_streaks,
-           "faint": paste_faint_opacities}
+           "faint": paste_faint_opacities, "dense": paste_dense_opacities}
 MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
             "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal"),
             "blobs+foreign": ("blobs", "foreign"), "blobs+streaks": ("blobs", "streaks"),
@@ -472,7 +481,7 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
     (:func:`paste_multifocal_opacities`), ``foreign`` (:func:`paste_foreign_patches`),
     ``streaks`` (:func:`paste_perihilar_streaks`), ``faint``
-    (:func:`paste_faint_opacities`), or a mixture that gives each film blobs or the other
+    (:func:`paste_faint_opacities`), ``dense`` (:func:`paste_dense_opacities`), or a mixture that gives each film blobs or the other
     kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
     ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``, ``blobs+faint``. Returns
     (films, masks) as those do."""
