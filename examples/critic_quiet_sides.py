@@ -65,8 +65,11 @@ def main(argv=None) -> None:
     folders = labelled_folders(args.data, scorer.preprocess_config, kinds)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for name, (_, _, films) in folders.items():
-        batch = scorer.score_tensor(films, heatmaps=False)
-        for score, values in sided_scores(batch.components, scorer.normal_components).items():
+        pieces = [scorer.score_tensor(films[start: start + 64], heatmaps=False).components
+                  for start in range(0, len(films), 64)]
+        components = {c: np.concatenate([piece[c] for piece in pieces])
+                      for c in ("density", "quiet", "brightness")}
+        for score, values in sided_scores(components, scorer.normal_components).items():
             scores.setdefault(score, {})[name] = values
     print_subgroup_header("score", folders, kinds)
     for score, by_folder in scores.items():

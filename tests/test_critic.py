@@ -224,7 +224,7 @@ def test_multifocal_opacities_are_many_small_blobs():
     assert 0 < same.float().mean() < 1  # some films blobs, the others many small ones
 
 
-def test_faint_opacities_are_the_blobs_blended_in_more_lightly():
+def test_faint_and_dense_opacities_are_the_blobs_blended_in_lighter_or_denser():
     from anomaly.families.critic.config import CriticConfig
     from anomaly.families.critic.synthesis import paste_dense_opacities, paste_faint_opacities
 
@@ -241,7 +241,7 @@ def test_faint_opacities_are_the_blobs_blended_in_more_lightly():
     _, dense = paste_dense_opacities(films, prior, generator=torch.Generator().manual_seed(5))
     peaks = [m.flatten(1).max(1).values.mean() for m in (dense, blobs, masks)]
     assert dense.max() <= 0.9 + 1e-6 and peaks[0] > peaks[1] > peaks[2]  # dense, blobs, faint
-    assert (dense[blobs > 0.05] > blobs[blobs > 0.05] * 0.5).all()  # denser where they are
+    assert (dense[blobs > 0.05] > blobs[blobs > 0.05] * 0.5).all()  # where the blobs are
 
 
 def test_foreign_patches_blend_another_film_into_the_lungs_both_ways():

@@ -60,9 +60,9 @@ class CriticConfig:
             ``multifocal`` (up to 10 small blobs), ``foreign`` (another child's film
             blended in), ``streaks`` (thin lines from each hilum), ``faint`` (the blobs
             blended in at 0.1-0.4 instead of 0.2-0.7; ``dense``: at 0.4-0.9),
-            ``blobs+diffuse``, ``blobs+haze``,
-            ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks`` or ``blobs+faint``
-            (blobs or the other, at random), ``patches``, ``mixed`` or ``varied``.
+            ``blobs+diffuse``, ``blobs+haze``, ``blobs+multifocal``, ``blobs+foreign``,
+            ``blobs+streaks`` or ``blobs+faint`` (blobs or the other, at random),
+            ``patches``, ``mixed`` or ``varied``.
         opacity_prior: where opacities are placed: ``lung`` (the run's lung-field prior,
             the darkest 30% of a central ellipse) or ``wide`` (the darkest 35% of a wider
             ellipse that reaches the lung bases; :func:`wide_lung_prior`).

@@ -481,10 +481,10 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
     (:func:`paste_multifocal_opacities`), ``foreign`` (:func:`paste_foreign_patches`),
     ``streaks`` (:func:`paste_perihilar_streaks`), ``faint``
-    (:func:`paste_faint_opacities`), ``dense`` (:func:`paste_dense_opacities`), or a mixture that gives each film blobs or the other
-    kind at random: ``mixed`` (patches), ``blobs+diffuse``, ``blobs+haze``,
-    ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``, ``blobs+faint``. Returns
-    (films, masks) as those do."""
+    (:func:`paste_faint_opacities`), ``dense`` (:func:`paste_dense_opacities`), or a
+    mixture that gives each film blobs or the other kind at random: ``mixed`` (patches),
+    ``blobs+diffuse``, ``blobs+haze``, ``blobs+multifocal``, ``blobs+foreign``,
+    ``blobs+streaks``, ``blobs+faint``. Returns (films, masks) as those do."""
     if kind in PASTERS:
         return PASTERS[kind](images, soft_prior)
     if kind not in MIXTURES:
