@@ -13,6 +13,13 @@ from anomaly.errors import CheckpointError
 RUN_STATISTICS = "the run's statistics (call calibrate() with normal images)"
 
 
+def standardised(values: np.ndarray, normal: Sequence[float]) -> np.ndarray:
+    """``values`` less the mean and over the standard deviation of ``normal`` (the same
+    component's values on held-out normal films; a zero spread counts as 1e-12)."""
+    normal = np.asarray(normal, dtype=np.float64)
+    return (np.asarray(values, dtype=np.float64) - normal.mean()) / max(normal.std(), 1e-12)
+
+
 def standardised_sum(components: Mapping[str, np.ndarray],
                      normal_components: Mapping[str, Sequence[float]] | None,
                      names: Sequence[str], score: str,
@@ -30,7 +37,5 @@ def standardised_sum(components: Mapping[str, np.ndarray],
         if not normal:
             raise CheckpointError(f"no held-out normal {name} values in {source} to "
                                   f"standardise the {score} score")
-        normal = np.asarray(normal, dtype=np.float64)
-        total = total + (np.asarray(components[name], dtype=np.float64) - normal.mean()) \
-            / max(normal.std(), 1e-12)
+        total = total + standardised(components[name], normal)
     return np.asarray(total, dtype=np.float64)

@@ -47,6 +47,7 @@ from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.synthesis import vary_as_configured
 from anomaly.families.critic.train_map import opacity_batch, placement_prior
 from anomaly.lungs import checkpoint_lung_prior
+from anomaly.standardise import standardised
 
 BATCHES = ("as trained", "varied", "clean")
 
@@ -101,9 +102,9 @@ def standardised_densities(critic, train: torch.Tensor, held_out: torch.Tensor,
     folder name."""
     density = fit_density(embed(critic, uint8_to_model(train), embedding=embedding).numpy())
     normal = mahalanobis(embed(critic, held_out, embedding=embedding), density).numpy()
-    return {name: (mahalanobis(embed(critic, images, embedding=embedding),
-                               density).numpy() - normal.mean())
-            / normal.std() for name, (_, _, images) in folders.items()}
+    return {name: standardised(mahalanobis(embed(critic, images, embedding=embedding),
+                                           density).numpy(), normal)
+            for name, (_, _, images) in folders.items()}
 
 
 def main(argv=None) -> None:

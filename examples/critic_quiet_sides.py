@@ -34,12 +34,7 @@ from probe_common import (
 
 from anomaly.checkpoint import load_checkpoint
 from anomaly.score import Scorer
-
-
-def standardised(values: np.ndarray, normal: list[float]) -> np.ndarray:
-    """``values`` less the mean and over the standard deviation of ``normal``."""
-    normal = np.asarray(normal, dtype=np.float64)
-    return (np.asarray(values, dtype=np.float64) - normal.mean()) / max(normal.std(), 1e-12)
+from anomaly.standardise import standardised
 
 
 def sided_scores(components: dict[str, np.ndarray], normal: dict[str, list[float]]

@@ -26,6 +26,7 @@ from anomaly.data import scan_labelled_folder
 from anomaly.evaluate import auroc
 from anomaly.evaluate_model import heldout_normal_scores
 from anomaly.score import Scorer
+from anomaly.standardise import standardised
 
 
 def main(argv=None) -> None:
@@ -41,15 +42,15 @@ def main(argv=None) -> None:
     for folder_path in args.data:
         folder = scan_labelled_folder(folder_path)
         label_of = dict(zip(folder.paths, folder.binary_labels))
-        standardised, labels = [], None
+        by_run, labels = [], None
         for scorer, normal, model in zip(scorers, normals, args.model):
             result = scorer.score_paths(folder.paths, progress=False)
             labels = np.array([label_of[p] for p in result.paths])
             score = np.asarray(result.score)
             print(f"{Path(folder_path).name}: {model}: AUROC {auroc(labels, score):.3f}")
-            standardised.append((score - normal.mean()) / normal.std())
+            by_run.append(standardised(score, normal))
         print(f"{Path(folder_path).name}: average of {len(scorers)} runs: AUROC "
-              f"{auroc(labels, np.mean(standardised, axis=0)):.3f}")
+              f"{auroc(labels, np.mean(by_run, axis=0)):.3f}")
 
 
 if __name__ == "__main__":
