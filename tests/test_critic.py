@@ -457,6 +457,40 @@ def test_a_critic_trained_with_the_clean_films_batchnorm_statistics(tmp_path, no
     assert np.isfinite(scores.density).all() and (scores.density > 0).all()
 
 
+def test_a_critic_with_instance_norm_in_its_first_block_trains_scores_and_exports(
+        tmp_path, normal_dir):
+    from anomaly.export import export_run
+    from anomaly.exported import ExportedScorer
+
+    run = tmp_path / "instance"
+    train_run(TrainConfig(**CRITIC_ONLY, critic_instance_norm_blocks=1), normal_dir, run,
+              **QUIET)
+    part = load_checkpoint(run)["critic"]
+    assert part["architecture"]["instance_norm_blocks"] == 1
+    critic = OpacityCritic(CriticArchitecture(**part["architecture"]))
+    critic.load_state_dict(part["network"])
+    assert isinstance(critic.blocks[0][1], torch.nn.InstanceNorm2d)
+    assert isinstance(critic.blocks[1][1], torch.nn.BatchNorm2d)
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():  # folding leaves the InstanceNorm as it is
+        torch.testing.assert_close(fold_batchnorm(critic)(images), critic.eval()(images),
+                                   rtol=1e-4, atol=1e-5)
+        # each film's own contrast is normalised away: half the contrast, the same output
+        torch.testing.assert_close(critic(images * 0.5), critic(images), rtol=1e-3, atol=1e-4)
+        plain = OpacityCritic(CriticArchitecture(image_size=32, width=4)).eval()
+        assert not torch.allclose(plain(images * 0.5), plain(images), rtol=1e-3, atol=1e-4)
+    scorer = Scorer.from_checkpoint(run, device="cpu")
+    export_run(run, tmp_path / "export")
+    paths = sorted(normal_dir.iterdir())[:3]
+    np.testing.assert_allclose(ExportedScorer(tmp_path / "export").score_paths(paths).score,
+                               scorer.score_paths(paths, progress=False).score,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="instance_norm_blocks"):
+        TrainConfig(critic_instance_norm_blocks=3).critic_config()  # beside 2 own blocks
+    with pytest.raises(ValueError, match="instance_norm_blocks"):
+        CriticArchitecture(instance_norm_blocks=5)
+
+
 def test_config_refuses_a_run_that_trains_nothing():
     with pytest.raises(ValueError, match="train nothing"):
         TrainConfig(epochs=0, critic_epochs=0)

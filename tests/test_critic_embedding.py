@@ -279,3 +279,34 @@ def test_residual_probe_embeds_as_the_run_does(default_run, labelled_dir, capsys
     for name in ("critic distance 1 - cos(e(x), e(G(E(x))))",
                  "critic density of G(E(x)) (control)"):
         assert 0 <= _row(out, name) <= 1
+
+
+def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelled_dir, capsys):
+    import sys
+
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from tests.test_critic import _subgroup_row, run_example
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    from critic_pooling_probe import cell_weights, poolings
+
+    weights = cell_weights(torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 4), 2)
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
+    cells = torch.zeros(1, 2, 2, 2)
+    cells[0, 0, :, 0] = 4.0  # channel 0 fires in the left cells only, channel 1 nowhere
+    left = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    pooled = poolings(cells, left, 1 - left, "l2")
+    torch.testing.assert_close(pooled["lung-prior mean"], torch.tensor([[1.0, 0.0]]))
+    assert pooled["lung-field mean"].abs().max() < 1e-6  # nothing fires where it weighs
+    assert pooled["mean and spread"].shape == (1, 4)
+
+    folder = scan_labelled_folder(labelled_dir)
+    scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
+    own = auroc(folder.binary_labels, np.asarray(scorer.score_paths(
+        folder.paths, progress=False).score))
+    run_example("critic_pooling_probe", ["--model", str(sqrt_run), "--data", str(labelled_dir),
+                                         "--kind", "img_00"])
+    out = capsys.readouterr().out
+    assert _subgroup_row(out, "mean")[0] == pytest.approx(own, abs=2e-3)
+    assert 0 <= _subgroup_row(out, "GeM (p=3)")[0] <= 1

@@ -29,6 +29,9 @@ class CriticConfig:
         lr: peak learning rate of the one-cycle schedule (AdamW).
         weight_decay: AdamW's decoupled weight decay.
         width: channels of the first block (doubled by each of the 4 blocks).
+        instance_norm_blocks: how many of the first blocks normalise each film by its own
+            feature statistics (InstanceNorm, as IBN-Net's shallow layers) instead of
+            BatchNorm: 0 (none, the default) to ``4 - map_own_blocks``.
         gamma_range: range of the random gamma curve (``[1, 1]``: none).
         shift_fraction: largest random shift as a fraction of the side (0: none).
         scale_range: range of the random zoom about the centre (``[1, 1]``: none).
@@ -112,6 +115,7 @@ class CriticConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     width: int = 32
+    instance_norm_blocks: int = 0
     gamma_range: tuple[float, float] = (0.8, 1.25)
     shift_fraction: float = 1 / 16
     opacity_prior: str = "lung"
@@ -165,6 +169,10 @@ class CriticConfig:
             raise ValueError(f"map_levels must be one of {MAP_LEVELS}, not {self.map_levels!r}")
         if not 0 <= self.map_own_blocks <= 3:
             raise ValueError(f"map_own_blocks must be in [0, 3], not {self.map_own_blocks!r}")
+        if not 0 <= self.instance_norm_blocks <= 4 - self.map_own_blocks:
+            raise ValueError(f"instance_norm_blocks must be in [0, {4 - self.map_own_blocks}] "
+                             f"(4 blocks less map_own_blocks), not "
+                             f"{self.instance_norm_blocks!r}")
         if self.score_views not in (1, 2):
             raise ValueError(f"score_views must be 1 or 2, not {self.score_views!r}")
         for name, choices in (("map_target", MAP_TARGETS), ("map_field", MAP_FIELDS),

@@ -40,6 +40,10 @@ class CriticArchitecture:
         map_own_blocks: how many of the deepest blocks the map head reads through its own
             copies of them (fed by the critic's block before them) instead of the
             critic's: 0 (none) to ``blocks - 1``. Each costs that block's work again.
+        instance_norm_blocks: how many of the first blocks normalise each film's
+            features by their own statistics (InstanceNorm, as IBN-Net's shallow layers,
+            for contrast that differs between hospitals) instead of BatchNorm: 0 (none,
+            the default) to ``blocks - map_own_blocks``.
     """
 
     image_size: int = 128
@@ -49,6 +53,7 @@ class CriticArchitecture:
     map_width: int = 0
     map_levels: int = 3
     map_own_blocks: int = 0
+    instance_norm_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.map_levels not in MAP_LEVELS:
@@ -64,6 +69,10 @@ class CriticArchitecture:
             raise ValueError(f"map_own_blocks must be in [0, {self.blocks - 1}] and needs "
                              f"a map head, not {self.map_own_blocks!r} with map_width "
                              f"{self.map_width}")
+        if not 0 <= self.instance_norm_blocks <= self.blocks - self.map_own_blocks:
+            raise ValueError(f"instance_norm_blocks must be in [0, {self.blocks} blocks - "
+                             f"{self.map_own_blocks} map_own_blocks], not "
+                             f"{self.instance_norm_blocks!r}")
 
     @property
     def feature_dim(self) -> int:
@@ -76,13 +85,16 @@ class CriticArchitecture:
         return self.image_size // 2 ** (self.blocks - 1)
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each with BatchNorm and ReLU; the side is kept."""
+def conv_block(in_channels: int, out_channels: int, instance_norm: bool = False
+               ) -> nn.Sequential:
+    """Two 3x3 convolutions, each with BatchNorm (or, with ``instance_norm``, an affine
+    InstanceNorm) and ReLU; the side is kept."""
+    def norm() -> nn.Module:
+        return (nn.InstanceNorm2d(out_channels, affine=True) if instance_norm
+                else nn.BatchNorm2d(out_channels))
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), norm(), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), norm(), nn.ReLU(inplace=True),
     )
 
 
@@ -175,7 +187,8 @@ class OpacityCritic(nn.Module):
         self.arch = arch
         widths = [arch.width * 2 ** i for i in range(arch.blocks)]
         self.blocks = nn.ModuleList(
-            conv_block(cin, cout) for cin, cout in zip([arch.channels, *widths], widths))
+            conv_block(cin, cout, instance_norm=index < arch.instance_norm_blocks)
+            for index, (cin, cout) in enumerate(zip([arch.channels, *widths], widths)))
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Linear(arch.feature_dim, 1)
         self.map_head = None

@@ -125,7 +125,8 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
     torch.manual_seed(seed)  # weights, then the films' changes and opacities
     size = images.shape[-1]
     arch = CriticArchitecture(image_size=size, width=config.width, map_width=config.map_width,
-                              map_levels=config.map_levels)
+                              map_levels=config.map_levels,
+                              instance_norm_blocks=config.instance_norm_blocks)
     critic = OpacityCritic(arch).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(critic.parameters(), config.lr / 2,
                                   weight_decay=config.weight_decay)
