@@ -1,7 +1,8 @@
 """AUROC of the opacity critic's density when its last block is pooled other ways.
 
 The run's density pools the last block's features by a 2x2 max-pool then a mean over the
-whole film. Each variant pools the same max-pooled cells otherwise, embeds the result as
+whole film (with two views, the film's cells and its mirror's mirrored back, summed). Each
+variant pools the same max-pooled cells otherwise, embeds the result as
 the run's density does (``l2`` or ``sqrt``), refits a Gaussian on the run's training
 normals and scores each labelled folder, every film and each kind of pneumonia:
 
@@ -75,13 +76,22 @@ def poolings(cells: torch.Tensor, prior: torch.Tensor, field: torch.Tensor,
 
 
 @torch.no_grad()
+def film_cells(critic: OpacityCritic, images: torch.Tensor, views: int) -> torch.Tensor:
+    """The max-pooled cells (B, C, H, W) of the last block: of the films alone, or with
+    their mirror images' mirrored back (``views=2``), summed as the run's density sums them."""
+    cells = critic.pool(critic.feature_map(images)).float()
+    if views == 2:
+        cells = cells + critic.pool(critic.feature_map(images.flip(-1))).float().flip(-1)
+    return cells
+
+
 def pooled_variants(critic: OpacityCritic, images: torch.Tensor, prior: torch.Tensor,
-                    field: torch.Tensor, embedding: str, batch_size: int = 64
+                    field: torch.Tensor, embedding: str, views: int = 1, batch_size: int = 64
                     ) -> dict[str, torch.Tensor]:
     """:func:`poolings` of images (N, 1, S, S), in pieces of ``batch_size``."""
     pieces: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):
-        cells = critic.pool(critic.feature_map(images[start: start + batch_size])).float()
+        cells = film_cells(critic, images[start: start + batch_size], views)
         for name, value in poolings(cells, prior, field, embedding).items():
             pieces.setdefault(name, []).append(value)
     return {name: torch.cat(parts) for name, parts in pieces.items()}
@@ -93,16 +103,19 @@ def main(argv=None) -> None:
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
     embedding = run_embedding(state)
+    views = int(state["critic"].get("views", 2))  # as the scorer reads it: runs before it, 2
     prior = checkpoint_lung_prior(state, config.image_size)
     field = lung_field(prior)
-    train_variants = pooled_variants(critic, uint8_to_model(train), prior, field, embedding)
+    train_variants = pooled_variants(critic, uint8_to_model(train), prior, field, embedding,
+                                     views)
     fitted = {name: fit_density(value.numpy()) for name, value in train_variants.items()}
     folders = labelled_folders(args.data, config, kinds)
     scores = {name: {} for name in fitted}
     for folder, (_, _, images) in folders.items():
-        for name, value in pooled_variants(critic, images, prior, field, embedding).items():
+        variants = pooled_variants(critic, images, prior, field, embedding, views)
+        for name, value in variants.items():
             scores[name][folder] = mahalanobis(value, fitted[name]).numpy()
-    print(f"{len(train)} training normals embedded ({embedding})")
+    print(f"{len(train)} training normals embedded ({embedding}, {views} view(s))")
     print_subgroup_header("pooling", folders, kinds)
     for name, by_folder in scores.items():
         print_subgroup_row(name, folders, by_folder, kinds)

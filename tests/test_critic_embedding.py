@@ -289,7 +289,7 @@ def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelle
     from tests.test_critic import _subgroup_row, run_example
 
     sys.path.insert(0, str(ROOT / "examples"))
-    from critic_pooling_probe import cell_weights, poolings
+    from critic_pooling_probe import cell_weights, film_cells, poolings
 
     weights = cell_weights(torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 4), 2)
     torch.testing.assert_close(weights, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
@@ -300,6 +300,12 @@ def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelle
     torch.testing.assert_close(pooled["lung-prior mean"], torch.tensor([[1.0, 0.0]]))
     assert pooled["lung-field mean"].abs().max() < 1e-6  # nothing fires where it weighs
     assert pooled["mean and spread"].shape == (1, 4)
+    critic = Scorer.from_checkpoint(sqrt_run, device="cpu").family.critic
+    films = torch.rand(2, 1, 32, 32) * 2 - 1  # two views: a film's cells mirror its mirror's
+    torch.testing.assert_close(film_cells(critic, films.flip(-1), 2),
+                               film_cells(critic, films, 2).flip(-1), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(film_cells(critic, films.flip(-1), 1),
+                              film_cells(critic, films, 1).flip(-1), rtol=1e-4, atol=1e-5)
 
     folder = scan_labelled_folder(labelled_dir)
     scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
