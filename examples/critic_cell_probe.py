@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from probe_common import (
     critic_and_its_training_normals,
+    film_cells,
     load_labelled_images,
     print_auroc_table,
     probe_arguments,
     run_embedding,
+    run_views,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -48,9 +50,7 @@ def cell_features(critic: OpacityCritic, images: torch.Tensor, views: int,
     cells, embeddings = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start: start + batch_size]
-        pooled = critic.pool(critic.feature_map(batch))
-        pooled_mirror = critic.pool(critic.feature_map(batch.flip(-1))).flip(-1)
-        cells.append(((pooled + pooled_mirror) / 2).flatten(2).transpose(1, 2))
+        cells.append((film_cells(critic, batch, views=2) / 2).flatten(2).transpose(1, 2))
         embeddings.append(critic_embedding(critic, batch, views, embedding))
     return torch.cat(cells), torch.cat(embeddings)
 
@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
     train = uint8_to_model(train)
-    views, embedding = int(state["critic"].get("views", 2)), run_embedding(state)
+    views, embedding = run_views(state), run_embedding(state)
     train_cells, _ = cell_features(critic, train, views, embedding)
     densities = [fit_density(train_cells[:, i].numpy()) for i in range(train_cells.shape[1])]
     side = int(round(train_cells.shape[1] ** 0.5))

@@ -35,11 +35,13 @@ from probe_common import (
     add_kind_option,
     chosen_kinds,
     critic_and_its_training_normals,
+    film_cells,
     labelled_folders,
     print_subgroup_header,
     print_subgroup_row,
     probe_arguments,
     run_embedding,
+    run_views,
 )
 
 from anomaly.checkpoint import load_checkpoint
@@ -76,15 +78,6 @@ def poolings(cells: torch.Tensor, prior: torch.Tensor, field: torch.Tensor,
 
 
 @torch.no_grad()
-def film_cells(critic: OpacityCritic, images: torch.Tensor, views: int) -> torch.Tensor:
-    """The max-pooled cells (B, C, H, W) of the last block: of the films alone, or with
-    their mirror images' mirrored back (``views=2``), summed as the run's density sums them."""
-    cells = critic.pool(critic.feature_map(images)).float()
-    if views == 2:
-        cells = cells + critic.pool(critic.feature_map(images.flip(-1))).float().flip(-1)
-    return cells
-
-
 def pooled_variants(critic: OpacityCritic, images: torch.Tensor, prior: torch.Tensor,
                     field: torch.Tensor, embedding: str, views: int = 1, batch_size: int = 64
                     ) -> dict[str, torch.Tensor]:
@@ -102,8 +95,7 @@ def main(argv=None) -> None:
     kinds = chosen_kinds(args)
     state = load_checkpoint(args.model)
     critic, config, train = critic_and_its_training_normals(state)
-    embedding = run_embedding(state)
-    views = int(state["critic"].get("views", 2))  # as the scorer reads it: runs before it, 2
+    embedding, views = run_embedding(state), run_views(state)
     prior = checkpoint_lung_prior(state, config.image_size)
     field = lung_field(prior)
     train_variants = pooled_variants(critic, uint8_to_model(train), prior, field, embedding,

@@ -124,7 +124,27 @@ def training_normals(state: dict, preprocess_config) -> torch.Tensor:
 
 def run_embedding(state: dict) -> str:
     """The embedding a run's critic density was fitted on (runs before it: ``l2``)."""
-    return state["critic"].get("embedding", "l2")
+    from anomaly.families.critic.scorer import recorded_embedding
+
+    return recorded_embedding(state["critic"])
+
+
+def run_views(state: dict) -> int:
+    """The views a run's critic scores with (runs before they were recorded: 2)."""
+    from anomaly.families.critic.scorer import recorded_views
+
+    return recorded_views(state["critic"])
+
+
+@torch.no_grad()
+def film_cells(critic, images: torch.Tensor, views: int) -> torch.Tensor:
+    """The critic's max-pooled last-block cells (B, C, H, W) of images (B, 1, S, S): of the
+    films alone, or with their mirror images' mirrored back (``views=2``), summed as the
+    run's density sums its views."""
+    cells = critic.pool(critic.feature_map(images)).float()
+    if views == 2:
+        cells = cells + critic.pool(critic.feature_map(images.flip(-1))).float().flip(-1)
+    return cells
 
 
 def critic_and_its_training_normals(state: dict):

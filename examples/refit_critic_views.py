@@ -35,7 +35,12 @@ from probe_common import critic_and_its_training_normals
 from anomaly.checkpoint import at_least_format, load_checkpoint, save_checkpoint
 from anomaly.data import uint8_to_model
 from anomaly.families.critic.config import EMBEDDINGS, SCORE_KINDS
-from anomaly.families.critic.scorer import CriticFamily, heat_scale_of
+from anomaly.families.critic.scorer import (
+    CriticFamily,
+    heat_scale_of,
+    recorded_embedding,
+    recorded_views,
+)
 from anomaly.families.critic.train import fit_critic_density
 from anomaly.io import find_images
 from anomaly.train import checkpoint_path, fit_score_statistics, split_holdout
@@ -78,8 +83,8 @@ def refit_views(model: str | Path, views: int | None, out: str | Path, log=print
         part["default_score"] = default_score
     critic, _, images = critic_and_its_training_normals(state)
     device = torch.device("cpu")
-    views = views or int(part.get("views", 2))
-    embedding = embedding or part.get("embedding", "l2")
+    views = views or recorded_views(part)
+    embedding = embedding or recorded_embedding(part)
     part["views"], part["embedding"] = views, embedding
     part["density"] = fit_critic_density(critic, images, device, views, embedding)
     part["heat_scale"] = heat_scale_of(CriticFamily(critic, part["density"], device,

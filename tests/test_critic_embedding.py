@@ -289,7 +289,8 @@ def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelle
     from tests.test_critic import _subgroup_row, run_example
 
     sys.path.insert(0, str(ROOT / "examples"))
-    from critic_pooling_probe import cell_weights, film_cells, poolings
+    from critic_pooling_probe import cell_weights, poolings
+    from probe_common import film_cells
 
     weights = cell_weights(torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 4), 2)
     torch.testing.assert_close(weights, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))

@@ -51,6 +51,18 @@ def embed_pooled(pooled: torch.Tensor, embedding: str = "l2") -> torch.Tensor:
     return F.normalize(pooled, dim=1)
 
 
+def recorded_views(part: dict) -> int:
+    """The views a checkpoint's critic part scores with (runs before views were recorded:
+    2, as they were fitted)."""
+    return int(part.get("views", 2))
+
+
+def recorded_embedding(part: dict) -> str:
+    """The embedding a checkpoint's critic density was fitted on (runs before it was
+    recorded: ``l2``)."""
+    return part.get("embedding", "l2")
+
+
 def quietness(pooled: torch.Tensor) -> torch.Tensor:
     """The ``quiet`` component (B,) of pooled critic features (B, C), summed over the
     views: minus the log of their norm, which the embedding's normalisation drops (the
@@ -160,11 +172,11 @@ class CriticFamily:
         critic = OpacityCritic(CriticArchitecture(**state["architecture"]))
         load_weights(critic, state["network"], "critic")
         return cls(critic, state["density"], device, amp, state.get("heat_scale"),
-                   int(state.get("views", 2)),  # runs before views were recorded: 2
+                   recorded_views(state),
                    lung_prior=lung_prior, heat=heat,
                    normal_level=state.get("map_normal_level"),
                    map_field=state.get("map_field"),
-                   embedding=state.get("embedding", "l2"),  # runs before it was recorded
+                   embedding=recorded_embedding(state),
                    default_score=state.get("default_score", "density"))
 
     def report_settings(self) -> dict:
