@@ -87,6 +87,26 @@ def scan_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL"
     return LabelledFolder(paths, names, index, normal_class, empty)
 
 
+def refuse_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL") -> None:
+    """Refuse a training folder that is a labelled folder: a ``normal_class`` sub-folder
+    beside other sub-folders (e.g. ``train/`` with ``NORMAL/`` and ``PNEUMONIA/``), whose
+    abnormal films a recursive search would train on.
+
+    Raises:
+        DataError: one line naming the folder and its sub-folders.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # find_images says the folder is missing
+    subfolders = sorted(p.name for p in folder.iterdir()
+                        if p.is_dir() and not p.name.startswith("."))
+    if (any(name.lower() == normal_class.lower() for name in subfolders)
+            and len(subfolders) > 1):
+        raise DataError(f"{display_path(folder)}: a labelled folder (sub-folders "
+                        f"{', '.join(subfolders)}); train on normal films only: pass its "
+                        f"{normal_class} sub-folder")
+
+
 def load_preprocessed(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
     """Read one file and preprocess it: (S, S) float32 in [-1, 1]."""
     return preprocess(read_image(path), config)

@@ -35,7 +35,14 @@ from anomaly.config import (
     resumed_config,
     save_config,
 )
-from anomaly.data import DataError, LoadedImages, find_images, load_images, uint8_to_model
+from anomaly.data import (
+    DataError,
+    LoadedImages,
+    find_images,
+    load_images,
+    refuse_labelled_folder,
+    uint8_to_model,
+)
 from anomaly.device import cpu_bf16_supported, resolve_device
 from anomaly.families import FAMILIES
 from anomaly.families.base import TrainingRun
@@ -328,6 +335,7 @@ def prepare_training_images(config: TrainConfig, data_dir: str | os.PathLike,
         The loaded training images, the held-out normal file paths, and how many of
         those were split by patient id (see :func:`split_holdout`).
     """
+    refuse_labelled_folder(data_dir)
     paths = find_images(data_dir)
     if config.max_images:
         paths = paths[: config.max_images]

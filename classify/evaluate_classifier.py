@@ -169,6 +169,9 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
     val_labels = val_scores = None
     if val is None and not threshold_on_test:
         val = fit_validation_images(classifier, log)
+        if val is not None:  # fit's validation folder may have been this test folder
+            refuse_shared_files(test.paths, val.paths, display_path(data_dir),
+                                "the validation images recorded by classify fit")
     if val is not None:
         val_predictions, val_labels, _ = predict_labelled(classifier, val, progress, log)
         val_scores = classifier.anomaly_scores(val_predictions.probabilities)

@@ -42,6 +42,7 @@ from anomaly.data import (
     DataError,
     LabelledFolder,
     load_images,
+    refuse_shared_files,
     scan_labelled_folder,
     uint8_to_model,
 )
@@ -227,7 +228,7 @@ def build_checkpoint(model: ClassifierNet, config: FitConfig, class_names: list[
         "stage": stage,
         "metrics": dict(metrics),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "val_paths": [str(p) for p in validation.paths] if validation else [],
+        "val_paths": [str(Path(p).resolve()) for p in validation.paths] if validation else [],
         "val_class_index": validation.labels.tolist() if validation else [],
     }
 
@@ -456,6 +457,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
                                    config.max_images)
     val_folder = limit_per_class(scan_labelled_folder(val_dir, config.normal_class),
                                  config.max_images)
+    refuse_shared_files(train_folder.paths, val_folder.paths, display_path(data_dir),
+                        display_path(val_dir))  # else early stopping sees training images
     class_names = train_folder.class_names
     if len(class_names) < 2:
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "

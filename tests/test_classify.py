@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -176,6 +177,34 @@ def test_without_val_the_fits_validation_images_set_the_threshold(binary_run, bi
                                        str(tmp_path / "d"), "--threshold-on-test"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "d" / "report.json").read_text())["threshold_source"] == "test"
+
+
+def test_evaluate_refuses_the_fits_validation_images_as_test(binary_run, binary_data,
+                                                            tmp_path):
+    """Without --val the threshold comes from fit's validation images: evaluating on that
+    very folder would pick the threshold on the test images."""
+    run_dir, _ = binary_run
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["val_paths"] and all(Path(p).is_absolute() for p in state["val_paths"])
+    refused = CliRunner().invoke(main, [
+        "evaluate", "--model", str(run_dir / "checkpoints" / "last.pt"), "--data",
+        str(binary_data["val"]), "--out", str(tmp_path / "e"), "--resamples", "20",
+        "--no-progress"])
+    assert refused.exit_code == 1, refused.output
+    assert "share" in refused.output and "recorded by classify fit" in refused.output
+    assert not (tmp_path / "e" / "report.json").exists()
+
+
+def test_fit_refuses_a_validation_folder_sharing_training_images(binary_data, tmp_path):
+    shared = tmp_path / "val"
+    shutil.copytree(binary_data["val"], shared)
+    first = sorted((binary_data["train"] / "PNEUMONIA").glob("*.png"))[0]
+    shutil.copy(first, shared / "PNEUMONIA" / "copied.png")
+    refused = CliRunner().invoke(main, [
+        "fit", "--data", str(binary_data["train"]), "--val", str(shared), "--out",
+        str(tmp_path / "run"), "--weights", "none", "--epochs", "1", *FAST])
+    assert refused.exit_code == 1, refused.output
+    assert "share 1 file" in refused.output and "copied.png" in refused.output
 
 
 def test_weights_path_freezes_base_then_fine_tunes_layer4(binary_data, tmp_path):

@@ -81,7 +81,7 @@ def test_train_score_evaluate_compare(tmp_path, normal_dir, labelled_dir):
     assert len(decoded_images(ReportPage((tmp_path / "cmp" / "report.html").read_text()))) == 3
 
 
-def test_errors_are_one_line(tmp_path, normal_dir):
+def test_errors_are_one_line(tmp_path, normal_dir, labelled_dir):
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_bytes(b"garbage")
     result = run("score", "--model", not_ckpt, "--dir", normal_dir)
@@ -93,6 +93,10 @@ def test_errors_are_one_line(tmp_path, normal_dir):
     empty.mkdir()
     result = run("train-gan", "--data", empty, "--out", tmp_path / "r")
     assert result.exit_code == 1 and "no image files" in result.output
+
+    result = run("train-gan", "--data", labelled_dir, "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "a labelled folder" in result.output
+    assert "NORMAL, PNEUMONIA" in result.output and "Traceback" not in result.output
 
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("epochz: 2\n")
