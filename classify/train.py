@@ -76,7 +76,7 @@ class FitConfig:
     epochs: int = 10
     lr: float = 1e-3
     # stage 2: also the last block (layer4 for ResNets); 0 skips it
-    fine_tune_epochs: int = 0
+    fine_tune_epochs: int = 5
     fine_tune_lr: float = 1e-5
     batch_size: int = 32
     weight_decay: float = 0.0

@@ -1,8 +1,8 @@
 """``classify tune``: Bayesian hyper-parameter search (Optuna) for the supervised baseline.
 
 A study samples configs from a search space written in YAML with the TPE sampler, trains
-each with :func:`classify.train.fit`, and stops weak trials early with a median pruner
-fed by their per-epoch validation loss. The objective is measured on the validation
+each with :func:`classify.train.fit`, and, for the validation-loss objective, stops weak
+trials early with a median pruner fed by their per-epoch validation loss. The objective is measured on the validation
 folder only (validation loss of the best checkpoint, or its validation AUROC), never on
 test data. The study lives in Optuna's storage: an SQLite file in the study folder by
 default, or any database URL shared by several processes or machines.
@@ -238,8 +238,11 @@ def tune(data_dir: str | os.PathLike, val_dir: str | os.PathLike,
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        # the pruner compares the validation loss each epoch: only for that objective (a
+        # trial with a worse loss may still rank the films better)
         best = fit(config, data_dir, val_dir, run_dir, progress=progress,
-                   log=lambda *a, **k: None, on_epoch=report)
+                   log=lambda *a, **k: None,
+                   on_epoch=report if objective == "val-loss" else None)
         value = validation_objective(best, val_dir, objective, config)
         trial.set_user_attr("run_dir", str(run_dir))
         return value
@@ -273,11 +276,13 @@ def validation_objective(best_checkpoint: Path, val_dir, objective: str,
         return float(state["metrics"]["val_loss"])
     from anomaly.data import scan_labelled_folder
     from anomaly.evaluate import auroc
+    from anomaly.evaluate_model import limit_per_class
     from classify.evaluate_classifier import predict_labelled
     from classify.predict import Classifier
 
     classifier = Classifier.from_checkpoint(best_checkpoint, device=config.device)
-    folder = scan_labelled_folder(val_dir, config.normal_class)
+    folder = limit_per_class(scan_labelled_folder(val_dir, config.normal_class),
+                             config.max_images)  # the images fit validated on
     predictions, labels, _ = predict_labelled(classifier, folder, progress=False,
                                               log=lambda *a: None)
     return 1.0 - auroc(labels, classifier.anomaly_scores(predictions.probabilities))

@@ -28,7 +28,7 @@ from tests.report_page import check_page_against_report, decoded_images
 REPORT_KEYS = {"model", "n", "n_normal", "n_anomalous", "auroc", "auroc_ci95", "threshold",
                "threshold_source", "confusion_matrix", "accuracy", "precision", "recall",
                "specificity", "f1"}
-FAST = ["--image-size", "32", "--batch-size", "10", "--no-progress"]
+FAST = ["--image-size", "32", "--batch-size", "10", "--fine-tune-epochs", "0", "--no-progress"]
 
 
 def synthetic_image(kind: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
@@ -213,7 +213,7 @@ def test_weights_path_freezes_base_then_fine_tunes_layer4(binary_data, tmp_path)
     result = CliRunner().invoke(main, [
         "fit", "--data", str(binary_data["train"]), "--val", str(binary_data["val"]),
         "--out", str(run_dir), "--weights", str(base), "--epochs", "1",
-        "--fine-tune-epochs", "1", *FAST, "--batch-size", "20"])
+        *FAST, "--fine-tune-epochs", "1", "--batch-size", "20"])
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output and "unfroze layer4" in result.output
     original = torch.load(base, weights_only=True)
@@ -262,7 +262,7 @@ def test_three_classes_per_class_table_and_macro_auroc(tmp_path):
     train = make_folder(tmp_path / "train", counts, seed=4)
     val = make_folder(tmp_path / "val", counts, seed=5)
     config = FitConfig(image_size=32, batch_size=12, epochs=1, weights="none",
-                       backbone="resnet18")
+                       backbone="resnet18", fine_tune_epochs=0)
     best = fit(config, train, val, tmp_path / "run", progress=False, log=lambda *a: None)
     assert best == tmp_path / "run" / "checkpoints" / "best.pt"
     report = evaluate_classifier(tmp_path / "run", train, tmp_path / "report", val_dir=val,

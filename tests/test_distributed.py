@@ -46,7 +46,7 @@ def test_two_process_training_writes_one_checkpoint_with_identical_replicas(
     assert load_checkpoint(run)["epoch"] == 2
 
 
-def test_two_process_classifier_fit_with_fine_tuning(tmp_path, labelled_dir):
+def test_two_process_classifier_fit_with_fine_tuning(tmp_path, labelled_dir, val_dir):
     import torchvision
 
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def test_two_process_classifier_fit_with_fine_tuning(tmp_path, labelled_dir):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), base)
     run = tmp_path / "classify_ddp"
     done = torchrun(free_port(), "cli.classify_cli", "fit", "--data", str(labelled_dir),
-                    "--val", str(labelled_dir), "--out", str(run), "--backbone", "resnet18",
+                    "--val", str(val_dir), "--out", str(run), "--backbone", "resnet18",
                     "--weights", str(base), "--epochs", "1", "--fine-tune-epochs", "1",
                     "--image-size", "32", "--batch-size", "4", "--no-progress",
                     "--device", "cpu")

@@ -163,14 +163,14 @@ def test_validation_sharing_a_test_file_by_content_is_refused(trained_run, label
     assert not (tmp_path / "r" / "report.json").exists()
 
 
-def test_classifier_evaluation_refuses_shared_validation_files(labelled_dir, tmp_path):
+def test_classifier_evaluation_refuses_shared_validation_files(labelled_dir, val_dir, tmp_path):
     from anomaly.data import DataError
     from classify.evaluate_classifier import evaluate_classifier
     from classify.train import FitConfig, fit
 
     config = FitConfig(image_size=32, batch_size=12, epochs=1, weights="none",
                        backbone="resnet18", fine_tune_epochs=0)
-    fit(config, labelled_dir, labelled_dir, tmp_path / "cls", progress=False,
+    fit(config, labelled_dir, val_dir, tmp_path / "cls", progress=False,
         log=lambda *a: None)
     with pytest.raises(DataError, match="share 20 file"):
         evaluate_classifier(tmp_path / "cls", labelled_dir, tmp_path / "r",

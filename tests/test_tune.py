@@ -135,3 +135,25 @@ def test_storage_creation_race_is_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.storages, "RDBStorage", always_locked)
     with pytest.raises(OperationalError):  # a real failure still surfaces
         connect_storage(f"sqlite:///{tmp_path / 'never.db'}", attempts=2)
+
+
+@pytest.mark.parametrize("objective, pruned", [("val-loss", True), ("val-auroc", False)])
+def test_the_pruner_is_fed_only_for_the_validation_loss_objective(tmp_path, monkeypatch,
+                                                                  objective, pruned):
+    """The pruner reads the validation loss: with the AUROC objective it must not cut
+    trials on a metric the study does not optimise."""
+    import classify.tune as tune_module
+    from classify.train import FitConfig
+
+    fed = []
+
+    def fake_fit(config, data_dir, val_dir, run_dir, progress, log, on_epoch):
+        fed.append(on_epoch is not None)
+        return Path(run_dir) / "best.pt"
+
+    monkeypatch.setattr(tune_module, "fit", fake_fit)
+    monkeypatch.setattr(tune_module, "validation_objective", lambda *a: 0.5)
+    space = tune_module.parse_space(SPACE, "test space")
+    tune_module.tune("train", "val", tmp_path / "study", FitConfig(), space, trials=2,
+                     objective=objective, progress=False, log=lambda *a: None)
+    assert fed == [pruned, pruned]
