@@ -33,10 +33,25 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_options) -> It
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        sync_folder(path.parent)  # so the rename itself survives a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def sync_folder(folder: str | os.PathLike) -> None:
+    """fsync a folder's entry list (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(descriptor)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:

@@ -141,9 +141,25 @@ def check_values(state: dict[str, Any]) -> None:
         check_part = getattr(module, "check_state", None)
         if check_part is not None:
             check_part(state)
+    for field in ("score_stats", "thresholds"):
+        if state.get(field) is not None and not isinstance(state[field], dict):
+            raise BadValue(f"{field} is {type(state[field]).__name__}, not a dict")
+    holdout = state.get("holdout_paths", [])
+    if not isinstance(holdout, list) or not all(isinstance(p, str) for p in holdout):
+        raise BadValue("holdout_paths is not a list of file names")
     for mode, stats in (state.get("score_stats") or {}).items():
         if not isinstance(stats, dict):
             raise BadValue(f"score_stats.{mode} is not a dict")
+        components = stats.get("components")
+        if components is not None and not isinstance(components, dict):
+            raise BadValue(f"score_stats.{mode}.components is not a dict")
+        for name, values in (components or {}).items():  # NaN where a mode lacks it
+            if not isinstance(values, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise BadValue(f"score_stats.{mode}.components.{name} is not a list of "
+                               "numbers")
+        if not isinstance(stats.get("region_thresholds") or {}, dict):
+            raise BadValue(f"score_stats.{mode}.region_thresholds is not a dict")
         for heat, value in (stats.get("region_thresholds") or {}).items():
             validate.positive_number(value, f"score_stats.{mode}.region_thresholds.{heat}")
     for entry in (state.get("thresholds") or {}).values():

@@ -109,6 +109,9 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
         ValueError: ``alpha`` without held-out normals, or out of (0, 1).
     """
     normal = None if normal_scores is None else np.asarray(normal_scores, dtype=np.float64)
+    if normal is not None and not np.isfinite(normal).all():  # NaN would inflate p-values
+        raise ValueError("the held-out normals' scores stored with the model hold NaN or "
+                         "infinite values")
     if alpha is not None:
         if not 0 < alpha < 1:  # NaN fails this too
             raise ValueError(f"--alpha must be between 0 and 1, not {alpha}")
@@ -116,8 +119,6 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
             raise ValueError("--alpha needs the scores of the normal films held out from "
                              "training, and this run has none")
         return Decision(None, "conformal", normal, alpha)
-    if alpha is None and normal is not None and not np.isfinite(normal).all():
-        raise ValueError("the held-out normals' scores hold NaN or infinite values")
     if threshold is not None:
         return Decision(check_threshold_value(threshold), "given", normal)
     if stored is not None:

@@ -104,12 +104,14 @@ class Detector:
             source = f"array {index}" if is_array else str(item)
             try:
                 raw = film_from_array(item, source) if is_array else read_image(item)
-            except ImageReadError as err:
+                stored = encode_uint8(preprocess(raw, config))  # as anomaly score reads files
+            except Exception as err:  # a bad film is reported, the others are still scored
+                reason = err.reason if isinstance(err, ImageReadError) else \
+                    f"cannot be decoded ({type(err).__name__}: {err})"
                 predictions[index] = Prediction(source if is_array else display_path(Path(item)),
                                                 float("nan"), "unreadable", float("nan"), None,
-                                                error=err.reason)
+                                                error=reason)
                 continue
-            stored = encode_uint8(preprocess(raw, config))  # as anomaly score reads files
             pending.append((index, source, raw.shape[:2], stored))
         size = self.scorer.batch_size
         for start in range(0, len(pending), size):

@@ -61,6 +61,8 @@ def check_export(info: dict, folder: Path) -> None:
     if expected is not None and file_sha256(network) != expected:
         raise BadValue("model.onnx is not the network exported with this export.json (its "
                        "SHA-256 differs: an export cut short?); export again")
+    if not isinstance(info.get("checkpoint"), str):
+        raise BadValue("checkpoint (the digest of the model it was exported from) is missing")
     if not isinstance(info.get("mode"), str) or not isinstance(info.get("score"), str):
         raise BadValue(f"mode {info.get('mode')!r} / score {info.get('score')!r} are not names")
     components = info.get("components")
@@ -105,9 +107,13 @@ class ExportedScorer:
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{display_path(folder)}: no readable export.json "
                                   f"({type(err).__name__})") from None
-        if info.get("format") != EXPORT_FORMAT:
+        if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
             raise CheckpointError(f"{display_path(folder)}: not an exported cxr-anomaly model")
-        if int(info.get("format_version", 0)) > EXPORT_VERSION:
+        try:
+            version = validate.whole_number(info.get("format_version", 0), "format_version")
+        except BadValue as err:
+            raise CheckpointError(f"{display_path(folder / 'export.json')}: {err}") from None
+        if version > EXPORT_VERSION:
             raise CheckpointError(f"{display_path(folder)}: exported by a newer version "
                                   f"(format {info['format_version']}); upgrade the toolkit")
         if info.get("network_format") != "onnx":
@@ -127,6 +133,12 @@ class ExportedScorer:
             raise CheckpointError(f"{display_path(folder / 'export.json')}: its components "
                                   f"name {expected} network outputs, and the network gives "
                                   f"{len(self.session.get_outputs())}; export again")
+        check_outputs = getattr(self.reader, "check_outputs", None)
+        if check_outputs is not None:
+            try:
+                check_outputs([output.shape for output in self.session.get_outputs()])
+            except BadValue as err:
+                raise CheckpointError(f"{display_path(folder / 'export.json')}: {err}") from None
         self.info = info
         self.mode, self.score = info["mode"], info["score"]
         self.component_names = tuple(info["components"])
@@ -135,7 +147,7 @@ class ExportedScorer:
         self.has_map = bool(getattr(self.reader, "has_map", False))
         self.heat_name = info.get("heat", "none")
         self.region_threshold = info.get("region_threshold")
-        self.batch_size = batch_size
+        self.batch_size = validate.whole_number(batch_size, "batch_size", low=1)
 
     def output_settings(self) -> dict:
         """What makes a row of scores (as :meth:`anomaly.score.Scorer.output_settings`)."""

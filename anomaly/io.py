@@ -7,6 +7,7 @@ whose message names the file and what is wrong, in one line.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import cv2
 import numpy as np
 
 from anomaly.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs)
@@ -243,14 +246,20 @@ def _decode_dicom(path: Path, data: bytes) -> np.ndarray:
     except Exception as err:  # pydicom raises many types for truncated or odd files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageReadError(path, f"DICOM pixel data cannot be decoded ({reason})") from None
-    if pixels.ndim == 3:  # colour or multi-frame: take a grayscale of the first plane
-        if pixels.shape[-1] in (3, 4) and dataset.get("SamplesPerPixel", 1) > 1:
-            pixels = pixels[..., :3].mean(axis=-1)
-        else:
-            pixels = pixels[0]
+    if frames > 1 and pixels.ndim >= 3:  # (frames, rows, cols[, samples]): the first
+        pixels = pixels[0]
+    if samples > 1 and pixels.ndim == 3:  # colour (rows, cols, samples): its grey
+        pixels = pixels[..., :3].mean(axis=-1)
+    if pixels.ndim != 2:
+        raise ImageReadError(path, f"DICOM pixel data of shape {pixels.shape} is not one "
+                                   "grey or colour image")
     pixels = pixels.astype(np.float32)
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    try:
+        slope = float(dataset.get("RescaleSlope", 1) or 1)
+        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, "has a RescaleSlope or RescaleIntercept that is not one "
+                                   "number") from None
     pixels = pixels * slope + intercept
     image = _min_max(pixels)
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -291,11 +300,20 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{display_path(folder)}: folder does not exist")
-    paths = sorted(
-        (p for p in folder.rglob("*")
-         if is_image_path(p) and not p.name.startswith(".") and not p.is_dir()),
-        key=lambda p: os.fsencode(p),
-    )
+    paths, seen = [], set()
+
+    def unreadable(err: OSError) -> None:  # said, not silently left out
+        logger.warning("skipped folder %s: cannot be read (%s)",
+                       display_path(err.filename), err.strerror or type(err).__name__)
+
+    for top, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        seen.add(os.path.realpath(top))
+        # follow linked folders (exports often link them), each real folder once
+        dirnames[:] = [d for d in dirnames
+                       if os.path.realpath(os.path.join(top, d)) not in seen]
+        paths.extend(Path(top) / name for name in filenames
+                     if not name.startswith(".") and is_image_path(Path(name)))
+    paths.sort(key=lambda p: os.fsencode(p))
     if not paths:
         raise DataError(f"{display_path(folder)}: no image files found (looked for PNG, "
                         "JPEG, BMP, TIFF and DICOM, recursively)")

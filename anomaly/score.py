@@ -38,6 +38,7 @@ from anomaly.lungs import checkpoint_lung_prior, geometric_lung_prior, lung_brig
 from anomaly.preprocess import PreprocessConfig, preprocess
 from anomaly.regions import Region, check_threshold, draw_regions, film_regions, find_regions
 from anomaly.results import BatchScores, ScoreResult
+from anomaly.validate import whole_number
 
 __all__ = ["BatchScores", "ScoreResult", "Scorer", "available_modes",
            "default_mode"]
@@ -95,7 +96,7 @@ class Scorer:
         size = preprocess_config.image_size
         self.lung_prior = (geometric_lung_prior(size) if lung_prior is None
                            else lung_prior.float()).to(self.device)
-        self.batch_size = batch_size
+        self.batch_size = whole_number(batch_size, "batch_size", low=1)
         self.holdout_paths = [Path(p) for p in holdout_paths]
         self.normal_components = normal_components
         self.checkpoint_id: str | None = None  # set by from_checkpoint
@@ -133,8 +134,8 @@ class Scorer:
             state, mode, torch_device, prior, **options)
         scorer = cls(family, preprocess_config, score=score, lung_prior=prior,
                      batch_size=batch_size, holdout_paths=state.get("holdout_paths", []))
-        scorer.stored_thresholds = dict(state.get("thresholds", {}))
-        fitted = state.get("score_stats", {}).get(mode, {})
+        scorer.stored_thresholds = dict(state.get("thresholds") or {})
+        fitted = (state.get("score_stats") or {}).get(mode) or {}
         if all(fitted.get(k) == v for k, v in scorer.settings().items()):
             scorer.normal_components = fitted.get("components")
             scorer.region_threshold = (fitted.get("region_thresholds") or {}).get(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from anomaly.atomic import open_for_streaming, write_text_atomically
+from anomaly.atomic import atomic_file, open_for_streaming, write_text_atomically
 from anomaly.decision import Decision
 from anomaly.heatmap import with_caption, write_png
 from anomaly.io import display_path, from_spreadsheet_safe, spreadsheet_safe
@@ -79,6 +79,8 @@ def keep_complete_rows(csv_path: Path, handle) -> set[str]:
     if not rows:
         return set()
     complete = [complete_row(row, rows[0]) for row in rows[1:]]
+    if complete and not text.endswith("\n"):  # cut inside its last field, or before "\n"
+        complete[-1] = False
     kept = len(complete) - complete[::-1].index(True) if any(complete) else 0
     if not all(complete[:kept]):
         raise ResumeMismatch(f"{display_path(csv_path)}: cannot resume, row "
@@ -93,6 +95,28 @@ def keep_complete_rows(csv_path: Path, handle) -> set[str]:
         handle.flush()
         os.ftruncate(handle.fileno(), len(prefix.encode("utf-8", "surrogateescape")))
     return {from_spreadsheet_safe(row[0]) for row in rows[1: kept + 1]}
+
+
+def keep_regions_of(regions_file: Path, kept: set[str]) -> None:
+    """Before appending to a resumed run's regions file: keep one whole record per film
+    whose CSV row was kept, dropping a line cut by a kill or a full disk and the records
+    of films whose row was never written (rewritten atomically)."""
+    if not regions_file.exists():
+        return
+    text = regions_file.read_text(encoding="utf-8", errors="surrogateescape")
+    records, seen = [], set()
+    for line in text.splitlines(keepends=True):
+        try:
+            path = json.loads(line).get("path") if line.endswith("\n") else None
+        except (ValueError, AttributeError):
+            path = None
+        if path in kept and path not in seen:
+            seen.add(path)
+            records.append(line)
+    if "".join(records) != text:
+        with atomic_file(regions_file, "w", encoding="utf-8",
+                         errors="surrogateescape") as handle:
+            handle.write("".join(records))
 
 
 def same_files(paths: Sequence[Path], done: set[str]) -> set[Path]:
@@ -230,7 +254,10 @@ def score_files(scorer: Scorer, paths: Sequence[str | os.PathLike],
                                     encoding="utf-8", errors="surrogateescape")
         append = resume and os.fstat(handle.fileno()).st_size > 0
         if append:
-            already = same_files(paths, keep_complete_rows(out_csv, handle))
+            kept = keep_complete_rows(out_csv, handle)
+            if regions:
+                keep_regions_of(regions_path(out_csv), kept)
+            already = same_files(paths, kept)
             paths = [p for p in paths if p not in already]
         else:
             handle.truncate(0)
@@ -335,9 +362,9 @@ def merge_shards(out_csv: Path, shards: list[Path], header: list[str], append: b
     """Append shard CSVs (with ``header``) to ``out_csv``, skipping paths it already
     holds, and delete the shards. Without ``append`` the CSV is started anew."""
     append = append and out_csv.exists() and out_csv.stat().st_size > 0
-    done = read_scored_paths(out_csv) if append else set()
     with open(out_csv, "a" if append else "w", newline="", encoding="utf-8",
               errors="surrogateescape") as handle:
+        done = keep_complete_rows(out_csv, handle) if append else set()  # cut tail dropped
         writer = csv.writer(handle)
         if not append:
             writer.writerow(header)

@@ -19,6 +19,7 @@ from anomaly.device import resolve_device
 from anomaly.heatmap import write_png
 from anomaly.io import display_path
 from anomaly.preprocess import PreprocessConfig
+from anomaly.validate import whole_number
 from classify import CHECKPOINT_FORMAT
 from classify.gradcam import GradCAM, cam_overlay
 from classify.models import ClassifierNet
@@ -52,6 +53,16 @@ class Predictions:
     failures: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def keep_finite_rows(paths: Sequence[Path], probabilities: np.ndarray,
+                     failures: list[tuple[Path, str]]) -> np.ndarray:
+    """Which rows of ``probabilities`` are finite; the others' paths join ``failures``
+    (a NaN must not become the first class by argmax)."""
+    finite = np.isfinite(probabilities).all(axis=1)
+    failures.extend((path, "the model's output is not finite") for path, ok
+                    in zip(paths, finite) if not ok)
+    return finite
+
+
 class Classifier:
     """A trained classifier with its class names and preprocessing.
 
@@ -73,7 +84,7 @@ class Classifier:
         self.normal_class = normal_class
         self.normal_index = self.class_names.index(normal_class)
         self.preprocess = preprocess
-        self.batch_size = batch_size
+        self.batch_size = whole_number(batch_size, "batch_size", low=1)
         self.validation: LabelledFolder | None = None  # fit's validation images, if known
 
     @classmethod
@@ -89,6 +100,15 @@ class Classifier:
         checkpoint = resolve_classifier_checkpoint(path)
         state = load_checkpoint(checkpoint, expected_format=CHECKPOINT_FORMAT)
         try:
+            if int(state["num_classes"]) != len(state["class_names"]):
+                raise CheckpointError(f"{display_path(checkpoint)}: num_classes "
+                                      f"{state['num_classes']} but {len(state['class_names'])} "
+                                      "class names")
+            bad = [name for name, tensor in state["state_dict"].items()
+                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+            if bad:
+                raise CheckpointError(f"{display_path(checkpoint)}: weights that are not "
+                                      f"finite ({bad[0]}{' ...' if len(bad) > 1 else ''})")
             model = ClassifierNet(state["backbone"], int(state["num_classes"]),
                                   float(state["dropout"]), weights=None)
             model.load_state_dict(state["state_dict"])
@@ -99,7 +119,9 @@ class Classifier:
                 [Path(p) for p in state.get("val_paths", [])], classifier.class_names,
                 list(state.get("val_class_index", [])), classifier.normal_class)
             return classifier
-        except (KeyError, RuntimeError, TypeError) as err:
+        except CheckpointError:
+            raise
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{display_path(checkpoint)}: incomplete or inconsistent "
                                   f"classifier checkpoint ({type(err).__name__})") from None
 
@@ -128,10 +150,12 @@ class Classifier:
         parts = [result.probabilities]
         with tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar:
             for good, images, failures in self.iter_batches(paths):
-                result.paths.extend(good)
-                result.failures.extend(failures)
-                parts.append(self.predict_tensor(images))
                 bar.update(len(good) + len(failures))
+                result.failures.extend(failures)
+                probabilities = self.predict_tensor(images)
+                finite = keep_finite_rows(good, probabilities, result.failures)
+                result.paths.extend(p for p, ok in zip(good, finite) if ok)
+                parts.append(probabilities[finite])
         result.probabilities = np.concatenate(parts)
         return result
 
@@ -157,10 +181,13 @@ class Classifier:
                 continue
             batch = uint8_to_model(images.to(self.device))
             maps, probabilities = cam(batch)
-            result.paths.extend(good)
-            parts.append(probabilities.cpu().numpy())
-            for path, image, heat in zip(good, batch.cpu().numpy()[:, 0], maps):
-                overlays[path] = cam_overlay(image, heat, display_size)
+            probabilities = probabilities.cpu().numpy()
+            finite = keep_finite_rows(good, probabilities, result.failures)
+            parts.append(probabilities[finite])
+            for path, image, heat, ok in zip(good, batch.cpu().numpy()[:, 0], maps, finite):
+                if ok:
+                    result.paths.append(path)
+                    overlays[path] = cam_overlay(image, heat, display_size)
         result.probabilities = np.concatenate(parts)
         return result, overlays
 
@@ -171,15 +198,20 @@ class Classifier:
         Files are named ``<stem>_cam.png`` (``<stem>_cam_2.png`` ... when stems repeat).
 
         Returns:
-            The predictions and the written PNG paths (same order).
+            The predictions, the written PNG paths, and (PNG path, reason) for each overlay
+            that could not be written (a full disk, an unwritable folder): the predictions
+            are kept.
         """
         result, overlays = self.cam_images(paths, display_size)
-        written, used = [], set()
+        written, unwritten, used = [], [], set()
         for path in result.paths:
             name, copy = f"{path.stem}_cam.png", 1
             while name in used:
                 copy += 1
                 name = f"{path.stem}_cam_{copy}.png"
             used.add(name)
-            written.append(write_png(Path(out_dir) / name, overlays[path]))
-        return result, written
+            try:
+                written.append(write_png(Path(out_dir) / name, overlays[path]))
+            except OSError as err:
+                unwritten.append((Path(out_dir) / name, err.strerror or type(err).__name__))
+        return result, written, unwritten

@@ -11,6 +11,10 @@ import click
 from anomaly import families  # the families' declarations, without torch
 from anomaly.io import display_path
 from cli.common import (
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    FiniteFloat,
     RegistryChoice,
     device_option,
     evaluation_options,
@@ -70,12 +74,12 @@ def train_gan_command(data_dir, run_dir, config_file, dry_run, no_progress, resu
 
 @main.command("train-encoder")
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=AT_LEAST_ONE, default=20, show_default=True)
 @click.option("--data", "data_dir", type=click.Path(),
               help="Normal training folder (default: the GAN's own).")
-@click.option("--lr", type=float)
-@click.option("--kappa", type=float, help="Weight of the feature loss.")
-@click.option("--batch-size", type=int)
+@click.option("--lr", type=POSITIVE)
+@click.option("--kappa", type=NOT_NEGATIVE, help="Weight of the feature loss.")
+@click.option("--batch-size", type=AT_LEAST_ONE)
 @device_option
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
@@ -98,14 +102,14 @@ def scorer_options(command):
                      help="How components become the score (default: the mode's own; "
                           "critic: density; DCGAN: lung-opacity; anogan: residual + lambda "
                           "* discrimination; lung-brightness: the no-GAN baseline)."),
-        click.option("--iterations", type=int,
+        click.option("--iterations", type=AT_LEAST_ONE,
                      help="Latent-search steps (search: 500, encoder-search: 20; other "
                           "modes refuse it)."),
-        click.option("--lr", "search_lr", type=float, default=0.05, show_default=True,
+        click.option("--lr", "search_lr", type=POSITIVE, default=0.05, show_default=True,
                      help="Adam learning rate for z."),
-        click.option("--lambda", "lam", type=float, default=0.1, show_default=True,
+        click.option("--lambda", "lam", type=NOT_NEGATIVE, default=0.1, show_default=True,
                      help="Weight of the discrimination loss."),
-        click.option("--batch-size", type=int, default=64, show_default=True),
+        click.option("--batch-size", type=AT_LEAST_ONE, default=64, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         device_option,
         click.option("--cpu-bf16", is_flag=True,
@@ -260,7 +264,7 @@ def export_command(model, out_dir, fmt, mode, threshold):
 @click.option("--normal-class", default="NORMAL", show_default=True)
 @click.option("--threshold-metric", type=click.Choice(["youden", "f1"]), default="youden",
               show_default=True, help="With both classes in --val.")
-@click.option("--quantile", type=float, default=0.95, show_default=True,
+@click.option("--quantile", type=FiniteFloat(0, 1), default=0.95, show_default=True,
               help="With normal images only in --val: this quantile of their scores.")
 @click.option("--regions/--no-regions", default=True, show_default=True,
               help="Also fit the heat map's region threshold again on the normal films of "
@@ -337,7 +341,7 @@ def print_report(report: dict, out_dir) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--threshold", type=float, help="Label at or above this score.")
 @click.option("--alpha", type=float, help="Label by conformal p-value <= ALPHA instead.")
-@click.option("--max-upload-mb", type=float, help="Largest film accepted (default: the "
+@click.option("--max-upload-mb", type=POSITIVE, help="Largest film accepted (default: the "
               "toolkit's file limit, CXR_ANOMALY_MAX_FILE_MB).")
 @device_option
 @user_errors_as_messages

@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from anomaly.io import display_path
-from cli.common import device_option, evaluation_options, user_errors_as_messages
+from cli.common import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    device_option,
+    evaluation_options,
+    user_errors_as_messages,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,9 +40,9 @@ def fit_options(command):
         click.option("--fine-tune-epochs", type=int,
                      help="Stage 2: also the last block, lower lr."),
         click.option("--image-size", type=int),
-        click.option("--batch-size", type=int),
-        click.option("--lr", type=float),
-        click.option("--fine-tune-lr", type=float),
+        click.option("--batch-size", type=AT_LEAST_ONE),
+        click.option("--lr", type=POSITIVE),
+        click.option("--fine-tune-lr", type=POSITIVE),
         click.option("--normal-class", help="Name of the normal class folder (default NORMAL)."),
         click.option("--max-images", type=click.IntRange(min=1), help="At most N images per class (a quick try)."),
         click.option("--cache-dir", type=click.Path(),
@@ -77,8 +83,8 @@ def fit_command(data_dir, val_dir, run_dir, config_file, no_progress, resume, **
 @click.option("--space", "space_file", type=click.Path(),
               help="YAML search space (configs/classify_tune_space.yaml; default: learning "
                    "rate, dropout, batch size, rotation, fine-tune epochs).")
-@click.option("--trials", type=int, help="Trials to run in this call.")
-@click.option("--timeout", type=float, help="Seconds after which no new trial starts.")
+@click.option("--trials", type=AT_LEAST_ONE, help="Trials to run in this call.")
+@click.option("--timeout", type=POSITIVE, help="Seconds after which no new trial starts.")
 @click.option("--objective", type=click.Choice(["val-loss", "val-auroc"]), default="val-loss",
               show_default=True, help="Measured on --val only, never on test data.")
 @click.option("--storage", help="Database URL shared by several processes or machines "
@@ -107,7 +113,7 @@ def tune_command(data_dir, val_dir, study_dir, config_file, space_file, trials, 
 @click.option("--model", required=True, type=click.Path(), help="Run directory or .pt file.")
 @evaluation_options
 @click.option("--normal-class", help="Default: the model's normal class.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=AT_LEAST_ONE, default=32, show_default=True)
 @device_option
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
@@ -134,7 +140,7 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
               help="Image file (repeatable).")
 @click.option("--cam", "cam_dir", type=click.Path(),
               help="Write Grad-CAM overlays (PNG) of the predicted class here.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=AT_LEAST_ONE, default=32, show_default=True)
 @device_option
 @user_errors_as_messages
 def predict_command(model, images, cam_dir, batch_size, device):
@@ -145,9 +151,9 @@ def predict_command(model, images, cam_dir, batch_size, device):
                                             batch_size=batch_size)
     paths = [Path(p) for p in images]
     if cam_dir:
-        result, written = classifier.write_cams(paths, cam_dir)
+        result, written, unwritten = classifier.write_cams(paths, cam_dir)
     else:
-        result, written = classifier.predict_paths(paths), []
+        result, written, unwritten = classifier.predict_paths(paths), [], []
     for path, reason in result.failures:
         click.echo(f"skipped {display_path(path)}: {reason}", err=True)
     names = classifier.class_names
@@ -156,6 +162,8 @@ def predict_command(model, images, cam_dir, batch_size, device):
         click.echo(f"{display_path(path)}\t{probabilities}\tpredicted={names[int(row.argmax())]}")
     for png in written:
         click.echo(f"grad-cam: {display_path(png)}", err=True)
+    for png, reason in unwritten:
+        click.echo(f"grad-cam not written {display_path(png)}: {reason}", err=True)
     if not result.paths:
         sys.exit(1)
 

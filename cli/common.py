@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 import click
@@ -32,6 +33,23 @@ def user_errors_as_messages(command):
     return wrapper
 
 
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is also finite (click's ranges let NaN through)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = FiniteFloat(min=0, min_open=True)  # a learning rate, a size
+NOT_NEGATIVE = FiniteFloat(min=0)  # a loss weight
+AT_LEAST_ONE = click.IntRange(min=1)  # a batch size, a count of steps or resamples
+
+
 device_option = click.option("--device", default=None,
                              help="auto (CUDA when present), cpu, cuda or cuda:N.")
 
@@ -47,13 +65,13 @@ def evaluation_options(command):
                      help="Report folder."),
         click.option("--threshold-metric", type=click.Choice(["youden", "f1"]),
                      default="youden", show_default=True),
-        click.option("--quantile", type=float, default=0.95, show_default=True,
+        click.option("--quantile", type=FiniteFloat(0, 1), default=0.95, show_default=True,
                      help="Normal-score quantile when validation holds normal images only."),
         click.option("--threshold-on-test", is_flag=True,
                      help="Without validation data, pick the threshold on the test data "
                           "(reported)."),
         click.option("--max-images", type=click.IntRange(min=1), help="At most N images per class (a quick try)."),
-        click.option("--resamples", type=int, default=1000, show_default=True,
+        click.option("--resamples", type=AT_LEAST_ONE, default=1000, show_default=True,
                      help="Bootstrap resamples for the AUROC confidence interval."),
         click.option("--subgroup", "subgroups", multiple=True,
                      help="Text in the names of some anomalous files (e.g. virus): their "

@@ -411,3 +411,40 @@ def test_fit_resumes_after_a_kill_and_matches_an_uninterrupted_fit(binary_data, 
         assert (resumed["epoch"], resumed["stage"]) == (whole["epoch"], whole["stage"])
         for key, value in whole["state_dict"].items():
             torch.testing.assert_close(resumed["state_dict"][key], value)
+
+
+def test_a_nan_or_mismatched_classifier_checkpoint_is_refused_not_called_normal(
+        binary_run, binary_data, tmp_path):
+    run_dir, _ = binary_run
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    image = binary_data["test"] / "PNEUMONIA" / "pneumonia_00.png"
+    nan = {**state, "state_dict": {**state["state_dict"]}}
+    name = next(k for k, v in nan["state_dict"].items() if v.is_floating_point())
+    nan["state_dict"][name] = torch.full_like(nan["state_dict"][name], float("nan"))
+    fewer = {**state, "class_names": ["NORMAL"]}
+    for broken, needle in ((nan, "not finite"), (fewer, "num_classes 2 but 1 class names")):
+        path = tmp_path / "broken.pt"
+        torch.save(broken, path)
+        result = CliRunner().invoke(main, ["predict", "--model", str(path), "--image",
+                                           str(image)])
+        assert result.exit_code == 1 and needle in result.output, result.output
+        assert "predicted=" not in result.output and "Traceback" not in result.output
+
+
+def test_predictions_are_kept_when_a_grad_cam_cannot_be_written(binary_run, binary_data,
+                                                                tmp_path, monkeypatch):
+    import errno
+
+    import classify.predict
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(classify.predict, "write_png", full)
+    run_dir, _ = binary_run
+    image = binary_data["test"] / "PNEUMONIA" / "pneumonia_00.png"
+    result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--image",
+                                       str(image), "--cam", str(tmp_path / "cams")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{image}\tNORMAL=")
+    assert "grad-cam not written" in result.stderr and "No space left" in result.stderr

@@ -126,3 +126,31 @@ def test_help_and_usage_errors_do_not_import_torch():
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["score", "--batch-size", "0"], "--batch-size"),
+    (["score", "--iterations", "-5"], "--iterations"),
+    (["score", "--lr", "nan"], "not a finite number"),
+    (["score", "--lambda", "-1"], "--lambda"),
+    (["evaluate", "--resamples", "0"], "--resamples"),
+    (["evaluate", "--quantile", "1.5"], "--quantile"),
+    (["train-encoder", "--lr", "inf"], "not a finite number"),
+])
+def test_numbers_out_of_range_are_usage_errors_before_any_work(tmp_path, args, needle):
+    """A zero batch, a negative step count or a NaN rate would run and mislead: refused
+    as a usage error (exit 2) naming the option, before any model is read."""
+    result = CliRunner().invoke(main, [*args, "--model", str(tmp_path / "none")])
+    assert result.exit_code == 2 and needle in result.output, result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["predict", "--batch-size", "-1", "--image", "x.png", "--model", "none"], "--batch-size"),
+    (["tune", "--trials", "0"], "--trials"),
+    (["fit", "--lr", "nan"], "not a finite number"),
+])
+def test_classify_numbers_out_of_range_are_usage_errors(tmp_path, args, needle):
+    from cli.classify_cli import main as classify_main
+
+    result = CliRunner().invoke(classify_main, args)
+    assert result.exit_code == 2 and needle in result.output, result.output

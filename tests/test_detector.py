@@ -57,3 +57,25 @@ def test_maps_return_to_the_original_frame_for_every_resize_mode():
     assert cropped.shape == (8, 12) and (cropped[:, :2] == 0).all() and cropped[:, 2:10].any()
     padded = map_to_original(square, (8, 12), "pad")  # 12 x 12 padded, rows 2..9 kept
     assert padded.shape == (8, 12)
+
+
+def test_a_film_whose_preprocessing_fails_is_unreadable_and_the_others_are_scored(
+        default_run, labelled_dir, monkeypatch):
+    import anomaly.detector
+
+    films = sorted((labelled_dir / "NORMAL").glob("*.png"))[:3]
+    real = anomaly.detector.preprocess
+
+    def fails_on_the_second(image, config):
+        if fails_on_the_second.calls == 1:
+            fails_on_the_second.calls += 1
+            raise cv2.error("a decoder surprise")
+        fails_on_the_second.calls += 1
+        return real(image, config)
+
+    fails_on_the_second.calls = 0
+    monkeypatch.setattr(anomaly.detector, "preprocess", fails_on_the_second)
+    predictions = Detector.from_run(default_run, device="cpu").predict(films)
+    assert [p.label for p in predictions][1] == "unreadable"
+    assert "a decoder surprise" in predictions[1].error
+    assert all(np.isfinite(p.score) for p in (predictions[0], predictions[2]))

@@ -228,3 +228,59 @@ def test_paths_that_look_like_formulas_are_written_as_text(tmp_path):
     for text in ("=HYPERLINK(1)", "+1", "-2", "@SUM", "plain/a.png"):
         safe = spreadsheet_safe(text)
         assert not safe.startswith(("=", "+", "-", "@")) and from_spreadsheet_safe(safe) == text
+
+
+def test_find_images_follows_linked_folders_once_and_says_which_it_cannot_read(
+        tmp_path, monkeypatch, caplog):
+    import errno
+    import logging
+    import os
+
+    import anomaly.io as io
+
+    (tmp_path / "elsewhere" / "study").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "elsewhere" / "study" / "a.png"), np.zeros((40, 40), np.uint8))
+    (tmp_path / "export").mkdir()
+    cv2.imwrite(str(tmp_path / "export" / "b.png"), np.zeros((40, 40), np.uint8))
+    (tmp_path / "export" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "export" / "linked" / "study" / "back").symlink_to(tmp_path / "export")
+    found = io.find_images(tmp_path / "export")
+    assert [p.name for p in found] == ["b.png", "a.png"]  # the loop back is not walked
+
+    real_walk = os.walk
+
+    def walk_with_a_locked_folder(top, onerror=None, followlinks=False):
+        onerror(PermissionError(errno.EACCES, "Permission denied", str(Path(top) / "locked")))
+        return real_walk(top, onerror=onerror, followlinks=followlinks)
+
+    monkeypatch.setattr(io.os, "walk", walk_with_a_locked_folder)
+    with caplog.at_level(logging.WARNING, logger="anomaly.io"):
+        assert io.find_images(tmp_path / "export") == found
+    assert "skipped folder" in caplog.text and "locked" in caplog.text
+    assert "Permission denied" in caplog.text
+
+
+@pytest.mark.parametrize("frames", [2, 9])
+def test_multi_frame_colour_dicom_uses_the_grey_of_its_first_frame(tmp_path, frames):
+    path = tmp_path / "colour.dcm"
+    write_dicom(path, (GRADIENT * 200).astype(np.uint8))
+    dataset = pydicom.dcmread(path)
+    first = np.repeat((GRADIENT * 200).astype(np.uint8)[..., None], 3, axis=2)
+    rest = [first[:, ::-1]] * (frames - 1)  # later frames mirrored
+    dataset.SamplesPerPixel, dataset.PlanarConfiguration = 3, 0
+    dataset.PhotometricInterpretation = "RGB"
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = np.stack([first, *rest]).tobytes()
+    dataset.save_as(path)
+    image = read_image(path)
+    assert image.shape == (40, 48) and image[:, 0].mean() < image[:, -1].mean()  # frame 0
+
+
+def test_a_dicom_with_several_rescale_slopes_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "slopes.dcm"
+    write_dicom(path, (GRADIENT * 4000).astype(np.uint16))
+    dataset = pydicom.dcmread(path)
+    dataset.RescaleSlope = [1.0, 2.0]
+    dataset.save_as(path)
+    with pytest.raises(ImageReadError, match="slopes.dcm: has a RescaleSlope"):
+        read_image(path)

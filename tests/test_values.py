@@ -256,6 +256,13 @@ CHECKPOINT_FIELDS = {
     "critic.map_normal_level": lambda s, v: s["critic"].__setitem__("map_normal_level", v),
     "lung_prior": lambda s, v: s.__setitem__("lung_prior", s["lung_prior"] * v
                                              if isinstance(v, float) else v),
+    "score_stats.components": lambda s, v: [
+        stats.__setitem__("components", {name: [v] * len(values) for name, values
+                                         in stats["components"].items()})
+        for stats in s["score_stats"].values()],
+    "score_stats": lambda s, v: s.__setitem__("score_stats", v),
+    "holdout_paths": lambda s, v: s.__setitem__("holdout_paths", v),
+    "critic.network": lambda s, v: s["critic"].__setitem__("network", v),
 }
 
 
@@ -289,7 +296,8 @@ def test_a_nan_density_or_a_zero_tile_grid_is_named_in_the_refusal(default_run, 
 
 EXPORT_FIELDS = ["threshold.value", "density.precision", "density.mean", "network",
                  "region_threshold", "lung_prior", "heldout_normal_scores", "preprocess",
-                 "mode", "components", "threshold", "map_normal_level"]
+                 "mode", "components", "threshold", "map_normal_level", "format_version",
+                 "checkpoint"]
 
 
 def set_field(info: dict, field: str, value):
@@ -374,3 +382,65 @@ def test_a_full_disk_is_one_line(default_run, tmp_path, monkeypatch):
         done = CliRunner().invoke(anomaly_main, command)
         assert done.exit_code == 1, done.output
         assert "No space left on device" in done.output and "Traceback" not in done.output
+
+
+@pytest.mark.parametrize("alpha", [None, "0.2"])
+def test_nan_in_the_held_out_normals_scores_is_refused_with_or_without_alpha(
+        default_run, tmp_path, alpha):
+    """A NaN among the stored normal scores would inflate every p-value (all NaN: every
+    film p = 1, labelled normal)."""
+    path = tampered_checkpoint(default_run, tmp_path, lambda state: CHECKPOINT_FIELDS[
+        "score_stats.components"](state, float("nan")))
+    film = sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0]
+    done = CliRunner().invoke(anomaly_main, ["score", "--model", str(path), "--image",
+                                             str(film), "--no-progress",
+                                             *(["--alpha", alpha] if alpha else [])])
+    assert done.exit_code == 1 and "held-out normals' scores" in done.output
+    assert "NaN" in done.output
+    assert "\tnormal" not in done.output
+
+
+def test_a_row_cut_inside_its_last_field_is_rescored(trained_run, normal_dir, tmp_path):
+    paths = sorted(normal_dir.glob("*.png"))[:4]
+    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+    out = tmp_path / "scores.csv"
+    score_files(scorer, paths, out, progress=False)
+    whole = out.read_bytes()
+    for cut in (3, 1):  # inside the last field; between "\r" and "\n"
+        out.write_bytes(whole[:-cut])
+        score_files(scorer, paths, out, progress=False, resume=True)
+        assert out.read_bytes() == whole
+
+
+def test_resumed_regions_keep_one_whole_record_per_scored_film(default_run, tmp_path):
+    films = sorted((ROOT / "examples/data/test").rglob("*.jpeg"))[:4]
+    scorer = Scorer.from_checkpoint(default_run, device="cpu")
+    out = tmp_path / "scores.csv"
+    score_files(scorer, films, out, progress=False, regions=True)
+    regions = Path(str(out) + ".regions.jsonl")
+    whole_csv, lines = out.read_bytes(), regions.read_text().splitlines(keepends=True)
+    # killed after the last film's boxes, before its row; then a cut record after it
+    out.write_bytes(whole_csv[: whole_csv.rindex(b"\n", 0, len(whole_csv) - 1) + 1])
+    regions.write_text("".join(lines) + lines[-1][:10])
+    score_files(scorer, films, out, progress=False, regions=True, resume=True)
+    rows = rows_of(out)[1:]  # the last film scored again, alone (its digits may differ)
+    records = [json.loads(line) for line in regions.read_text().splitlines()]
+    assert [r[0] for r in rows] == [r["path"] for r in records] == [str(f) for f in films]
+    assert regions.read_text().startswith("".join(lines[:-1]))
+
+
+def test_an_export_json_that_is_not_an_object_or_whose_density_misfits_is_refused(
+        exported, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    info = json.loads((folder / "export.json").read_text())
+    film = sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0]
+    narrow = {**info, "density": {"mean": info["density"]["mean"][:3],
+                                  "precision": np.eye(3).tolist()}}
+    for content, needle in ((json.dumps([info]), "not an exported"),
+                            (json.dumps(narrow), "density.mean has 3 values")):
+        (folder / "export.json").write_text(content)
+        done = CliRunner().invoke(anomaly_main, ["score", "--model", str(folder), "--image",
+                                                 str(film)])
+        assert done.exit_code == 1 and needle in done.output, done.output
+        assert "Traceback" not in done.output

@@ -19,6 +19,8 @@ def check_critic_part(part: Any) -> None:
     arch = part.get("architecture")
     if not isinstance(arch, dict):
         raise BadValue("critic.architecture is missing")
+    if not isinstance(part.get("network"), dict):
+        raise BadValue("critic.network (the weights) is missing")
     try:
         dim = CriticArchitecture(**arch).feature_dim
     except (TypeError, ValueError) as err:

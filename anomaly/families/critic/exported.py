@@ -53,6 +53,17 @@ class CriticExportReader:
         if self.has_map:
             self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
 
+    def check_outputs(self, shapes: list[list]) -> None:
+        """Refuse a network whose embedding is not as wide as the density's mean.
+
+        Raises:
+            BadValue: naming both widths.
+        """
+        width = shapes[0][1] if len(shapes[0]) == 2 else None
+        if isinstance(width, int) and width != len(self.mean):
+            raise BadValue(f"density.mean has {len(self.mean)} values and the network's "
+                           f"embedding {width}; export again")
+
     def components(self, images: np.ndarray, outputs: list[np.ndarray]
                    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """(components (B,) by name, opacity maps as shown (B, S, S) or None) of films
