@@ -169,13 +169,14 @@ def build_report(model: str, labels: Sequence[int], scores: Sequence[float], thr
                  threshold_source: str, resamples: int = 1000, seed: int = 0) -> dict:
     """The ``report.json`` dict (schema in CONTRACT.md) for binary labels and scores."""
     labels = np.asarray(labels).astype(int)
+    area = auroc(labels, scores)  # refuses one class before the bootstrap meets it
     low, high = bootstrap_auroc_ci(labels, scores, resamples, seed)
     return {
         "model": model,
         "n": int(len(labels)),
         "n_normal": int((labels == 0).sum()),
         "n_anomalous": int((labels == 1).sum()),
-        "auroc": auroc(labels, scores),
+        "auroc": area,
         "auroc_ci95": [low, high],
         "threshold": float(threshold),
         "threshold_source": threshold_source,

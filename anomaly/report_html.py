@@ -217,6 +217,17 @@ def render_report_html(report: dict, figures: dict[str, str | os.PathLike],
 """
 
 
+def threshold_note(reports: Sequence[tuple[str, dict]]) -> str:
+    """Where the reports' thresholds came from, in one sentence (a threshold picked on the
+    test images is named, never passed off as a validation one)."""
+    on_test = [name for name, r in reports if r.get("threshold_source") == "test"]
+    if not on_test:
+        return "Each report's threshold was picked on its own validation data."
+    return (f"The threshold of {', '.join(on_test)} was picked on its test images "
+            "(--threshold-on-test), so its threshold metrics are optimistic; the others' "
+            "on their own validation data.")
+
+
 def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | os.PathLike | None,
                            histograms: Sequence[tuple[str, str | os.PathLike]] = (),
                            differences: Sequence[tuple[str, str, float, float, float]] = ()
@@ -265,8 +276,8 @@ def render_comparison_html(reports: Sequence[tuple[str, dict]], roc_png: str | o
 <html lang="en"><head><meta charset="utf-8"><title>Comparison</title>
 <style>{STYLE} figure {{ width: 24em; }}</style></head><body>
 <h1>Comparison of {len(reports)} reports</h1>
-<p class="note">Each report's threshold was picked on its own validation data; the
-metrics below are on each report's test images (compare them only on the same images).</p>
+<p class="note">{html.escape(threshold_note(reports))} The metrics below are on each
+report's test images (compare them only on the same images).</p>
 <table><tr><th class="name">report</th>{header}</tr>{"".join(rows)}</table>
 {paired}
 {roc}

@@ -197,7 +197,9 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
                             classifier.class_names)
     write_report(out_dir, report, predictions.paths, labels, scores,
                  title=f"classifier ({classifier.model.backbone_name})",
-                 panels=lambda chosen: classifier.cam_images(chosen, display_size=192)[1],
-                 heat_note="Grad-CAM of the predicted class on the last convolutional "
-                           "block, over the preprocessed input (full red = this image's peak).")
+                 panels=lambda chosen: classifier.cam_images(chosen, display_size=192,
+                                                             abnormal=True)[1],
+                 heat_note="Grad-CAM of the most likely abnormal class on the last "
+                           "convolutional block, over the preprocessed input, on every film "
+                           "(the missed ones too; full red = this image's peak).")
     return report

@@ -40,13 +40,16 @@ class GradCAM:
 
         output.register_hook(keep_gradient)
 
-    def __call__(self, images: torch.Tensor, class_index: torch.Tensor | None = None
-                 ) -> tuple[np.ndarray, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, class_index: torch.Tensor | None = None,
+                 other_than: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """Class activation maps of a batch.
 
         Args:
             images: (B, 1, S, S) model inputs.
             class_index: (B,) class to explain per image; default: the predicted class.
+            other_than: without ``class_index``, explain the most likely class other than
+                this one (the normal class: where the evidence of disease lies, also on a
+                film predicted normal).
 
         Returns:
             (B, S, S) float32 maps in [0, 1], and the (B, K) class probabilities.
@@ -59,7 +62,10 @@ class GradCAM:
                 inputs = images.detach().requires_grad_(True)  # gradients even if frozen
                 logits = self.model(inputs).float()
                 if class_index is None:
-                    class_index = logits.argmax(1)
+                    ranked = logits.detach().clone()
+                    if other_than is not None:
+                        ranked[:, other_than] = -torch.inf
+                    class_index = ranked.argmax(1)
                 self.model.zero_grad(set_to_none=True)
                 logits.gather(1, class_index.view(-1, 1).to(logits.device)).sum().backward()
         finally:

@@ -120,19 +120,27 @@ def _load_base_weights(net: nn.Module, state: dict[str, torch.Tensor], head: str
 def _last_block_names(net: nn.Module, head: str) -> list[str]:
     """The last convolutional block and what follows it before the head.
 
-    ``layer4`` for ResNets, ``Mixed_7c`` for Inception, ``features.denseblock4`` and
-    ``features.norm5`` for DenseNets, the last stage of ``features`` for VGG,
-    EfficientNet, MobileNet and ConvNeXt.
+    The last child holding two or more convolutions, and what follows it: ``layer4`` for
+    ResNets, ``Mixed_7c`` for Inception, ``features.denseblock4`` and ``features.norm5``
+    for DenseNets, the last stage of ``features`` and its 1x1 convolution for
+    EfficientNet and MobileNet, the last stage for ConvNeXt. A flat ``features`` of single
+    layers (VGG): the convolutions after its last pooling but one (its last stage).
     """
     features = getattr(net, "features", None)
     container, prefix = (features, "features.") if isinstance(features, nn.Sequential) else (net, "")
     children = [(prefix + name, module) for name, module in container.named_children()
                 if module is not None]
-    has_conv = [any(isinstance(m, nn.Conv2d) for m in module.modules()) for _, module in children]
-    if not any(has_conv):
+    convs = [sum(isinstance(m, nn.Conv2d) for m in module.modules()) for _, module in children]
+    if not any(convs):
         raise ValueError(f"{type(net).__name__}: no convolutional block found")
-    last = max(i for i, flag in enumerate(has_conv) if flag)
-    return [name for name, module in children[last:]
+    if any(count >= 2 for count in convs):
+        start = max(i for i, count in enumerate(convs) if count >= 2)
+    else:  # one layer per child: the stage that ends in the last convolution
+        last_conv = max(i for i, count in enumerate(convs) if count)
+        pools = [i for i, (_, module) in enumerate(children[:last_conv])
+                 if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d))]
+        start = pools[-1] + 1 if pools else 0
+    return [name for name, module in children[start:]
             if name != head and not head.startswith(name + ".")
             and any(True for _ in module.parameters())]
 

@@ -163,9 +163,11 @@ class Classifier:
         """Binary anomaly score: ``1 - P(normal)``."""
         return 1.0 - probabilities[:, self.normal_index]
 
-    def cam_images(self, paths: Sequence[str | os.PathLike], display_size: int = 256
-                   ) -> tuple[Predictions, dict[Path, np.ndarray]]:
-        """Predict and draw a Grad-CAM overlay per readable file, for its predicted class.
+    def cam_images(self, paths: Sequence[str | os.PathLike], display_size: int = 256,
+                   abnormal: bool = False) -> tuple[Predictions, dict[Path, np.ndarray]]:
+        """Predict and draw a Grad-CAM overlay per readable file, for its predicted class
+        (with ``abnormal``: its most likely class other than the normal one, as a report
+        shows the evidence of disease on every film, the missed ones too).
 
         The map explains the end of the last convolutional block (``layer4`` for ResNets).
 
@@ -180,7 +182,8 @@ class Classifier:
             if not good:
                 continue
             batch = uint8_to_model(images.to(self.device))
-            maps, probabilities = cam(batch)
+            maps, probabilities = cam(batch, other_than=self.normal_index if abnormal
+                                      else None)
             probabilities = probabilities.cpu().numpy()
             finite = keep_finite_rows(good, probabilities, result.failures)
             parts.append(probabilities[finite])

@@ -19,6 +19,7 @@ from cli.common import (
     device_option,
     evaluation_options,
     family_train_options,
+    print_report,
     user_errors_as_messages,
 )
 
@@ -312,24 +313,6 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
                           lr=search_lr, lam=lam, batch_size=batch_size,
                           device=device or "auto", seed=seed, cpu_bf16=cpu_bf16, heat=heat)
     print_report(report, out_dir)
-
-
-def print_report(report: dict, out_dir) -> None:
-    """Print the headline metrics of a report."""
-    low, high = report["auroc_ci95"]
-    click.echo(f"AUROC {report['auroc']:.4f} (95% CI {low:.4f}-{high:.4f}) on {report['n']} "
-               f"images; threshold {report['threshold']:.5g} from {report['threshold_source']}: "
-               f"recall {report['recall']:.3f}, specificity {report['specificity']:.3f}, "
-               f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
-               f"accuracy {report['accuracy']:.3f}")
-    for name, group in report.get("subgroups", {}).items():
-        if group["auroc"] is None:
-            click.echo(f"  {name}: none of its files could be scored")
-            continue
-        low, high = group["auroc_ci95"]
-        click.echo(f"  {name} ({group['n_anomalous']} anomalous): AUROC {group['auroc']:.4f} "
-                   f"(95% CI {low:.4f}-{high:.4f}), recall {group['recall']:.3f}")
-    click.echo(f"report: {display_path(Path(out_dir) / 'report.json')}")
 
 
 @main.command("serve")

@@ -14,6 +14,7 @@ from cli.common import (
     POSITIVE,
     device_option,
     evaluation_options,
+    print_report,
     user_errors_as_messages,
 )
 
@@ -122,7 +123,6 @@ def evaluate_command(model, data_dir, val_dir, out_dir, normal_class, threshold_
                      no_progress):
     """Predict a labelled folder and write report.json (normal vs the rest), scores and plots."""
     from classify.evaluate_classifier import evaluate_classifier
-    from cli.anomaly_cli import print_report
 
     report = evaluate_classifier(model, data_dir, out_dir, val_dir, normal_class,
                                  threshold_metric, quantile, threshold_on_test, max_images,

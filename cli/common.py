@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from pathlib import Path
 
 import click
 
 from anomaly.config import ConfigError
 from anomaly.errors import CheckpointError, DataError, TrainingDiverged
-from anomaly.io import ImageReadError
+from anomaly.io import ImageReadError, display_path
 
 USER_ERRORS = (CheckpointError, ConfigError, DataError, ImageReadError, TrainingDiverged,
                ValueError, OSError)  # OSError: a full disk, a read-only folder, ...
@@ -111,3 +112,21 @@ def family_train_options(command):
                 seen.add(flag)
                 command = click.option(flag, key, type=kind, help=text)(command)
     return command
+
+
+def print_report(report: dict, out_dir) -> None:
+    """Print the headline metrics of a report."""
+    low, high = report["auroc_ci95"]
+    click.echo(f"AUROC {report['auroc']:.4f} (95% CI {low:.4f}-{high:.4f}) on {report['n']} "
+               f"images; threshold {report['threshold']:.5g} from {report['threshold_source']}: "
+               f"recall {report['recall']:.3f}, specificity {report['specificity']:.3f}, "
+               f"precision {report['precision']:.3f}, F1 {report['f1']:.3f}, "
+               f"accuracy {report['accuracy']:.3f}")
+    for name, group in report.get("subgroups", {}).items():
+        if group["auroc"] is None:
+            click.echo(f"  {name}: none of its files could be scored")
+            continue
+        low, high = group["auroc_ci95"]
+        click.echo(f"  {name} ({group['n_anomalous']} anomalous): AUROC {group['auroc']:.4f} "
+                   f"(95% CI {low:.4f}-{high:.4f}), recall {group['recall']:.3f}")
+    click.echo(f"report: {display_path(Path(out_dir) / 'report.json')}")

@@ -448,3 +448,41 @@ def test_predictions_are_kept_when_a_grad_cam_cannot_be_written(binary_run, bina
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{image}\tNORMAL=")
     assert "grad-cam not written" in result.stderr and "No space left" in result.stderr
+
+
+def test_grad_cam_other_than_the_normal_class_explains_the_abnormal_one():
+    """A report's panels show the evidence of disease, also on films predicted normal."""
+    from classify.gradcam import GradCAM
+    from classify.models import ClassifierNet
+
+    torch.manual_seed(0)
+    model = ClassifierNet("resnet18", 3, 0.0, weights=None).eval()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[1] += 10.0  # class 1, the normal one here, predicted for every film
+    images = torch.randn(4, 1, 128, 128)  # layer4: 4x4 cells, maps that can differ
+    cam = GradCAM(model, model.cam_layer)
+    _, probabilities = cam(images)
+    ranked = probabilities.clone()
+    ranked[:, 1] = -1
+    expected, _ = cam(images, class_index=ranked.argmax(1))
+    maps, _ = cam(images, other_than=1)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    assert (probabilities.argmax(1) == 1).all()
+    predicted, _ = cam(images)
+    assert not np.allclose(predicted, maps)  # not the predicted (normal) class's map
+
+
+@pytest.mark.parametrize("backbone, expected", [
+    ("resnet18", ["layer4"]),
+    ("vgg11", ["features.16", "features.18"]),  # the convolutions of its last stage
+    ("efficientnet_b0", ["features.7", "features.8"]),  # last stage, then its 1x1 conv
+    ("mobilenet_v2", ["features.17", "features.18"]),
+])
+def test_the_last_block_is_a_whole_stage(backbone, expected):
+    import torchvision
+
+    from classify.models import _find_head, _last_block_names
+
+    net = getattr(torchvision.models, backbone)(weights=None)
+    assert _last_block_names(net, _find_head(net)) == expected

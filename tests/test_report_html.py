@@ -141,3 +141,12 @@ def test_every_string_of_a_report_is_escaped_on_the_pages(tmp_path):
     compare_reports([tmp_path / name, tmp_path / name], tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_the_comparison_page_names_a_threshold_picked_on_test_images():
+    from anomaly.report_html import threshold_note
+
+    val = {"threshold_source": "val"}
+    assert "own validation data" in threshold_note([("a", val), ("b", val)])
+    note = threshold_note([("a", val), ("b", {"threshold_source": "test"})])
+    assert "of b was picked on its test images" in note and "a" not in note.split("of ")[1][:3]
