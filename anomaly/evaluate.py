@@ -167,7 +167,7 @@ def choose_threshold(val_labels: Sequence[int] | None = None,
 
 def build_report(model: str, labels: Sequence[int], scores: Sequence[float], threshold: float,
                  threshold_source: str, resamples: int = 1000, seed: int = 0) -> dict:
-    """The ``report.json`` dict (schema in CONTRACT.md) for binary labels and scores."""
+    """The ``report.json`` dict (schema in docs/evaluation.md) for binary labels and scores."""
     labels = np.asarray(labels).astype(int)
     area = auroc(labels, scores)  # refuses one class before the bootstrap meets it
     low, high = bootstrap_auroc_ci(labels, scores, resamples, seed)
