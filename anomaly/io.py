@@ -306,11 +306,17 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         logger.warning("skipped folder %s: cannot be read (%s)",
                        display_path(err.filename), err.strerror or type(err).__name__)
 
+    seen.add(os.path.realpath(folder))
     for top, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
-        seen.add(os.path.realpath(top))
-        # follow linked folders (exports often link them), each real folder once
-        dirnames[:] = [d for d in dirnames
-                       if os.path.realpath(os.path.join(top, d)) not in seen]
+        # follow linked folders (exports often link them), each real folder once: a real
+        # sub-folder before a link to it, then by name
+        kept = []
+        for name in sorted(dirnames, key=lambda d: (os.path.islink(os.path.join(top, d)), d)):
+            real = os.path.realpath(os.path.join(top, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirnames[:] = kept
         paths.extend(Path(top) / name for name in filenames
                      if not name.startswith(".") and is_image_path(Path(name)))
     paths.sort(key=lambda p: os.fsencode(p))

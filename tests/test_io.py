@@ -244,8 +244,9 @@ def test_find_images_follows_linked_folders_once_and_says_which_it_cannot_read(
     cv2.imwrite(str(tmp_path / "export" / "b.png"), np.zeros((40, 40), np.uint8))
     (tmp_path / "export" / "linked").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "export" / "linked" / "study" / "back").symlink_to(tmp_path / "export")
+    (tmp_path / "export" / "again").symlink_to(tmp_path / "elsewhere")  # the same folder
     found = io.find_images(tmp_path / "export")
-    assert [p.name for p in found] == ["b.png", "a.png"]  # the loop back is not walked
+    assert [p.name for p in found] == ["a.png", "b.png"]  # no loop, no film twice
 
     real_walk = os.walk
 
