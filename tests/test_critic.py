@@ -292,6 +292,29 @@ def test_perihilar_streaks_are_thin_lines_from_each_hilum_outwards():
         _hila(torch.zeros(64, 64))
 
 
+def test_hyperinflation_stretches_the_lungs_down_and_darkens_them():
+    from anomaly.families.critic.synthesis import paste_hyperinflation
+
+    prior = soft_lung_prior(lungs(64))
+    top = int((prior > 0.5).any(1).nonzero().min())
+    ramp = torch.linspace(-1, 1, 64).view(1, 1, 64, 1).expand(6, 1, 64, 64).clone()
+    pasted, masks = paste_hyperinflation(ramp, prior, darken=(0.0, 0.0),
+                                         generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(pasted[:, :, :top], ramp[:, :, :top])  # above the lungs
+    no_lung = prior.amax(0) == 0
+    torch.testing.assert_close(pasted[..., no_lung], ramp[..., no_lung])  # beside them
+    centre = int(prior.amax(0).argmax())
+    assert (pasted[:, 0, top + 5:, centre] < ramp[:, 0, top + 5:, centre]).all()  # pulled down
+    assert masks.min() >= 0 and masks.flatten(1).amax(1).allclose(torch.tensor(0.6))
+    flat = torch.zeros(6, 1, 64, 64)
+    darker, _ = paste_hyperinflation(flat, prior, stretch=(1.0, 1.0),
+                                     generator=torch.Generator().manual_seed(2))
+    inside = prior > 0.9
+    assert (darker[..., inside] < -0.02).all() and darker[..., prior == 0].eq(0).all()
+    assert TrainConfig(critic_synthesis="blobs+hyperinflation").sections["critic"] \
+        .synthesis == "blobs+hyperinflation"
+
+
 def test_acquisition_changes_mirror_gamma_and_shift():
     torch.manual_seed(1)
     films = torch.rand(8, 1, 16, 16) * 2 - 1

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 # the kinds of synthetic opacity (synthesis.py)
 SYNTHESES = ("blobs", "patches", "mixed", "varied", "diffuse", "blobs+diffuse", "haze",
              "blobs+haze", "multifocal", "blobs+multifocal", "foreign", "blobs+foreign",
-             "streaks", "blobs+streaks", "faint", "blobs+faint", "dense")
+             "streaks", "blobs+streaks", "faint", "blobs+faint", "dense", "hyperinflation",
+             "blobs+hyperinflation")
 MAP_TARGETS = ("blend", "change")  # what the map head's stage teaches it to find
 MAP_FIELDS = ("lungs", "film")  # where the map shown may show opacity
 MAP_LEVELS = (2, 3, 4)  # how many of the critic's blocks the map head may read

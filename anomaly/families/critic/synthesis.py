@@ -462,15 +462,57 @@ def paste_perihilar_streaks(images: torch.Tensor, soft_prior: torch.Tensor,
     return (out * 2 - 1).clamp(-1, 1), strength
 
 
+def paste_hyperinflation(images: torch.Tensor, soft_prior: torch.Tensor,
+                         stretch: tuple[float, float] = (1.06, 1.16),
+                         darken: tuple[float, float] = (0.03, 0.10),
+                         generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lungs made longer and more lucent: the hyperinflation of a child's viral chest
+    (air trapped, the diaphragm pushed down) rather than an opacity.
+
+    Each film is stretched downwards from the top of the lung field by a factor drawn in
+    ``stretch``, in the columns the lungs occupy (the soft prior's largest value down each
+    column: fading to no stretch outside them), and the stretched lung field is then
+    darkened by a fraction drawn in ``darken`` of its brightness. Arguments as
+    :func:`paste_opacities`; the masks are how far each pixel changed, scaled to 0.6 at
+    each film's largest change.
+    """
+    batch, _, size, _ = images.shape
+    device = images.device
+    prior = soft_prior.to(device).float()
+    lung_rows = (prior > 0.5).any(1).nonzero().squeeze(1)
+    if lung_rows.numel() == 0:
+        raise ValueError("the lung-field prior is empty; cannot stretch the lungs")
+    axis = (2 * torch.arange(size, device=device, dtype=torch.float32) + 1) / size - 1
+    rows, cols = axis.view(1, size, 1), axis.view(1, 1, size)  # grid_sample coordinates
+    top = axis[lung_rows.min()]
+    factor = _uniform(*stretch, (batch, 1, 1), device, generator)
+    stretched = torch.where(rows > top, top + (rows - top) / factor, rows)  # (B, S, 1)
+    in_lungs = prior.amax(0).view(1, 1, size)  # how much lung each column holds
+    source_rows = rows + in_lungs * (stretched - rows)  # (B, S, S)
+    grid = torch.stack([cols.expand(batch, size, size), source_rows], dim=-1)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)
+    moved_prior = F.grid_sample(prior.expand(batch, 1, size, size), grid, mode="bilinear",
+                                padding_mode="zeros", align_corners=False)
+    lucency = _uniform(*darken, (batch, 1, 1, 1), device, generator) * moved_prior
+    out = ((warped + 1) / 2 * (1 - lucency)) * 2 - 1
+    change = (out - images).abs()
+    masks = 0.6 * change / change.flatten(1).amax(1).clamp_min(1e-6).view(batch, 1, 1, 1)
+    return out.clamp(-1, 1), masks
+
+
 PASTERS = {"blobs": paste_opacities, "patches": paste_patches,
            "varied": paste_varied_opacities, "diffuse": paste_diffuse_opacities,
            "haze": paste_smooth_haze, "multifocal": paste_multifocal_opacities,
            "foreign": paste_foreign_patches, "streaks": paste_perihilar_streaks,
-           "faint": paste_faint_opacities, "dense": paste_dense_opacities}
+           "faint": paste_faint_opacities, "dense": paste_dense_opacities,
+           "hyperinflation": paste_hyperinflation}
 MIXTURES = {"mixed": ("blobs", "patches"), "blobs+diffuse": ("blobs", "diffuse"),
             "blobs+haze": ("blobs", "haze"), "blobs+multifocal": ("blobs", "multifocal"),
             "blobs+foreign": ("blobs", "foreign"), "blobs+streaks": ("blobs", "streaks"),
-            "blobs+faint": ("blobs", "faint")}
+            "blobs+faint": ("blobs", "faint"),
+            "blobs+hyperinflation": ("blobs", "hyperinflation")}
 
 
 def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blobs"
@@ -481,10 +523,11 @@ def synthesise(images: torch.Tensor, soft_prior: torch.Tensor, kind: str = "blob
     ``haze`` (:func:`paste_smooth_haze`), ``multifocal``
     (:func:`paste_multifocal_opacities`), ``foreign`` (:func:`paste_foreign_patches`),
     ``streaks`` (:func:`paste_perihilar_streaks`), ``faint``
-    (:func:`paste_faint_opacities`), ``dense`` (:func:`paste_dense_opacities`), or a
-    mixture that gives each film blobs or the other kind at random: ``mixed`` (patches),
-    ``blobs+diffuse``, ``blobs+haze``, ``blobs+multifocal``, ``blobs+foreign``,
-    ``blobs+streaks``, ``blobs+faint``. Returns (films, masks) as those do."""
+    (:func:`paste_faint_opacities`), ``dense`` (:func:`paste_dense_opacities`),
+    ``hyperinflation`` (:func:`paste_hyperinflation`), or a mixture that gives each film
+    blobs or the other kind at random: ``mixed`` (patches), ``blobs+diffuse``,
+    ``blobs+haze``, ``blobs+multifocal``, ``blobs+foreign``, ``blobs+streaks``,
+    ``blobs+faint``, ``blobs+hyperinflation``. Returns (films, masks) as those do."""
     if kind in PASTERS:
         return PASTERS[kind](images, soft_prior)
     if kind not in MIXTURES:
