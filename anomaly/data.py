@@ -88,23 +88,23 @@ def scan_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL"
 
 
 def refuse_labelled_folder(folder: str | os.PathLike, normal_class: str = "NORMAL") -> None:
-    """Refuse a training folder that is a labelled folder: a ``normal_class`` sub-folder
-    beside other sub-folders (e.g. ``train/`` with ``NORMAL/`` and ``PNEUMONIA/``), whose
-    abnormal films a recursive search would train on.
+    """Refuse a training folder that holds a labelled folder: a ``normal_class`` sub-folder
+    (any case) beside other sub-folders, at any depth (``train/`` with ``NORMAL/`` and
+    ``PNEUMONIA/``, or the data set's root with ``train/``, ``val/``, ...), whose abnormal
+    films a recursive search would train on.
 
     Raises:
-        DataError: one line naming the folder and its sub-folders.
+        DataError: one line naming the labelled folder and its sub-folders.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        return  # find_images says the folder is missing
-    subfolders = sorted(p.name for p in folder.iterdir()
-                        if p.is_dir() and not p.name.startswith("."))
-    if (any(name.lower() == normal_class.lower() for name in subfolders)
-            and len(subfolders) > 1):
-        raise DataError(f"{display_path(folder)}: a labelled folder (sub-folders "
-                        f"{', '.join(subfolders)}); train on normal films only: pass its "
-                        f"{normal_class} sub-folder")
+    for top, dirnames, _ in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if len(dirnames) > 1 and any(d.lower() == normal_class.lower() for d in dirnames):
+            raise DataError(f"{display_path(Path(top))}: a labelled folder (sub-folders "
+                            f"{', '.join(dirnames)}); train on normal films only: pass "
+                            f"its {normal_class} sub-folder")
+        if len(Path(top).relative_to(folder).parts) >= 4:
+            dirnames[:] = []  # labelled folders sit near the top; exports nest deeper
 
 
 def load_preprocessed(path: str | os.PathLike, config: PreprocessConfig) -> np.ndarray:
@@ -281,9 +281,12 @@ def readable_digest(path: str | os.PathLike) -> str | None:
 
 
 def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
-                        test_name: str, val_name: str) -> None:
-    """Refuse a validation set that shares any file, by content, with the test set (a
-    threshold picked on it would have seen test images).
+                        test_name: str, val_name: str,
+                        reason: str = "a threshold picked on validation data must not "
+                                      "see the test images") -> None:
+    """Refuse a validation set that shares any file, by content, with another set (the
+    test set: a threshold picked on it would have seen test images; ``reason`` says why
+    for another set).
 
     Raises:
         DataError: one line with the number of shared files and the first pair.
@@ -298,5 +301,5 @@ def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
     if shared:
         first_test, first_val = shared[0]
         raise DataError(f"{val_name} and {test_name} share {len(shared)} file(s) by content "
-                        f"(e.g. {display_path(first_val)} = {display_path(first_test)}): a "
-                        "threshold picked on validation data must not see the test images")
+                        f"(e.g. {display_path(first_val)} = {display_path(first_test)}): "
+                        f"{reason}")

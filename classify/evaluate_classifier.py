@@ -164,14 +164,16 @@ def evaluate_classifier(model: str | os.PathLike, data_dir: str | os.PathLike,
         val = limit_per_class(read_validation_folder(val_dir, normal_class), max_images)
         refuse_shared_files(test.paths, val.paths, display_path(data_dir),
                             display_path(val_dir))
-    predictions, labels, true_names = predict_labelled(classifier, test, progress, log)
-    scores = classifier.anomaly_scores(predictions.probabilities)
-    val_labels = val_scores = None
-    if val is None and not threshold_on_test:
+    elif not threshold_on_test:
         val = fit_validation_images(classifier, log)
         if val is not None:  # fit's validation folder may have been this test folder
             refuse_shared_files(test.paths, val.paths, display_path(data_dir),
-                                "the validation images recorded by classify fit")
+                                "the validation images recorded by classify fit",
+                                "a threshold picked on them would see the test images; "
+                                "pass another --val, or --threshold-on-test")
+    predictions, labels, true_names = predict_labelled(classifier, test, progress, log)
+    scores = classifier.anomaly_scores(predictions.probabilities)
+    val_labels = val_scores = None
     if val is not None:
         val_predictions, val_labels, _ = predict_labelled(classifier, val, progress, log)
         val_scores = classifier.anomaly_scores(val_predictions.probabilities)

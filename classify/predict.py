@@ -99,6 +99,8 @@ class Classifier:
         """
         checkpoint = resolve_classifier_checkpoint(path)
         state = load_checkpoint(checkpoint, expected_format=CHECKPOINT_FORMAT)
+        torch_device = resolve_device(device)  # its errors are not the checkpoint's
+        batch_size = whole_number(batch_size, "batch_size", low=1)
         try:
             if int(state["num_classes"]) != len(state["class_names"]):
                 raise CheckpointError(f"{display_path(checkpoint)}: num_classes "
@@ -114,7 +116,7 @@ class Classifier:
             model.load_state_dict(state["state_dict"])
             preprocess = PreprocessConfig(**state["preprocess"])
             classifier = cls(model, state["class_names"], state["normal_class"], preprocess,
-                             resolve_device(device), batch_size)
+                             torch_device, batch_size)
             classifier.validation = LabelledFolder(
                 [Path(p) for p in state.get("val_paths", [])], classifier.class_names,
                 list(state.get("val_class_index", [])), classifier.normal_class)
@@ -195,7 +197,8 @@ class Classifier:
         return result, overlays
 
     def write_cams(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   display_size: int = 256) -> tuple[Predictions, list[Path]]:
+                   display_size: int = 256
+                   ) -> tuple[Predictions, list[Path], list[tuple[Path, str]]]:
         """Predict and write a Grad-CAM overlay PNG per readable file (:meth:`cam_images`).
 
         Files are named ``<stem>_cam.png`` (``<stem>_cam_2.png`` ... when stems repeat).

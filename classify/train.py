@@ -75,7 +75,7 @@ class FitConfig:
     # stage 1: new head on the frozen base
     epochs: int = 10
     lr: float = 1e-3
-    # stage 2: also the last block (layer4 for ResNets); 0 skips it
+    # stage 2: also the last block (layer4 for ResNets); 0, or --weights none, skips it
     fine_tune_epochs: int = 5
     fine_tune_lr: float = 1e-5
     batch_size: int = 32
@@ -307,7 +307,13 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
     rng = torch.Generator().manual_seed(config.seed * 1000 + stage)
     done, epochs_without_improvement = 0, 0
     if run.resume is not None and run.resume["stage"] == stage:  # continue this stage
-        optimizer.load_state_dict(run.resume["optimizer"])
+        try:
+            optimizer.load_state_dict(run.resume["optimizer"])
+        except ValueError:  # its parameter groups differ from the layers trained now
+            raise CheckpointError(f"{display_path(run.last_path)}: its optimiser trained "
+                                  "other layers than this version fine-tunes in stage "
+                                  f"{stage} ({', '.join(model.last_block_names)}); start a "
+                                  "new run") from None
         scheduler.load_state_dict(run.resume["scheduler"])
         rng.set_state(run.resume["rng"])
         done = run.resume["stage_epoch"]
@@ -458,7 +464,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
     val_folder = limit_per_class(scan_labelled_folder(val_dir, config.normal_class),
                                  config.max_images)
     refuse_shared_files(train_folder.paths, val_folder.paths, display_path(data_dir),
-                        display_path(val_dir))  # else early stopping sees training images
+                        display_path(val_dir), "early stopping and the best checkpoint "
+                        "would be chosen on training images")
     class_names = train_folder.class_names
     if len(class_names) < 2:
         raise DataError(f"{display_path(data_dir)}: needs at least two class folders "
@@ -485,12 +492,15 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         if where["stage"] == 1 and not where["stage_done"]:
             train_stage(1, config.epochs, config.lr, model, train, val, loss_weights, config,
                         class_names, run, device, dist, progress, log)
-        if config.fine_tune_epochs > 0 and not (where["stage"] == 2 and where["stage_done"]):
+        fine_tune = config.fine_tune_epochs > 0 and config.pretrained_weights() is not None
+        if config.fine_tune_epochs > 0 and not fine_tune:
+            log("--weights none: the whole network trained in stage 1, so there is no "
+                "fine-tuning stage")
+        if fine_tune and not (where["stage"] == 2 and where["stage_done"]):
             if run.best_state and where["stage"] == 1:  # from the best stage-1 weights
                 model.load_state_dict(run.best_state)
-            if config.pretrained_weights() is not None:
-                model.unfreeze_last_block()
-                log(f"fine-tuning: unfroze {', '.join(model.last_block_names)}")
+            model.unfreeze_last_block()
+            log(f"fine-tuning: unfroze {', '.join(model.last_block_names)}")
             train_stage(2, config.fine_tune_epochs, config.fine_tune_lr, model, train, val,
                         loss_weights, config, class_names, run, device, dist, progress, log)
     finally:

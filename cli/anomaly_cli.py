@@ -103,7 +103,7 @@ def scorer_options(command):
                      help="How components become the score (default: the mode's own; "
                           "critic: density; DCGAN: lung-opacity; anogan: residual + lambda "
                           "* discrimination; lung-brightness: the no-GAN baseline)."),
-        click.option("--iterations", type=AT_LEAST_ONE,
+        click.option("--iterations", type=click.IntRange(min=0),
                      help="Latent-search steps (search: 500, encoder-search: 20; other "
                           "modes refuse it)."),
         click.option("--lr", "search_lr", type=POSITIVE, default=0.05, show_default=True,

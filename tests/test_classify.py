@@ -262,9 +262,13 @@ def test_three_classes_per_class_table_and_macro_auroc(tmp_path):
     train = make_folder(tmp_path / "train", counts, seed=4)
     val = make_folder(tmp_path / "val", counts, seed=5)
     config = FitConfig(image_size=32, batch_size=12, epochs=1, weights="none",
-                       backbone="resnet18", fine_tune_epochs=0)
-    best = fit(config, train, val, tmp_path / "run", progress=False, log=lambda *a: None)
+                       backbone="resnet18")  # fine_tune_epochs 5 by default: no stage 2
+    said = []
+    best = fit(config, train, val, tmp_path / "run", progress=False, log=said.append)
     assert best == tmp_path / "run" / "checkpoints" / "best.pt"
+    assert any("no fine-tuning stage" in line for line in said)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["stage"] == 1 and last["epoch"] == 1
     report = evaluate_classifier(tmp_path / "run", train, tmp_path / "report", val_dir=val,
                                  resamples=20, progress=False, log=lambda *a: None)
     assert REPORT_KEYS <= set(report)
@@ -486,3 +490,13 @@ def test_the_last_block_is_a_whole_stage(backbone, expected):
 
     net = getattr(torchvision.models, backbone)(weights=None)
     assert _last_block_names(net, _find_head(net)) == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_missing_is_not_called_a_broken_checkpoint(binary_run, binary_data):
+    run_dir, _ = binary_run
+    result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--device", "cuda",
+                                       "--image", str(binary_data["test"] / "NORMAL" /
+                                                      "normal_00.png")])
+    assert result.exit_code == 1 and "CUDA" in result.output, result.output
+    assert "checkpoint" not in result.output

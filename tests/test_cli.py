@@ -97,6 +97,10 @@ def test_errors_are_one_line(tmp_path, normal_dir, labelled_dir):
     result = run("train-gan", "--data", labelled_dir, "--out", tmp_path / "r")
     assert result.exit_code == 1 and "a labelled folder" in result.output
     assert "NORMAL, PNEUMONIA" in result.output and "Traceback" not in result.output
+    (tmp_path / "dataset").mkdir()  # the data set's root: its splits are labelled folders
+    (tmp_path / "dataset" / "train").symlink_to(labelled_dir)
+    result = run("train-gan", "--data", tmp_path / "dataset", "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "train: a labelled folder" in result.output
 
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("epochz: 2\n")

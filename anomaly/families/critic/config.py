@@ -187,6 +187,11 @@ class CriticConfig:
             if value not in SYNTHESES and not (name == "map_synthesis" and value is None):
                 raise ValueError(f"{name} must be one of {', '.join(SYNTHESES)}, not "
                                  f"{value!r}")
+        taught = self.map_synthesis or self.synthesis
+        if self.map_decoys > 0 and "hyperinflation" in taught:
+            raise ValueError(f"map_decoys needs opacities it can paste where no lung is; "
+                             f"{taught!r} stretches the whole film (choose another "
+                             "map_synthesis, or map_decoys 0)")
         if self.opacity_prior not in ("lung", "wide"):
             raise ValueError(f"opacity_prior must be lung or wide, not "
                              f"{self.opacity_prior!r}")
