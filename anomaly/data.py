@@ -291,13 +291,22 @@ def refuse_shared_files(test_paths: Sequence[Path], val_paths: Sequence[Path],
     Raises:
         DataError: one line with the number of shared files and the first pair.
     """
+    def size(path) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return None
+
+    # only files of a size both sets hold can share content: hash those alone
+    test_sizes = {path: size(path) for path in test_paths}
+    val_sizes = {path: size(path) for path in val_paths}
+    common = set(test_sizes.values()) & set(val_sizes.values()) - {None}
     test = {}
     for path in test_paths:
-        digest = readable_digest(path)
-        if digest is not None:
+        if test_sizes[path] in common and (digest := readable_digest(path)) is not None:
             test.setdefault(digest, path)
-    shared = [(test[d], path) for path in val_paths
-              if (d := readable_digest(path)) is not None and d in test]
+    shared = [(test[d], path) for path in val_paths if val_sizes[path] in common
+              and (d := readable_digest(path)) is not None and d in test]
     if shared:
         first_test, first_val = shared[0]
         raise DataError(f"{val_name} and {test_name} share {len(shared)} file(s) by content "
