@@ -2,10 +2,11 @@
 
 A study samples configs from a search space written in YAML with the TPE sampler, trains
 each with :func:`classify.train.fit`, and, for the validation-loss objective, stops weak
-trials early with a median pruner fed by their per-epoch validation loss. The objective is measured on the validation
-folder only (validation loss of the best checkpoint, or its validation AUROC), never on
-test data. The study lives in Optuna's storage: an SQLite file in the study folder by
-default, or any database URL shared by several processes or machines.
+trials early with a median pruner fed by their per-epoch validation loss. The objective
+is measured on the validation folder only (validation loss of the best checkpoint, or
+its validation AUROC), never on test data. The study lives in Optuna's storage: an SQLite
+file in the study folder by default, or any database URL shared by several processes or
+machines.
 
 A search space maps :class:`~classify.train.FitConfig` field names to ranges::
 
