@@ -11,13 +11,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a device.
 
     Raises:
-        ValueError: CUDA was asked for but is not available.
+        ValueError: not a device name, or CUDA (or that GPU) was asked for but is not
+            available.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda or "
+                         "cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} was asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 

@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     # the discriminator mode has no reconstruction, so it is timed with its density
     scorers = {mode: Scorer.from_state(
                    state, mode=mode, score="density" if mode == "discriminator" else "anogan",
-                   iterations=iterations[mode], **options)
+                   iterations=iterations[mode] if "search" in mode else None, **options)
                for mode in modes}
     search = scorers["search"]
     images, distinct = load_inputs(args.data, args.images, search)

@@ -310,10 +310,11 @@ def train_stage(stage: int, epochs: int, lr: float, model: ClassifierNet, train:
         try:
             optimizer.load_state_dict(run.resume["optimizer"])
         except ValueError:  # its parameter groups differ from the layers trained now
+            trained = (f"fine-tunes in stage 2 ({', '.join(model.last_block_names)})"
+                       if stage == 2 else f"trains in stage {stage}")
             raise CheckpointError(f"{display_path(run.last_path)}: its optimiser trained "
-                                  "other layers than this version fine-tunes in stage "
-                                  f"{stage} ({', '.join(model.last_block_names)}); start a "
-                                  "new run") from None
+                                  f"other layers than this version {trained}; start a new "
+                                  "run") from None
         scheduler.load_state_dict(run.resume["scheduler"])
         rng.set_state(run.resume["rng"])
         done = run.resume["stage_epoch"]
@@ -507,7 +508,8 @@ def fit(config: FitConfig, data_dir: str | os.PathLike, val_dir: str | os.PathLi
         if run.writer is not None:
             run.writer.close()
     if run.epoch == 0:
-        raise DataError("no epochs were run (epochs and fine_tune_epochs are 0)")
+        raise DataError("no epochs were run (epochs is 0, and fine_tune_epochs is 0 or "
+                        "--weights none has no fine-tuning stage)")
     if not run.best_path.exists():
         raise DataError(f"{display_path(run_dir)}: no best checkpoint was written")
     if dist.world_size > 1:

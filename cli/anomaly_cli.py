@@ -209,7 +209,7 @@ def score_exported(model, images, folder, out_csv, heatmap_dir, mode, score_kind
     from anomaly.io import find_images
     from anomaly.score_files import score_files
 
-    if mode or score_kind or iterations or heat:
+    if mode or score_kind or iterations is not None or heat:
         raise click.UsageError("an exported model scores with its exported mode, score and "
                                "heat map: drop --mode, --score, --heat and --iterations")
     scorer = ExportedScorer(model, batch_size=batch_size)

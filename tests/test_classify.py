@@ -500,3 +500,16 @@ def test_a_device_that_is_missing_is_not_called_a_broken_checkpoint(binary_run, 
                                                       "normal_00.png")])
     assert result.exit_code == 1 and "CUDA" in result.output, result.output
     assert "checkpoint" not in result.output
+
+
+def test_a_device_name_that_is_not_one_is_a_one_line_error(binary_run, binary_data):
+    from anomaly.device import resolve_device
+
+    with pytest.raises(ValueError, match="'gpu' is not a device"):
+        resolve_device("gpu")
+    run_dir, _ = binary_run
+    result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--device", "gpu",
+                                       "--image", str(binary_data["test"] / "NORMAL" /
+                                                      "normal_00.png")])
+    assert result.exit_code == 1 and "is not a device" in result.output, result.output
+    assert "Traceback" not in result.output and "checkpoint" not in result.output

@@ -16,6 +16,8 @@ from anomaly.score import Scorer
 from cli.anomaly_cli import main
 from tests.report_page import ReportPage, check_page_against_report, decoded_images
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -158,3 +160,9 @@ def test_classify_numbers_out_of_range_are_usage_errors(tmp_path, args, needle):
 
     result = CliRunner().invoke(classify_main, args)
     assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_iterations_zero_is_refused_where_no_search_runs(default_run):
+    film = str(sorted((ROOT / "examples/data/test/NORMAL").glob("*.jpeg"))[0])
+    result = run("score", "--model", default_run, "--image", film, "--iterations", "0")
+    assert result.exit_code == 1 and "--iterations applies to the search modes" in result.output

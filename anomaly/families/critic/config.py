@@ -188,7 +188,7 @@ class CriticConfig:
                 raise ValueError(f"{name} must be one of {', '.join(SYNTHESES)}, not "
                                  f"{value!r}")
         taught = self.map_synthesis or self.synthesis
-        if self.map_decoys > 0 and "hyperinflation" in taught:
+        if self.map_epochs > 0 and self.map_decoys > 0 and "hyperinflation" in taught:
             raise ValueError(f"map_decoys needs opacities it can paste where no lung is; "
                              f"{taught!r} stretches the whole film (choose another "
                              "map_synthesis, or map_decoys 0)")

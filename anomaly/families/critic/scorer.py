@@ -275,7 +275,7 @@ def build_family(state: dict, mode: str, device: torch.device, lung_prior: torch
     if part.get("density") is None:
         raise CheckpointError("mode 'critic' needs a trained critic with its fitted density, "
                               "and this checkpoint holds none (train with critic_epochs > 0)")
-    if iterations:
+    if iterations is not None:
         raise ValueError("--iterations applies to the search modes (search, encoder-search), "
                          "not to mode 'critic'")
     fast = (amp if device.type == "cuda" else

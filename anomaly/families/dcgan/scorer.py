@@ -89,7 +89,7 @@ class DCGANFamily:
         self.feature_density = feature_density
         self.latent_dim = generator.arch.latent_dim
         self.default_score = "density" if mode == "discriminator" else "lung-opacity"
-        if iterations and mode in ("discriminator", "encoder"):
+        if iterations is not None and mode in ("discriminator", "encoder"):
             raise ValueError(f"--iterations applies to the search modes (search, "
                              f"encoder-search), not to mode {mode!r}")
 
