@@ -40,7 +40,7 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(), help="YAML config (configs/*.yaml).")
 @click.option("--image-size", type=int, help="Power of two, 32 to 256.")
 @family_train_options
-@click.option("--max-images", type=click.IntRange(min=1), help="Use only the first N images (a quick try).")
+@click.option("--max-images", type=AT_LEAST_ONE, help="Use only the first N images (a quick try).")
 @click.option("--cache-dir", type=click.Path(), help="Keep preprocessed images on disk here.")
 @click.option("--seed", type=int)
 @device_option
@@ -147,7 +147,7 @@ def scorer_options(command):
                    "the one anomaly calibrate fitted on a site's normals): their "
                    "count as a CSV column, the boxes (film pixels) in OUT.regions.jsonl.")
 @click.option("--resume", is_flag=True, help="Skip images already in --out.")
-@click.option("--max-images", type=click.IntRange(min=1), help="Score only the first N images.")
+@click.option("--max-images", type=AT_LEAST_ONE, help="Score only the first N images.")
 @click.option("--no-progress", is_flag=True)
 @user_errors_as_messages
 def score_command(model, images, folder, out_csv, heatmap_dir, mode, score_kind, iterations,

@@ -45,7 +45,7 @@ def fit_options(command):
         click.option("--lr", type=POSITIVE),
         click.option("--fine-tune-lr", type=POSITIVE),
         click.option("--normal-class", help="Name of the normal class folder (default NORMAL)."),
-        click.option("--max-images", type=click.IntRange(min=1), help="At most N images per class (a quick try)."),
+        click.option("--max-images", type=AT_LEAST_ONE, help="At most N images per class (a quick try)."),
         click.option("--cache-dir", type=click.Path(),
                      help="Keep preprocessed images on disk here."),
         click.option("--seed", type=int),

@@ -71,7 +71,7 @@ def evaluation_options(command):
         click.option("--threshold-on-test", is_flag=True,
                      help="Without validation data, pick the threshold on the test data "
                           "(reported)."),
-        click.option("--max-images", type=click.IntRange(min=1), help="At most N images per class (a quick try)."),
+        click.option("--max-images", type=AT_LEAST_ONE, help="At most N images per class (a quick try)."),
         click.option("--resamples", type=AT_LEAST_ONE, default=1000, show_default=True,
                      help="Bootstrap resamples for the AUROC confidence interval."),
         click.option("--subgroup", "subgroups", multiple=True,

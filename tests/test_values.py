@@ -82,14 +82,19 @@ def test_the_formula_guard_round_trips_every_name(name):
     assert not spreadsheet_safe(name).startswith(("=", "+", "-", "@"))
 
 
-def test_resume_after_a_cut_last_row_rescores_that_film_on_a_fresh_line(trained_run,
-                                                                        normal_dir, tmp_path):
-    paths = sorted(normal_dir.glob("*.png"))[:6]
-    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
+def scored_csv(run, folder, tmp_path, count: int):
+    """The first ``count`` films of ``folder`` scored into a CSV: (scorer, paths, CSV path,
+    its rows, its bytes)."""
+    paths = sorted(folder.glob("*.png"))[:count]
+    scorer = Scorer.from_checkpoint(run, device="cpu")
     out = tmp_path / "scores.csv"
     score_files(scorer, paths, out, progress=False)
-    whole = rows_of(out)
-    data = out.read_bytes()
+    return scorer, paths, out, rows_of(out), out.read_bytes()
+
+
+def test_resume_after_a_cut_last_row_rescores_that_film_on_a_fresh_line(trained_run,
+                                                                        normal_dir, tmp_path):
+    scorer, paths, out, whole, data = scored_csv(trained_run, normal_dir, tmp_path, 6)
     out.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 12])  # the last row cut
     assert len(read_scored_paths(out)) == 5
     score_files(scorer, paths, out, progress=False, resume=True)
@@ -401,12 +406,7 @@ def test_nan_in_the_held_out_normals_scores_is_refused_with_or_without_alpha(
 
 
 def test_a_row_cut_inside_its_last_field_is_rescored(trained_run, normal_dir, tmp_path):
-    paths = sorted(normal_dir.glob("*.png"))[:4]
-    scorer = Scorer.from_checkpoint(trained_run, device="cpu")
-    out = tmp_path / "scores.csv"
-    score_files(scorer, paths, out, progress=False)
-    whole = rows_of(out)
-    data = out.read_bytes()
+    scorer, paths, out, whole, data = scored_csv(trained_run, normal_dir, tmp_path, 4)
     for cut in (3, 1):  # inside the last field; between "\r" and "\n"
         out.write_bytes(data[:-cut])
         score_files(scorer, paths, out, progress=False, resume=True)

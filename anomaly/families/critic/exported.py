@@ -54,11 +54,15 @@ class CriticExportReader:
             self.lung_field = np.asarray(info["lung_field"], dtype=np.float64) > 0.5
 
     def check_outputs(self, shapes: list[list]) -> None:
-        """Refuse a network whose embedding is not as wide as the density's mean.
+        """Refuse a network that does not give the outputs the components name, or whose
+        embedding is not as wide as the density's mean.
 
         Raises:
-            BadValue: naming both widths.
+            BadValue: naming both counts or both widths.
         """
+        if len(shapes) != self.output_count:
+            raise BadValue(f"its components name {self.output_count} network outputs, and "
+                           f"the network gives {len(shapes)}; export again")
         width = shapes[0][1] if len(shapes[0]) == 2 else None
         if isinstance(width, int) and width != len(self.mean):
             raise BadValue(f"density.mean has {len(self.mean)} values and the network's "
