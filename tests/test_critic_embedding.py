@@ -317,3 +317,21 @@ def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelle
     out = capsys.readouterr().out
     assert _subgroup_row(out, "mean")[0] == pytest.approx(own, abs=2e-3)
     assert 0 <= _subgroup_row(out, "GeM (p=3)")[0] <= 1
+
+
+def test_augmented_density_probe_reproduces_the_density(sqrt_run, labelled_dir, capsys):
+    from anomaly.data import scan_labelled_folder
+    from anomaly.evaluate import auroc
+    from tests.test_critic import _subgroup_row, run_example
+
+    folder = scan_labelled_folder(labelled_dir)
+    scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
+    own = auroc(folder.binary_labels, np.asarray(scorer.score_paths(
+        folder.paths, progress=False).score))
+    run_example("critic_augmented_density_probe", ["--model", str(sqrt_run), "--data",
+                                                   str(labelled_dir), "--kind", "img_00",
+                                                   "--copies", "2"])
+    out = capsys.readouterr().out
+    assert _subgroup_row(out, "the films alone")[0] == pytest.approx(own, abs=2e-3)
+    for name in ("as training varies them", "wider contrast and sharpness", "wider framing"):
+        assert 0 <= _subgroup_row(out, name)[0] <= 1
