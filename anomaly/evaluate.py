@@ -150,17 +150,22 @@ def choose_threshold(val_labels: Sequence[int] | None = None,
     Returns:
         (threshold, threshold_source).
     """
+    anomalous_only = False
     if val_labels is not None and len(val_labels):
         val_labels, val_scores = np.asarray(val_labels), np.asarray(val_scores)
         if len(np.unique(val_labels)) == 2:
             return pick_threshold(val_labels, val_scores, metric), "val"
         if (val_labels == 0).all():
             return normal_quantile_threshold(val_scores, quantile), "normal-val-quantile"
-        normal_scores = None  # anomalous-only validation cannot set a threshold
+        normal_scores, anomalous_only = None, True  # no normal film: no threshold
     if normal_scores is not None and len(normal_scores):
         return normal_quantile_threshold(normal_scores, quantile), "normal-val-quantile"
     if allow_test and test_labels is not None:
         return pick_threshold(test_labels, test_scores, metric), "test"
+    if anomalous_only:
+        raise EvaluationError("the validation data holds no normal film, so it cannot set a "
+                              "threshold: pass a --val with normal films, or "
+                              "--threshold-on-test to pick it on the test data")
     raise EvaluationError("no validation data to pick a threshold on: pass --val (labelled or "
                           "normal-only), or --threshold-on-test to pick it on the test data")
 
@@ -261,6 +266,11 @@ def write_report(out_dir: str | os.PathLike, report: dict, paths: Sequence,
                  panels: Callable[[list[Path]], dict[Path, np.ndarray]] | None = None,
                  heat_note: str = "", gallery_size: int = 6) -> Path:
     """Write report.json, scores.csv, roc.png, confusion.png, histogram.png and report.html.
+
+    The scores are written first (nothing computed is lost if a plot fails), each figure
+    replaces its file whole, and report.html and report.json are replaced last: a crash
+    in between leaves the previous report's JSON, page and figures as they were beside the
+    new scores.csv.
 
     Args:
         panels: draws the error gallery's images: given paths, a uint8 image per path

@@ -126,7 +126,7 @@ def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,
                                          threshold_metric, quantile, threshold_on_test)
     report = build_report("anomaly", labels, scores, threshold, source, resamples)
     report.update(family=scorer.family.name, mode=scorer.mode, score=scorer.score,
-                  **scorer.family.report_settings(),
+                  **scorer.family.report_settings(scorer.score),
                   val_auroc=_val_auroc(val_labels, val_scores))
     if subgroups:
         report["subgroups"] = subgroup_report(paths, labels, scores, threshold, subgroups,

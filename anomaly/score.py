@@ -7,7 +7,7 @@ The shell adds ``brightness`` (the mean of the input over the lung-field prior: 
 network at all) and turns components into the score kind asked for:
 
     critic family   density (default), logit
-    dcgan family    density, lung-opacity, anogan, fused (anomaly.families.dcgan)
+    dcgan family    density, lung-opacity, anogan, fanogan, fused (anomaly.families.dcgan)
     any             lung-brightness: the no-GAN baseline, scored through the same evaluation
 
 Modes say which family looks and how: ``critic``; ``discriminator``, ``search`` (AnoGAN),
@@ -252,17 +252,22 @@ class Scorer:
         held-out normals' 95% quantile; ``alpha`` flags by conformal p-value instead.
 
         The held-out normals are scored here once when their scores are not stored for
-        this mode (search modes), for the p-values."""
-        if self.normal_components is None and len(self.available_holdout()) >= 2:
+        this mode (search modes) or were stored before a component this score reads, for
+        the p-values."""
+        if self.fitted_normal_scores() is None and len(self.available_holdout()) >= 2:
             self.calibrate(self.available_holdout())
         stored = self.stored_thresholds.get(threshold_key(self.output_settings()))
         return make_decision(self.fitted_normal_scores(), stored, threshold, alpha)
 
     def fitted_normal_scores(self) -> list[float] | None:
-        """Scores of the held-out normal images, when their components are known."""
+        """Scores of the held-out normal images, when the components this score reads
+        are known (None: not stored, or stored before one of them)."""
         if self.normal_components is None:
             return None
-        return self.combine(self.normal_components).tolist()
+        try:
+            return self.combine(self.normal_components).tolist()
+        except KeyError:  # stored by an earlier version, without a component
+            return None
 
     # -- scoring tensors -------------------------------------------------------------
 

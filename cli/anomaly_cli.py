@@ -101,8 +101,9 @@ def scorer_options(command):
                           "(encoder when trained, else search: AnoGAN)."),
         click.option("--score", "score_kind", type=SCORES,
                      help="How components become the score (default: the mode's own; "
-                          "critic: density; DCGAN: lung-opacity; anogan: residual + lambda "
-                          "* discrimination; lung-brightness: the no-GAN baseline)."),
+                          "critic: density; DCGAN: lung-opacity; anogan: (1 - lambda) * "
+                          "residual + lambda * discrimination; fanogan: f-AnoGAN's mse + "
+                          "kappa * feature mse; lung-brightness: the no-GAN baseline)."),
         click.option("--iterations", type=click.IntRange(min=0),
                      help="Latent-search steps (search: 500, encoder-search: 20; other "
                           "modes refuse it)."),

@@ -166,7 +166,13 @@ def test_mixed_synthesis_gives_each_film_blobs_or_a_patch():
         torch.manual_seed(3)
         outputs[kind] = synthesise(films, prior, kind)[0]
     assert not torch.equal(outputs["blobs"], outputs["patches"])
-    assert not torch.equal(outputs["mixed"], outputs["blobs"])
+    torch.manual_seed(3)  # the mixture draws blobs first, then patches, then the choice
+    blobs = synthesise(films, prior, "blobs")[0]
+    patches = synthesise(films, prior, "patches")[0]
+    as_blobs = (outputs["mixed"] == blobs).flatten(1).all(1)
+    as_patch = (outputs["mixed"] == patches).flatten(1).all(1)
+    assert (as_blobs | as_patch).all()  # each film one or the other, whole
+    assert 0.25 < as_blobs.float().mean() < 0.75  # about half each
     with pytest.raises(ValueError, match="blobs, patches, mixed, varied, diffuse, blobs"):
         synthesise(films, prior, "stars")
     with pytest.raises(ValueError, match="critic: synthesis"):
@@ -583,7 +589,9 @@ def test_critic_probes_example_prints_every_component(critic_run, labelled_dir, 
     run_example("critic_probes", ["--model", str(critic_run), "--data", str(labelled_dir)])
     out = capsys.readouterr().out
     for name in ("density", "logit", "brightness", "z(density)+z(brightness)"):
-        assert f"| {name} |" in out
+        assert 0 <= _row(out, name) <= 1
+    assert _row(out, "density") == pytest.approx(_auroc_of_default(critic_run, labelled_dir),
+                                                 abs=2e-3)  # the run's own score
 
 
 def test_seed_ensemble_averages_standardised_runs(critic_run, tmp_path, normal_dir,
@@ -735,12 +743,27 @@ def test_view_probe_reproduces_the_default_density(critic_run, labelled_dir, cap
 def test_varied_density_probe_reproduces_the_default_and_fits_copies(critic_run, labelled_dir,
                                                                      capsys):
     """Its 0-copies row is the run's own density; varied copies fit another one."""
-    run_example("critic_varied_density_probe", ["--model", str(critic_run), "--data",
-                                                str(labelled_dir), "--copies", "2"])
+    run_example("critic_varied_density_probe", [
+        "--model", str(critic_run), "--data", str(labelled_dir), "--copies", "1", "2",
+        "--kind", "img_00", "--variation", "training", "--variation", "contrast",
+        "--variation", "framing"])
     out = capsys.readouterr().out
-    own = _row(out, "0 copies")
+    own = _subgroup_row(out, "0 copies")[0]
     assert own == pytest.approx(_auroc_of_default(critic_run, labelled_dir), abs=2e-3)
-    assert 0 <= _row(out, "2 copies") <= 1 and "2 varied copies of each" in out
+    assert "2 varied copies of each" in out
+    rows = {v: [_subgroup_row(out, f"{n} copies, {v}")[0] for n in (1, 2)]
+            for v in ("training", "contrast", "framing")}
+    assert all(0 <= a <= 1 for pair in rows.values() for a in pair)
+    from anomaly.families.critic.config import CriticConfig
+
+    vary = example_module("critic_varied_density_probe").vary
+
+    films = torch.rand(4, 1, 32, 32) * 2 - 1
+    varied = {v: vary(films, v, CriticConfig(), torch.Generator().manual_seed(0))
+              for v in ("training", "contrast", "framing")}
+    for name, images in varied.items():
+        assert images.shape == films.shape and images.abs().max() <= 1, name
+    assert not torch.allclose(varied["contrast"], varied["framing"])
     with pytest.raises(SystemExit):
         run_example("critic_varied_density_probe", ["--model", str(critic_run), "--data",
                                                     str(labelled_dir), "--copies", "0"])

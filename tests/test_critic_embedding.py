@@ -60,7 +60,7 @@ def test_a_sqrt_run_fits_and_scores_its_density_on_square_roots(sqrt_run, tmp_pa
     scorer = Scorer.from_checkpoint(sqrt_run, device="cpu")
     assert scorer.score == "density+quiet"  # the run's own default
     family = scorer.family
-    assert family.embedding == "sqrt" and family.report_settings()["embedding"] == "sqrt"
+    assert family.embedding == "sqrt" and family.report_settings("density")["embedding"] == "sqrt"
     images = torch.rand(3, 1, 32, 32) * 2 - 1
     scores = scorer.score_tensor(images)
     with torch.no_grad():
@@ -215,10 +215,9 @@ def test_probes_that_embed_as_the_run_does_reproduce_a_sqrt_runs_density(
     assert _subgroup_row(out, "every axis (the run's density, refitted)") == pytest.approx(
         [own, own], abs=2e-3)
     run_example("critic_varied_density_probe", ["--model", str(sqrt_run), "--data",
-                                                str(labelled_dir)])
+                                                str(labelled_dir), "--kind", "img_00"])
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("| 0 copies |"))
-    assert float(row.split("|")[2]) == pytest.approx(own, abs=2e-3)
+    assert _subgroup_row(out, "0 copies")[0] == pytest.approx(own, abs=2e-3)
     for probe, row in (("critic_block_probe", "block 4"),
                        ("critic_cell_probe", "global density (the default)"),
                        ("critic_view_probe", "one view")):
@@ -318,20 +317,3 @@ def test_pooling_probe_reproduces_the_density_and_weighs_cells(sqrt_run, labelle
     assert _subgroup_row(out, "mean")[0] == pytest.approx(own, abs=2e-3)
     assert 0 <= _subgroup_row(out, "GeM (p=3)")[0] <= 1
 
-
-def test_augmented_density_probe_reproduces_the_density(sqrt_run, labelled_dir, capsys):
-    from anomaly.data import scan_labelled_folder
-    from anomaly.evaluate import auroc
-    from tests.test_critic import _subgroup_row, run_example
-
-    folder = scan_labelled_folder(labelled_dir)
-    scorer = Scorer.from_checkpoint(sqrt_run, device="cpu", score="density")
-    own = auroc(folder.binary_labels, np.asarray(scorer.score_paths(
-        folder.paths, progress=False).score))
-    run_example("critic_augmented_density_probe", ["--model", str(sqrt_run), "--data",
-                                                   str(labelled_dir), "--kind", "img_00",
-                                                   "--copies", "2"])
-    out = capsys.readouterr().out
-    assert _subgroup_row(out, "the films alone")[0] == pytest.approx(own, abs=2e-3)
-    for name in ("as training varies them", "wider contrast and sharpness", "wider framing"):
-        assert 0 <= _subgroup_row(out, name)[0] <= 1

@@ -37,7 +37,7 @@ def test_the_default_run_holds_both_families_and_scores_with_the_critic(default_
     assert (scorer.mode, scorer.score) == ("critic", "density")  # the run's default
     assert state["critic"]["default_score"] == "density"
     assert state["critic"]["embedding"] == "sqrt"
-    assert len(mode_scores(default_run)) == 7 + 2 + 3 * 5  # every pair below
+    assert len(mode_scores(default_run)) == 7 + 2 + 3 * 6  # every pair below
 
 
 def test_every_mode_and_score_of_the_default_run(default_run, labelled_dir):

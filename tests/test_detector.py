@@ -51,12 +51,18 @@ def test_a_reconstructing_mode_returns_its_reconstruction(default_run, labelled_
 
 
 def test_maps_return_to_the_original_frame_for_every_resize_mode():
-    square = np.arange(16, dtype=np.float32).reshape(4, 4)
-    assert map_to_original(square, (8, 12), "squash").shape == (8, 12)
+    square = np.arange(16, dtype=np.float32).reshape(4, 4)  # rises down and to the right
+    squashed = map_to_original(square, (8, 12), "squash")
+    assert squashed.shape == (8, 12)
+    assert (np.diff(squashed, axis=1) >= 0).all() and (np.diff(squashed, axis=0) >= 0).all()
+    assert squashed[0, 0] < squashed[-1, -1]  # corners stay corners: nothing flipped
     cropped = map_to_original(square, (8, 12), "crop")  # central 8 x 8 of the 8 x 12 film
     assert cropped.shape == (8, 12) and (cropped[:, :2] == 0).all() and cropped[:, 2:10].any()
+    assert (cropped[:, 10:] == 0).all()
+    np.testing.assert_allclose(cropped[:, 2:10], map_to_original(square, (8, 8), "squash"))
     padded = map_to_original(square, (8, 12), "pad")  # 12 x 12 padded, rows 2..9 kept
     assert padded.shape == (8, 12)
+    np.testing.assert_allclose(padded, map_to_original(square, (12, 12), "squash")[2:10])
 
 
 def test_a_film_whose_preprocessing_fails_is_unreadable_and_the_others_are_scored(

@@ -187,6 +187,9 @@ def relocated_fixture(tmp_path: Path) -> Path:
 def test_a_checkpoint_of_the_flat_version_scores_as_it_did(tmp_path):
     run = relocated_fixture(tmp_path)
     assert "critic_epochs" in load_checkpoint(run)["train_config"]  # written flat
+    # as recorded by that version, but for its discriminator mode's density: that one is
+    # now scored on the embedding it was fitted on (each view normalised before the two
+    # are summed), as it had not been
     recorded = json.loads((FIXTURES / "flat_version_scores.json").read_text())
     films = sorted((ROOT / "examples" / "data" / "test").rglob("*.jpeg"))
     for mode, expected in recorded.items():

@@ -20,7 +20,7 @@ def scores_of(inputs: torch.Tensor, reconstructions: torch.Tensor | None) -> Bat
                        reconstructions=reconstructions, heatmaps=inputs[:, 0])
 
 
-def test_perfect_and_inverted_reconstructions():
+def test_perfect_and_blank_reconstructions():
     images = torch.rand(2, 1, 16, 16) * 2 - 1
     mae, ssim = batch_fidelity(scores_of(images, images.clone()))
     assert mae == [0.0, 0.0] and ssim == pytest.approx([1.0, 1.0])
@@ -28,7 +28,7 @@ def test_perfect_and_inverted_reconstructions():
     mae, ssim = batch_fidelity(scores_of(images, blank))
     np.testing.assert_allclose(mae, images.abs().flatten(1).mean(1).double().numpy(), rtol=1e-6)
     assert max(ssim) < 0.05
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="makes no reconstruction"):
         batch_fidelity(scores_of(images, None))
 
 
@@ -37,12 +37,14 @@ def test_fidelity_of_a_trained_encoder(trained_run, normal_dir, labelled_dir, va
     scorer = Scorer.from_checkpoint(trained_run, mode="encoder")
     fidelity = reconstruction_fidelity(scorer, find_images(normal_dir)[:5])
     assert fidelity["n"] == 5 and 0 < fidelity["mae"] < 2 and -1 < fidelity["ssim"] < 1
+    residuals = scorer.score_paths(find_images(normal_dir)[:5], progress=False).residual
+    assert fidelity["mae"] == pytest.approx(float(np.mean(residuals)), rel=1e-5)  # |x - G(z)|
     assert reconstruction_fidelity(Scorer.from_checkpoint(trained_run, mode="encoder"), []) \
         is None
     evaluate_model(trained_run, labelled_dir, tmp_path / "r", val_dir=val_dir,
                  progress=False, log=lambda *a: None, mode="encoder")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert "fidelity_heldout_normals" in report  # None: this tiny run holds nothing out
+    assert report["fidelity_heldout_normals"] is None  # this tiny run holds nothing out
 
 
 def test_held_out_normals_are_scored_once_for_threshold_and_fidelity(

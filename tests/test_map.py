@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from anomaly.checkpoint import load_checkpoint
+from anomaly.checkpoint import load_checkpoint, save_checkpoint
 from anomaly.detector import Detector
 from anomaly.families.critic.config import CriticConfig
 from anomaly.families.critic.network import CriticArchitecture, OpacityCritic, fold_batchnorm
@@ -248,9 +248,15 @@ def test_map_scores_read_the_top_of_the_map_inside_the_lungs(default_run):
 
 
 def test_score_regions_writes_a_count_column_and_boxes_in_film_pixels(default_run, tmp_path):
+    state = load_checkpoint(default_run)  # a region threshold half the films' peaks pass
+    peaks = [float(heat.max()) for heat in scored(
+        Scorer.from_checkpoint(default_run, device="cpu"), EXAMPLES).heatmaps]
+    state["score_stats"]["critic"]["region_thresholds"]["map"] = float(np.median(peaks))
+    model = tmp_path / "model.pt"
+    save_checkpoint(state, model)
     out = tmp_path / "scores.csv"
     done = CliRunner().invoke(anomaly_main, [
-        "score", "--model", str(default_run), "--dir", str(ROOT / "examples/data/test"),
+        "score", "--model", str(model), "--dir", str(ROOT / "examples/data/test"),
         "--out", str(out), "--regions", "--heatmaps", str(tmp_path / "maps"),
         "--no-progress"])
     assert done.exit_code == 0, done.output
@@ -258,6 +264,7 @@ def test_score_regions_writes_a_count_column_and_boxes_in_film_pixels(default_ru
     rows = list(csv.DictReader(open(out)))
     films = [json.loads(line) for line in open(str(out) + ".regions.jsonl")]
     assert len(rows) == len(films) == 8
+    assert sum(len(film["regions"]) for film in films) > 0  # boxes to check below
     for row, film in zip(rows, films):
         assert row["path"] == film["path"] and int(row["regions"]) == len(film["regions"])
         height, width = film["shape"]
@@ -384,6 +391,18 @@ def test_the_localisation_benchmark_prints_both_maps_and_the_baseline(default_ru
     synthetic = report["synthetic"]["map"]
     assert 0 <= synthetic["pixel_auroc"] <= 1 and 0 <= synthetic["pointing_game"] <= 1
     assert "lung-brightness" in done.stdout
+    assert report["synthetic"]["films"] == 10  # every normal film of the folder lesioned
+    assert 0 < report["synthetic"]["lesion_pixel_share"] < 0.5
+    assert {"density", "map"} <= set(report["synthetic"]["image_auroc"])
+    real = report["real"]
+    assert real["pneumonia"]["films"] == real["normal"]["films"] == 10
+    for name in ("pneumonia", "normal"):
+        assert 0 <= real[name]["mass_in_lung_field"] <= 1
+        assert 0 <= real[name]["maximum_in_lung_field"] <= 1
+    from anomaly.lungs import lung_field
+
+    prior = Scorer.from_checkpoint(default_run, device="cpu").lung_prior.cpu()
+    assert real["flat_map_mass_in_lung_field"] == pytest.approx(float(lung_field(prior).mean()))
 
 
 def test_a_blob_drawn_in_a_map_becomes_one_region_with_its_box():
@@ -526,7 +545,7 @@ def test_the_default_runs_map_is_shown_in_its_field_and_its_map_score_is_not(def
     gated = Scorer.from_checkpoint(default_run, device="cpu")
     whole = Scorer.from_checkpoint(default_run, device="cpu")
     whole.family.map_field = None
-    assert gated.family.report_settings()["map_field"] is True
+    assert gated.family.report_settings("density")["map_field"] is True
     got, want = scored(gated, EXAMPLES), scored(whole, EXAMPLES)
     np.testing.assert_allclose(got.components["map"], want.components["map"])
     outside = torch.as_tensor(field) < 1e-6
@@ -585,7 +604,7 @@ def test_the_default_run_fits_its_normal_level_on_the_held_out_normals(default_r
     raw_maps = scored(raw, EXAMPLES).heatmaps
     np.testing.assert_allclose(scored(scorer, EXAMPLES).heatmaps,
                                shown_map(raw_maps, level), rtol=1e-5, atol=1e-7)
-    assert scorer.family.report_settings()["map_normal_level"] == level
+    assert scorer.family.report_settings("density")["map_normal_level"] == level
 
 
 def test_refitting_the_normal_level_keeps_the_regions_and_fits_it_again(default_run,

@@ -88,9 +88,9 @@ def test_choose_threshold_sources():
     assert (threshold, source) == (pytest.approx(0.2), "normal-val-quantile")
     threshold, source = choose_threshold(normal_scores=normals, quantile=1.0)
     assert (threshold, source) == (pytest.approx(0.4), "normal-val-quantile")
-    with pytest.raises(EvaluationError):  # anomalous-only validation sets nothing
+    with pytest.raises(EvaluationError, match="holds no normal film"):  # sets nothing
         choose_threshold([1, 1], [0.5, 0.6], normal_scores=None)
-    with pytest.raises(EvaluationError):
+    with pytest.raises(EvaluationError, match="no validation data"):
         choose_threshold(test_labels=LABELS, test_scores=SCORES)
     assert choose_threshold(test_labels=LABELS, test_scores=SCORES, allow_test=True)[1] == "test"
 
@@ -111,11 +111,12 @@ def test_labelled_folder_summary_names_every_class_and_empty_folders(tmp_path):
 def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from anomaly.evaluate import build_report, write_report
+    from anomaly.evaluate import build_report, read_scores_csv, write_report
 
     report = build_report("anomaly", LABELS, SCORES, 0.5, "val", resamples=20)
     write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, SCORES)
-    before = {name: (tmp_path / name).read_bytes() for name in ("roc.png", "scores.csv")}
+    before = {name: (tmp_path / name).read_bytes()
+              for name in ("roc.png", "report.json", "report.html")}
 
     def crash(self, target, **kwargs):
         target.write(b"half a PNG")  # the open temporary file
@@ -124,8 +125,10 @@ def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monke
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash)
     with pytest.raises(OSError):
         write_report(tmp_path, report, [f"{i}.png" for i in range(8)], LABELS, [0.0] * 8)
-    assert (tmp_path / "roc.png").read_bytes() == before["roc.png"]
-    assert (tmp_path / "scores.csv").read_bytes() != b""
+    for name, content in before.items():  # the report as it was, whole
+        assert (tmp_path / name).read_bytes() == content, name
+    _, _, kept = read_scores_csv(tmp_path / "scores.csv")  # the new scores are not lost
+    assert kept.tolist() == [0.0] * 8
 
 
 def test_paired_auroc_difference():

@@ -60,7 +60,7 @@ def test_resize_modes(mode):
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="resize must be squash, crop or pad"):
         PreprocessConfig(resize="stretch")
 
 

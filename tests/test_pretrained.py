@@ -57,13 +57,25 @@ def test_score_without_a_model_uses_it_and_says_so_first(tmp_path):
     assert float(row.split("\t")[1]) == pytest.approx(recorded, rel=1e-5)
 
 
-def test_detector_pretrained_gives_the_same_scores_with_regions():
+def test_detector_pretrained_gives_the_same_scores_with_regions(tmp_path):
+    import json
+
+    from anomaly.score_files import regions_path
+
     expected = pretrained.expected_scores()["films"]
     names = sorted(expected)[:2]
     predictions = Detector.pretrained(device="cpu").predict([EXAMPLES / n for n in names])
-    for name, prediction in zip(names, predictions):
+    out = tmp_path / "scores.csv"  # what anomaly score --regions writes for the same films
+    done = CliRunner().invoke(anomaly_main, [
+        "score", *[a for n in names for a in ("--image", str(EXAMPLES / n))], "--out",
+        str(out), "--regions", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    written = [json.loads(line)["regions"] for line in open(regions_path(out))]
+    for name, prediction, boxes in zip(names, predictions, written):
         assert prediction.score == pytest.approx(expected[name]["score"], rel=1e-5)
-        assert isinstance(prediction.regions, list) and prediction.heatmap.shape == (224, 224)
+        assert prediction.heatmap.shape == (224, 224)
+        assert [(r.x, r.y, r.w, r.h) for r in prediction.regions] == \
+            [(b["x"], b["y"], b["w"], b["h"]) for b in boxes]
 
 
 def test_calibrating_the_bundled_model_is_refused(tmp_path):

@@ -46,6 +46,75 @@ def test_score_is_weighted_sum(trained_run, batch):
                                rtol=1e-5)
 
 
+def test_fanogan_is_the_encoders_own_izi_f_score(trained_run, batch):
+    """mse + kappa * feature_mse of G(E(x)), kappa the one the encoder was trained with."""
+    from anomaly.checkpoint import load_checkpoint
+
+    state = load_checkpoint(trained_run)
+    assert state["encoder_kappa"] == 1.0  # the config's default, stored beside E
+    scorer = Scorer.from_checkpoint(trained_run, mode="encoder", score="fanogan")
+    scores = scorer.score_tensor(batch)
+    family = scorer.family
+    with torch.no_grad():
+        reconstruction = family.generator(family.encoder(batch)).float()
+        features = family.discriminator.features
+        mse = (batch - reconstruction).square().flatten(1).mean(1).numpy()
+        feature_mse = (features(batch) - features(reconstruction)).square().flatten(1) \
+            .mean(1).numpy()
+    np.testing.assert_allclose(scores.mse, mse, rtol=1e-4)
+    np.testing.assert_allclose(scores.feature_mse, feature_mse, rtol=1e-4)
+    np.testing.assert_allclose(scores.score, mse + feature_mse, rtol=1e-4)
+    assert family.report_settings("fanogan")["kappa"] == 1.0
+    assert family.report_settings("anogan")["lam"] == family.lam  # it weighs anogan here
+    assert family.report_settings("lung-opacity")["lam"] is None  # not searched, not used
+
+
+def test_fanogan_reads_the_stored_kappa_and_refuses_a_bad_one(trained_run, batch, tmp_path):
+    from anomaly.checkpoint import load_checkpoint
+
+    state = load_checkpoint(trained_run)
+    state["encoder_kappa"] = 3.0
+    save_checkpoint(state, tmp_path / "kappa3.pt")
+    scores = Scorer.from_checkpoint(tmp_path / "kappa3.pt", mode="encoder",
+                                    score="fanogan").score_tensor(batch)
+    np.testing.assert_allclose(scores.score, scores.mse + 3.0 * scores.feature_mse, rtol=1e-5)
+    for bad in (float("nan"), -1.0, "2"):
+        state["encoder_kappa"] = bad
+        save_checkpoint(state, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="encoder_kappa"):
+            Scorer.from_checkpoint(tmp_path / "bad.pt", mode="encoder", score="fanogan")
+
+
+def test_normal_scores_stored_before_a_component_are_scored_again(default_run, tmp_path):
+    """A run whose stored held-out components lack one (written by an earlier version)
+    gets its held-out normals scored again for p-values, never a missing column."""
+    from anomaly.checkpoint import load_checkpoint
+
+    state = load_checkpoint(default_run)
+    assert {"mse", "feature_mse"} <= set(state["score_stats"]["encoder"]["components"])
+    for fitted in state["score_stats"].values():
+        for name in ("mse", "feature_mse"):
+            fitted["components"].pop(name, None)
+    save_checkpoint(state, tmp_path / "old.pt")
+    scorer = Scorer.from_checkpoint(tmp_path / "old.pt", mode="encoder", score="fanogan")
+    assert scorer.fitted_normal_scores() is None  # not read from the stale statistics
+    fresh = Scorer.from_checkpoint(default_run, mode="encoder", score="fanogan")
+    np.testing.assert_allclose(scorer.decision(alpha=0.1).normal_scores,
+                               fresh.decision(alpha=0.1).normal_scores, rtol=1e-5)
+
+
+def test_discriminator_density_scores_the_embedding_it_was_fitted_on(trained_run, batch):
+    from anomaly.density import mahalanobis
+    from anomaly.families.dcgan.density import flip_embedding
+
+    scorer = Scorer.from_checkpoint(trained_run, mode="discriminator", score="density")
+    family = scorer.family
+    with torch.no_grad():
+        embedding = flip_embedding(family.discriminator, batch)[0]
+    expected = mahalanobis(embedding, family.feature_density).numpy()
+    np.testing.assert_allclose(scorer.score_tensor(batch).score, expected, rtol=1e-5)
+
+
 def test_default_mode_is_encoder_when_trained(trained_run):
     assert Scorer.from_checkpoint(trained_run).mode == "encoder"
 
@@ -82,8 +151,8 @@ def test_folder_with_corrupt_file(trained_run, normal_dir, tmp_path):
     assert len(result.paths) == 3
     assert sorted(p.name for p, _ in result.failures) == ["corrupt.png", "empty.jpg"]
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["path", "score", "residual", "discrimination", "opacity", "critic",
-                            "density", "brightness"]
+    assert list(rows[0]) == ["path", "score", "residual", "discrimination", "mse",
+                            "feature_mse", "opacity", "critic", "density", "brightness"]
     assert len(rows) == 3
     assert len(list((tmp_path / "heat").glob("*.png"))) == 3
 

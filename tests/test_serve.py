@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from anomaly.score_files import regions_path
 from anomaly.serve import create_app, decode_panel
 from cli.anomaly_cli import main as anomaly_main
 
@@ -33,14 +34,25 @@ def client(default_run):
 
 
 @pytest.fixture(scope="module")
-def cli_scores(default_run, tmp_path_factory) -> dict[str, float]:
-    """``anomaly score``'s score of each bundled example film, by file name."""
+def cli_rows(default_run, tmp_path_factory) -> dict[str, dict]:
+    """``anomaly score --regions``'s row of each bundled example film, by file name, with
+    its regions (the JSONL beside the CSV) under ``boxes``."""
     out = tmp_path_factory.mktemp("cli") / "scores.csv"
     done = CliRunner().invoke(anomaly_main, ["score", "--model", str(default_run), "--dir",
                                              str(ROOT / "examples/data/test"), "--out",
-                                             str(out), "--no-progress"])
+                                             str(out), "--regions", "--no-progress"])
     assert done.exit_code == 0, done.output
-    return {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(open(out))}
+    rows = {Path(row["path"]).name: row for row in csv.DictReader(open(out))}
+    for line in open(regions_path(out)):
+        record = json.loads(line)
+        rows[Path(record["path"]).name]["boxes"] = record["regions"]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def cli_scores(cli_rows) -> dict[str, float]:
+    """``anomaly score``'s score of each bundled example film, by file name."""
+    return {name: float(row["score"]) for name, row in cli_rows.items()}
 
 
 def post(client, path: Path, **params):
@@ -55,14 +67,18 @@ def test_health_names_the_model_and_its_threshold(client):
     assert answer["threshold_source"] == "heldout-normal-quantile"
 
 
-def test_score_answers_what_anomaly_score_writes(client, cli_scores):
+def test_score_answers_what_anomaly_score_writes(client, cli_rows):
     for path in EXAMPLES[:3]:
         answer = post(client, path, heatmap="true").json()
+        row = cli_rows[path.name]
         assert answer["file"] == path.name
-        assert answer["score"] == pytest.approx(cli_scores[path.name], rel=1e-5)
-        assert answer["label"] in ("normal", "anomalous") and 0 < answer["p_value"] <= 1
+        assert answer["score"] == pytest.approx(float(row["score"]), rel=1e-5)
+        assert answer["label"] == row["label"]
+        assert answer["p_value"] == pytest.approx(float(row["p_value"]), rel=1e-5)
         assert set(answer["components"]) == {"density", "logit", "quiet", "map", "brightness"}
-        assert isinstance(answer["regions"], list) and answer["shape"] == [224, 224]
+        assert answer["shape"] == [224, 224]
+        boxes = [(r["x"], r["y"], r["w"], r["h"]) for r in answer["regions"]]
+        assert boxes == [(r["x"], r["y"], r["w"], r["h"]) for r in row["boxes"]]
         panel = decode_panel(answer)
         assert panel is not None and panel.shape[0] == 256 and panel.shape[2] == 3
     assert "heatmap_png" not in post(client, EXAMPLES[0]).json()

@@ -75,6 +75,10 @@ def test_study_writes_best_config_trials_and_plots_then_resumes(folders, tmp_pat
     assert [r["trial"] for r in rows] == ["0", "1"] and {"lr", "dropout", "val-loss"} <= set(rows[0])
     defaults = FitConfig()  # trial 0 is the hand-written config (here: the defaults)
     assert float(rows[0]["lr"]) == defaults.lr and float(rows[0]["dropout"]) == defaults.dropout
+    done = [r for r in rows if r["val-loss"] not in ("", "nan")]
+    best_row = min(done, key=lambda r: float(r["val-loss"]))  # best.yaml is that trial's
+    assert best.lr == pytest.approx(float(best_row["lr"]))
+    assert best.dropout == pytest.approx(float(best_row["dropout"]))
     assert (study / "history.png").stat().st_size > 0
     assert (study / "importances.png").stat().st_size > 0
 
@@ -149,11 +153,16 @@ def test_the_pruner_is_fed_only_for_the_validation_loss_objective(tmp_path, monk
 
     def fake_fit(config, data_dir, val_dir, run_dir, progress, log, on_epoch):
         fed.append(on_epoch is not None)
+        if on_epoch is not None:
+            on_epoch(1, {"val_loss": 9.0})
         return Path(run_dir) / "best.pt"
 
     monkeypatch.setattr(tune_module, "fit", fake_fit)
     monkeypatch.setattr(tune_module, "validation_objective", lambda *a: 0.5)
     space = tune_module.parse_space(SPACE, "test space")
-    tune_module.tune("train", "val", tmp_path / "study", FitConfig(), space, trials=2,
-                     objective=objective, progress=False, log=lambda *a: None)
+    study = tune_module.tune("train", "val", tmp_path / "study", FitConfig(), space,
+                             trials=2, objective=objective, progress=False,
+                             log=lambda *a: None)
     assert fed == [pruned, pruned]
+    reported = {1: 9.0} if pruned else {}  # what the pruner compares, stored per trial
+    assert [t.intermediate_values for t in study.trials] == [reported, reported]

@@ -181,7 +181,16 @@ def test_a_file_larger_than_the_limit_is_refused_even_when_its_size_lies(tmp_pat
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + b"0" * 4000)
     monkeypatch.setattr(io, "MAX_FILE_MB", 0.001)
-    with pytest.raises(ImageReadError, match="limit"):
+    real_fstat = os.fstat
+
+    def lying_fstat(descriptor):  # a file system that says the file holds 10 bytes
+        info = real_fstat(descriptor)
+        return os.stat_result((info.st_mode, info.st_ino, info.st_dev, info.st_nlink,
+                               info.st_uid, info.st_gid, 10, info.st_atime, info.st_mtime,
+                               info.st_ctime))
+
+    monkeypatch.setattr(io.os, "fstat", lying_fstat)
+    with pytest.raises(ImageReadError, match="holds more than the limit"):
         read_image(big)
 
 
@@ -240,6 +249,10 @@ def either_finite_or_refused(output: str, exit_code: int) -> None:
     if exit_code == 0:
         rows = [line.split("\t") for line in output.splitlines() if "\t" in line]
         assert rows and all(np.isfinite(float(r[1])) for r in rows), output
+        # a real label (none only where the model has no threshold) and a real p-value
+        assert all(r[2] in ("normal", "anomalous", "") for r in rows), output
+        p_values = [float(r[3].removeprefix("p=")) for r in rows]
+        assert all(np.isnan(p) or 0 < p <= 1 for p in p_values), output
     else:
         errors = [line for line in output.splitlines() if line.startswith("error:")]
         assert exit_code == 1 and len(errors) == 1, output

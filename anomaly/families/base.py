@@ -60,8 +60,8 @@ class Family(Protocol):
     def settings(self) -> dict:
         """Settings that change the components (``mode`` first)."""
 
-    def report_settings(self) -> dict:
-        """What a report of this family lists beside its scores (its own settings)."""
+    def report_settings(self, score: str) -> dict:
+        """What a report of ``score`` lists beside its scores (this family's settings)."""
 
     def check_score(self, score: str) -> None:
         """Refuse, in one line, a score kind this checkpoint cannot compute."""

@@ -179,8 +179,8 @@ class CriticFamily:
                    embedding=recorded_embedding(state),
                    default_score=state.get("default_score", "density"))
 
-    def report_settings(self) -> dict:
-        """What a report of this family lists beside its scores."""
+    def report_settings(self, score: str) -> dict:
+        """What a report of ``score`` lists beside its scores (the same for each)."""
         return {"heat": self.heat, "views": self.views, "embedding": self.embedding,
                 "map_head": self.has_map,
                 **({"map_normal_level": self.normal_level,

@@ -11,8 +11,8 @@ from anomaly.families.dcgan.config import DCGANConfig
 
 NAME = "dcgan"
 MODES = ("discriminator", "search", "encoder", "encoder-search")
-SCORES = ("density", "lung-opacity", "fused", "anogan")
-RECONSTRUCTION_SCORES = ("lung-opacity", "fused", "anogan")  # need G(z)
+SCORES = ("density", "lung-opacity", "fused", "anogan", "fanogan")
+RECONSTRUCTION_SCORES = ("lung-opacity", "fused", "anogan", "fanogan")  # need G(z)
 DEFAULT_ITERATIONS = {"discriminator": 0, "search": 500, "encoder": 0, "encoder-search": 20}
 
 
@@ -86,6 +86,10 @@ def check_state(state: dict) -> None:
 
     if state.get("feature_density") is not None:
         validate.density_part(state["feature_density"], "feature_density")
+    if state.get("encoder_kappa") is not None:
+        kappa = validate.finite_number(state["encoder_kappa"], "encoder_kappa")
+        if kappa < 0:
+            raise validate.BadValue(f"encoder_kappa is {kappa!r}, not a number >= 0")
 
 
 # -- reports and export --------------------------------------------------------------
@@ -95,6 +99,8 @@ NOTES = {
                "push the film away from the normal films (Grad-CAM of the density on its "
                "4 x 4 map; full red = this image's largest).",
     "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
+    "fanogan": "Input, G(E(x)), and |input - G(E(x))| (full red = this image's largest "
+               "residual).",
     "lung-opacity": "Input, G(z), and where the input is brighter than G(z) inside the lung "
                     "prior, what the score averages (full red = this image's largest).",
 }

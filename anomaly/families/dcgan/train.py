@@ -321,6 +321,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
             writer.flush()
         state["encoder"] = encoder.state_dict()
         state["encoder_epochs"] = epoch + 1
+        state["encoder_kappa"] = kappa  # what its fanogan score weighs the features by
         save_checkpoint(state, path)
     writer.close()
     if fit_statistics:
