@@ -191,3 +191,17 @@ def test_train_encoder_refuses_another_data_folder(trained_run, tmp_path):
 
     with pytest.raises(DataError, match="re-split its held-out normals"):
         train_encoder(trained_run, 1, data_dir=tmp_path, **QUIET)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+    ({"beta1": 1.0}, "beta1 and beta2 must be in"),
+    ({"beta2": -0.1}, "beta1 and beta2 must be in"),
+    ({"latent_dim": 0}, "latent_dim, generator_width"),
+    ({"sample_count": -1}, "sample_count >= 0"),
+])
+def test_meaningless_dcgan_settings_are_refused(setting, message):
+    from anomaly.families.dcgan.config import DCGANConfig
+
+    with pytest.raises(ValueError, match=message):
+        DCGANConfig(**setting)

@@ -62,3 +62,12 @@ class DCGANConfig:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0, not "
                              f"{self.epochs!r}, {self.batch_size!r}, {self.lr!r}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), not {self.beta1!r}, "
+                             f"{self.beta2!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        if min(self.latent_dim, self.generator_width, self.discriminator_width,
+               self.max_channels) < 1 or self.sample_count < 0:
+            raise ValueError("latent_dim, generator_width, discriminator_width and "
+                             "max_channels must be >= 1 and sample_count >= 0")
