@@ -23,6 +23,9 @@ def fit_density(embeddings: np.ndarray) -> dict[str, torch.Tensor]:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
         raise ValueError("fitting a density needs at least 2 embeddings of shape (N, C)")
+    if not np.isfinite(embeddings).all():  # a NaN would pass as "all alike" below
+        raise ValueError("fitting a density needs finite embeddings; some are NaN or "
+                         "infinite (a diverged network?)")
     if not embeddings.var(0).sum() > 0:  # all alike: Ledoit-Wolf's shrinkage is 0 / 0
         return {"mean": torch.from_numpy(embeddings.mean(0)).float(),
                 "precision": torch.eye(embeddings.shape[1])}

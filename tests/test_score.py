@@ -206,3 +206,16 @@ def test_density_of_identical_embeddings_is_finite():
     assert distance.item() == pytest.approx(2.0)  # |0 - 1| over 4 unit-variance axes
     fitted = fit_density(np.random.default_rng(0).normal(size=(50, 4)))
     assert not torch.equal(fitted["precision"], torch.eye(4))  # Ledoit-Wolf otherwise
+    diverged = np.ones((10, 4))
+    diverged[3, 1] = np.nan  # not "all alike": refused, never an identity density
+    with pytest.raises(ValueError, match="finite embeddings"):
+        fit_density(diverged)
+
+
+def test_a_two_block_critic_takes_a_two_level_map_head():
+    from anomaly.families.critic.network import CriticArchitecture, OpacityCritic
+
+    critic = OpacityCritic(CriticArchitecture(image_size=32, blocks=2, map_width=4,
+                                              map_levels=2)).eval()
+    logits = critic.opacity_logits(critic.block_features(torch.zeros(1, 1, 32, 32)))
+    assert logits.shape == (1, 1, 32, 32)

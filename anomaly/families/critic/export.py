@@ -16,7 +16,8 @@ class CriticEmbedding(nn.Module):
     """The critic as exported: films (B, 1, S, S) -> (embedding (B, C), logit (B,),
     quietness (B,)), with ``views`` 1 (the film) or 2 (the film and its mirror averaged)
     and ``embedding`` as its density, and with a map head also the opacity map (B, S, S)
-    of the film itself."""
+    (with two views, the film's averaged with its mirror's mirrored back, as the PyTorch
+    scorer draws it)."""
 
     def __init__(self, critic: OpacityCritic, views: int, embedding: str = "l2"):
         super().__init__()

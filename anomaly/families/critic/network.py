@@ -128,11 +128,11 @@ class OpacityMapHead(nn.Module):
             conv_block(cin, cout) for cin, cout in
             zip(block_widths[count - own_blocks - 1: count - 1],
                 block_widths[count - own_blocks:])) if own_blocks else None
-        deep, middle, shallow = block_widths[-1], block_widths[-2], block_widths[-3]
+        deep, middle = block_widths[-1], block_widths[-2]
         full_width = max(1, map_width // 2)
         self.reduce = conv_bn_relu(deep, 2 * map_width)
         self.up_middle = conv_bn_relu(2 * map_width + middle, 2 * map_width)
-        self.up_shallow = conv_bn_relu(2 * map_width + shallow, map_width) \
+        self.up_shallow = conv_bn_relu(2 * map_width + block_widths[-3], map_width) \
             if levels >= 3 else None
         self.up_full = conv_bn_relu(map_width + block_widths[-4], full_width) \
             if levels == 4 else None

@@ -136,11 +136,15 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.lr, total_steps=max(1, config.epochs * steps_per_epoch))
     order_rng = torch.Generator().manual_seed(seed)
+    # float16 on CUDA needs its gradients scaled (the map loss's per-pixel ones underflow)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     start_epoch = 0
     if resume_state is not None:
         load_weights(critic, resume_state["network"], "critic")
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state["schedule"])
+        if scaler.is_enabled() and resume_state.get("grad_scaler"):
+            scaler.load_state_dict(resume_state["grad_scaler"])
         order_rng.set_state(resume_state["order_rng"])
         torch.set_rng_state(resume_state["torch_rng"])
         start_epoch = int(resume_state["epoch"])
@@ -152,6 +156,7 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
         watched_pasted, _ = paste_opacities(
             watched, prior, generator=torch.Generator(device=device).manual_seed(0))
 
+    @torch.no_grad()
     def evidence(films: torch.Tensor) -> torch.Tensor:
         critic.eval()
         return torch.sigmoid(critic.cell_logits(critic.feature_map(films)))
@@ -162,7 +167,8 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
         return {"architecture": asdict(arch), "config": {**asdict(config), "seed": seed}, "epoch": epoch,
                 "network": critic.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "order_rng": order_rng.get_state(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(),
+                **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -187,8 +193,9 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
             loss = F.binary_cross_entropy_with_logits(logits.float(), has_opacity.float())
             if pixel_logits is not None:
                 loss = loss + config.map_weight * map_loss(pixel_logits.float(), targets)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # as loss.backward() where it is disabled
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
 
             if not math.isfinite(loss.item()):

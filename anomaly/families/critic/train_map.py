@@ -142,10 +142,14 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         total_steps=max(1, (config.map_epochs - cycle_start) * steps_per_epoch))
     torch.manual_seed(seed + 1)
     order_rng = torch.Generator().manual_seed(seed + 1)
+    # float16 on CUDA needs its gradients scaled (the per-pixel ones underflow)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
     if start_epoch > 0:
         if same_plan:
             optimizer.load_state_dict(part["map_optimizer"])
             schedule.load_state_dict(part["map_schedule"])
+        if scaler.is_enabled() and part.get("map_grad_scaler"):
+            scaler.load_state_dict(part["map_grad_scaler"])
         order_rng.set_state(part["map_order_rng"])
         torch.set_rng_state(part["map_torch_rng"])
         log(f"critic map head: resuming at epoch {start_epoch}"
@@ -166,7 +170,8 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                            "map_lr": config.map_lr, "map_synthesis": config.map_synthesis,
                            "map_decoys": config.map_decoys, "map_target": config.map_target},
                 "map_optimizer": optimizer.state_dict(), "map_schedule": schedule.state_dict(),
-                "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state()}
+                "map_order_rng": order_rng.get_state(), "map_torch_rng": torch.get_rng_state(),
+                **({"map_grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
 
     for epoch in range(start_epoch, config.map_epochs):
         head.train()
@@ -189,8 +194,9 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
                         batch.inputs.contiguous(memory_format=torch.channels_last))
                 pixel_logits = model(features, critic.arch.image_size)
             loss = map_loss(pixel_logits.float(), batch.targets)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # as loss.backward() where it is disabled
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
 
             if not torch.isfinite(loss):
