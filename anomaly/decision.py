@@ -106,7 +106,8 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
         alpha: flag by conformal p-value instead.
 
     Raises:
-        ValueError: ``alpha`` without held-out normals, or out of (0, 1).
+        ValueError: ``alpha`` without held-out normals, out of (0, 1), or below the
+            smallest p-value they allow (1 / (n + 1)).
     """
     normal = None if normal_scores is None else np.asarray(normal_scores, dtype=np.float64)
     if normal is not None and not np.isfinite(normal).all():  # NaN would inflate p-values
@@ -118,6 +119,10 @@ def make_decision(normal_scores, stored: dict | None = None, threshold: float | 
         if normal is None or len(normal) == 0:
             raise ValueError("--alpha needs the scores of the normal films held out from "
                              "training, and this run has none")
+        if alpha < 1 / (len(normal) + 1):  # the smallest p-value there is: none flagged
+            raise ValueError(f"--alpha {alpha:g} can flag no film: against {len(normal)} "
+                             f"held-out normals the smallest p-value is "
+                             f"1/{len(normal) + 1} = {1 / (len(normal) + 1):.4g}")
         return Decision(None, "conformal", normal, alpha)
     if threshold is not None:
         return Decision(check_threshold_value(threshold), "given", normal)

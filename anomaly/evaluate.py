@@ -31,6 +31,7 @@ def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise EvaluationError("AUROC needs both normal and anomalous images")
+    refuse_non_finite(scores, "the scores")
     return float(roc_auc_score(labels, scores))
 
 
@@ -86,6 +87,7 @@ def pick_threshold(labels: Sequence[int], scores: Sequence[float], metric: str =
     the threshold lies just above the highest score, so nothing is flagged.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    refuse_non_finite(scores, "the scores a threshold is picked on")
     if len(np.unique(labels)) < 2:
         raise EvaluationError("picking a threshold by Youden's J or F1 needs both classes")
     fpr, tpr, thresholds = roc_curve(labels, scores)
@@ -108,7 +110,18 @@ def normal_quantile_threshold(normal_scores: Sequence[float], quantile: float = 
     normal_scores = np.asarray(normal_scores, dtype=np.float64)
     if normal_scores.size == 0:
         raise EvaluationError("no normal validation scores to take a quantile of")
+    refuse_non_finite(normal_scores, "the normal validation scores")
     return float(np.quantile(normal_scores, quantile))
+
+
+def refuse_non_finite(scores, what: str) -> None:
+    """Refuse, in one line, scores holding NaN or infinite values (a threshold or an AUROC
+    of them would be a silent NaN or a bare library error)."""
+    bad = int((~np.isfinite(np.asarray(scores, dtype=np.float64))).sum())
+    if bad:
+        raise EvaluationError(f"{what} hold {bad} NaN or infinite value(s) of "
+                              f"{np.asarray(scores).size}; no threshold or AUROC is taken "
+                              "of them")
 
 
 def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict:

@@ -68,8 +68,13 @@ def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True
         result = scorer.score_paths(folder.paths, progress=progress)
     for path, reason in result.failures:
         log(f"skipped {display_path(path)}: {reason}")
-    labels = np.array([label_of[p] for p in result.paths], dtype=np.int64)
-    return result.paths, labels, np.asarray(result.score)
+    scores = np.asarray(result.score, dtype=np.float64)
+    finite = np.isfinite(scores)
+    for path in np.asarray(result.paths, dtype=object)[~finite]:  # said, then left out
+        log(f"skipped {display_path(path)}: its score is not finite")
+    paths = [p for p, keep in zip(result.paths, finite) if keep]
+    labels = np.array([label_of[p] for p in paths], dtype=np.int64)
+    return paths, labels, scores[finite]
 
 
 def evaluate_model(model: str | os.PathLike, data_dir: str | os.PathLike,

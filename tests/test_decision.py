@@ -56,6 +56,13 @@ def test_decision_order_given_then_stored_then_heldout_quantile():
         make_decision(normal, alpha=1.5)
 
 
+def test_an_alpha_below_the_smallest_p_value_is_refused_not_silently_flagging_nothing():
+    with pytest.raises(ValueError, match="can flag no film.*1/11"):
+        make_decision(np.arange(10.0), alpha=0.05)  # the smallest p-value is 1/11
+    decision = make_decision(np.arange(19.0), alpha=0.05)  # 1/20: the least that flags
+    assert decision.labels([100.0]) == ["anomalous"]
+
+
 def test_calibrate_stores_a_threshold_that_score_then_uses(default_run, labelled_dir,
                                                            tmp_path):
     import shutil
@@ -93,9 +100,13 @@ def test_calibrate_stores_a_threshold_that_score_then_uses(default_run, labelled
                                               "--no-progress"])
     assert given.exit_code == 0 and given.output.count("\tanomalous\t") == 20
     conformal = CliRunner().invoke(anomaly_main, ["score", "--model", str(run), "--dir",
-                                                  str(labelled_dir), "--alpha", "0.05",
+                                                  str(labelled_dir), "--alpha", "0.2",
                                                   "--no-progress"])
     assert conformal.exit_code == 0 and "conformal" in conformal.output
+    unreachable = CliRunner().invoke(anomaly_main, ["score", "--model", str(run), "--dir",
+                                                    str(labelled_dir), "--alpha", "0.01",
+                                                    "--no-progress"])  # below 1/(n+1)
+    assert unreachable.exit_code == 1 and "can flag no film" in unreachable.output
 
 
 def site_folder(root: Path, normals: int) -> Path:

@@ -108,6 +108,28 @@ def test_labelled_folder_summary_names_every_class_and_empty_folders(tmp_path):
                                 "stray 1 (anomalous); empty folders ignored: COVID")
 
 
+def test_non_finite_scores_are_refused_by_thresholds_and_auroc_and_skipped_by_evaluate():
+    from types import SimpleNamespace
+
+    from anomaly.evaluate import auroc, choose_threshold
+    from anomaly.evaluate_model import score_labelled
+
+    with pytest.raises(EvaluationError, match="1 NaN or infinite"):
+        choose_threshold([0, 0, 0], [0.1, float("nan"), 0.2])  # never a NaN threshold
+    with pytest.raises(EvaluationError, match="1 NaN or infinite"):
+        choose_threshold(normal_scores=[0.1, float("inf")])
+    with pytest.raises(EvaluationError, match="NaN or infinite"):
+        auroc([0, 1, 1], [0.1, float("nan"), 0.3])
+    result = SimpleNamespace(paths=["a.png", "b.png", "c.png"], failures=[],
+                             score=[0.1, float("nan"), 0.3])
+    scorer = SimpleNamespace(score_paths=lambda paths, progress: result)
+    folder = SimpleNamespace(paths=result.paths, binary_labels=np.array([0, 1, 1]))
+    said = []
+    paths, labels, scores = score_labelled(scorer, folder, False, log=said.append)
+    assert paths == ["a.png", "c.png"] and labels.tolist() == [0, 1]
+    assert scores.tolist() == [0.1, 0.3] and said == ["skipped b.png: its score is not finite"]
+
+
 def test_a_crash_while_plotting_leaves_the_previous_report_whole(tmp_path, monkeypatch):
     import matplotlib.figure
 

@@ -99,8 +99,8 @@ def test_normal_scores_stored_before_a_component_are_scored_again(default_run, t
     scorer = Scorer.from_checkpoint(tmp_path / "old.pt", mode="encoder", score="fanogan")
     assert scorer.fitted_normal_scores() is None  # not read from the stale statistics
     fresh = Scorer.from_checkpoint(default_run, mode="encoder", score="fanogan")
-    np.testing.assert_allclose(scorer.decision(alpha=0.1).normal_scores,
-                               fresh.decision(alpha=0.1).normal_scores, rtol=1e-5)
+    np.testing.assert_allclose(scorer.decision(alpha=0.5).normal_scores,
+                               fresh.decision(alpha=0.5).normal_scores, rtol=1e-5)
 
 
 def test_discriminator_density_scores_the_embedding_it_was_fitted_on(trained_run, batch):
