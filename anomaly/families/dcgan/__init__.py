@@ -99,8 +99,6 @@ NOTES = {
                "push the film away from the normal films (Grad-CAM of the density on its "
                "4 x 4 map; full red = this image's largest).",
     "anogan": "Input, G(z), and |input - G(z)| (full red = this image's largest residual).",
-    "fanogan": "Input, G(E(x)), and |input - G(E(x))| (full red = this image's largest "
-               "residual).",
     "lung-opacity": "Input, G(z), and where the input is brighter than G(z) inside the lung "
                     "prior, what the score averages (full red = this image's largest).",
 }
