@@ -49,3 +49,10 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """The gradient scaler that goes with :func:`autocast`: active where it computes in
+    float16 (CUDA), whose small gradients would otherwise underflow; a pass-through
+    elsewhere (bfloat16 keeps float32's range)."""
+    return torch.amp.GradScaler("cuda", enabled=enabled and device.type == "cuda")

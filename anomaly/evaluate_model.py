@@ -66,12 +66,11 @@ def score_labelled(scorer: Scorer, folder: LabelledFolder, progress: bool = True
         heat_maxima.update(maxima)
     else:
         result = scorer.score_paths(folder.paths, progress=progress)
-    for path, reason in result.failures:
-        log(f"skipped {display_path(path)}: {reason}")
     scores = np.asarray(result.score, dtype=np.float64)
-    finite = np.isfinite(scores)
-    for path in np.asarray(result.paths, dtype=object)[~finite]:  # said, then left out
-        log(f"skipped {display_path(path)}: its score is not finite")
+    finite = np.isfinite(scores)  # a film whose score is not finite is said, then left out
+    for path, reason in [*result.failures, *((p, "its score is not finite") for p, keep
+                                             in zip(result.paths, finite) if not keep)]:
+        log(f"skipped {display_path(path)}: {reason}")
     paths = [p for p, keep in zip(result.paths, finite) if keep]
     labels = np.array([label_of[p] for p in paths], dtype=np.int64)
     return paths, labels, scores[finite]

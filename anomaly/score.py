@@ -254,10 +254,12 @@ class Scorer:
         The held-out normals are scored here once when their scores are not stored for
         this mode (search modes) or were stored before a component this score reads, for
         the p-values."""
-        if self.fitted_normal_scores() is None and len(self.available_holdout()) >= 2:
+        normal_scores = self.fitted_normal_scores()
+        if normal_scores is None and len(self.available_holdout()) >= 2:
             self.calibrate(self.available_holdout())
+            normal_scores = self.fitted_normal_scores()
         stored = self.stored_thresholds.get(threshold_key(self.output_settings()))
-        return make_decision(self.fitted_normal_scores(), stored, threshold, alpha)
+        return make_decision(normal_scores, stored, threshold, alpha)
 
     def fitted_normal_scores(self) -> list[float] | None:
         """Scores of the held-out normal images, when the components this score reads

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from anomaly.checkpoint import at_least_format, load_weights
 from anomaly.data import uint8_to_model
 from anomaly.density import fit_density
-from anomaly.device import autocast
+from anomaly.device import autocast, grad_scaler
 from anomaly.errors import TrainingDiverged
 from anomaly.families.critic.batchnorm_statistics import statistics_from
 from anomaly.families.critic.config import COMBINED, CriticConfig
@@ -136,8 +136,7 @@ def train_critic(config: CriticConfig, seed: int, images: torch.Tensor,
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.lr, total_steps=max(1, config.epochs * steps_per_epoch))
     order_rng = torch.Generator().manual_seed(seed)
-    # float16 on CUDA needs its gradients scaled (the map loss's per-pixel ones underflow)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+    scaler = grad_scaler(device, use_amp)  # the map loss's per-pixel gradients are tiny
     start_epoch = 0
     if resume_state is not None:
         load_weights(critic, resume_state["network"], "critic")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from anomaly.checkpoint import load_weights
 from anomaly.data import uint8_to_model
-from anomaly.device import autocast
+from anomaly.device import autocast, grad_scaler
 from anomaly.errors import TrainingDiverged
 from anomaly.eval_lesions import VISIBLE_CHANGE
 from anomaly.families.critic.config import CriticConfig
@@ -142,8 +142,7 @@ def train_map_head(config: CriticConfig, seed: int, images: torch.Tensor,
         total_steps=max(1, (config.map_epochs - cycle_start) * steps_per_epoch))
     torch.manual_seed(seed + 1)
     order_rng = torch.Generator().manual_seed(seed + 1)
-    # float16 on CUDA needs its gradients scaled (the per-pixel ones underflow)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+    scaler = grad_scaler(device, use_amp)  # the per-pixel gradients are tiny
     if start_epoch > 0:
         if same_plan:
             optimizer.load_state_dict(part["map_optimizer"])

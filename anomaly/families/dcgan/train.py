@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from anomaly.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from anomaly.data import DataError, uint8_to_model
-from anomaly.device import autocast, resolve_device
+from anomaly.device import autocast, grad_scaler, resolve_device
 from anomaly.errors import TrainingDiverged
 from anomaly.families.dcgan.augment import diff_augment
 from anomaly.families.dcgan.config import DCGANConfig
@@ -121,8 +121,7 @@ def train_dcgan(config: TrainConfig, images: torch.Tensor, state: dict, last: Pa
     # G is wrapped in DistributedDataParallel; D is called twice per step, which DDP
     # cannot follow, so its gradients are averaged by hand (step (1))
     generator = dist.wrap(generator)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
+    scaler_d, scaler_g = grad_scaler(device, use_amp), grad_scaler(device, use_amp)
     real_target = 1.0 - gan.label_smoothing  # one-sided label smoothing
 
     def as_seen_by_d(batch: torch.Tensor) -> torch.Tensor:  # same augmentation, real and fake
@@ -276,7 +275,7 @@ def train_encoder(model: str | os.PathLike, epochs: int, data_dir: str | os.Path
     encoder.apply(init_dcgan_weights)
     optimizer = torch.optim.Adam(encoder.parameters(), lr, (0.5, 0.999))
     writer = SummaryWriter(str(run_dir / "encoder"))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and torch_device.type == "cuda")
+    scaler = grad_scaler(torch_device, use_amp)
     watched = watched_images(state.get("holdout_paths", []), config.preprocess_config(),
                              torch_device)
     order_rng = torch.Generator().manual_seed(config.seed + 3)
